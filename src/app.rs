@@ -1,0 +1,228 @@
+//! Wiring: listeners, the Pingora proxy, the config loop and the admin listener.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::AdminApp;
+use crate::config::ListenArgs;
+use crate::pool::PoolRegistry;
+use crate::proxy::listeners::Listeners;
+use crate::proxy::EdgeProxy;
+use crate::snapshot::{compile, Snapshot};
+use crate::source::dir::{watch_dir, Loaded};
+use crate::store::Rejection;
+use crate::telemetry::{AccessLogFormat, Metrics};
+use crate::translate::{translate, TranslateOptions};
+
+/// What `weir edge` runs.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    pub config_dir: PathBuf,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub gateway_address: IpAddr,
+    pub admin: SocketAddr,
+    pub ingress_class: String,
+    pub watch_ingress_without_class: bool,
+    pub access_log: Option<AccessLogFormat>,
+}
+
+impl EdgeOptions {
+    /// Everything on loopback with OS-assigned ports: for tests and local tries.
+    pub fn local(config_dir: impl Into<PathBuf>) -> Self {
+        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        EdgeOptions {
+            config_dir: config_dir.into(),
+            http: any,
+            https: any,
+            gateway_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            admin: any,
+            ingress_class: crate::config::DEFAULT_INGRESS_CLASS.into(),
+            watch_ingress_without_class: false,
+            access_log: None,
+        }
+    }
+
+    pub fn from_args(config_dir: PathBuf, a: &ListenArgs) -> Self {
+        EdgeOptions {
+            config_dir,
+            http: a.http,
+            https: a.https,
+            gateway_address: a.gateway_address,
+            admin: a.admin,
+            ingress_class: a.ingress_class.clone(),
+            watch_ingress_without_class: a.watch_ingress_without_class,
+            access_log: a.access_log,
+        }
+    }
+}
+
+/// A running edge.
+pub struct EdgeHandle {
+    pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    shutdown: watch::Sender<bool>,
+    proxy_listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
+    admin_listeners: Arc<Listeners<AdminApp>>,
+    config_task: JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    /// Generation of the snapshot serving traffic (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.snapshot.load().generation
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Stops accepting and tells open connections to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.config_task.abort();
+        self.proxy_listeners.close_all();
+        self.admin_listeners.close_all();
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} listener; pick another address with --{what}"))
+}
+
+/// Starts the edge on the current (multi-thread) tokio runtime.
+pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
+    let http = bind(opts.http, "http").await?;
+    let https = bind(opts.https, "https").await?;
+    let admin = bind(opts.admin, "admin").await?;
+    let translate_opts = TranslateOptions {
+        ingress_http: http.local_addr()?,
+        ingress_https: https.local_addr()?,
+        gateway_address: opts.gateway_address,
+        ingress_class: opts.ingress_class.clone(),
+        watch_ingress_without_class: opts.watch_ingress_without_class,
+    };
+    let store_rx = watch_dir(opts.config_dir.clone())
+        .with_context(|| format!("cannot read the config directory {}", opts.config_dir.display()))?;
+
+    let pools = Arc::new(PoolRegistry::default());
+    let metrics = Metrics::new(pools.clone());
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let conf = Arc::new(ServerConf::default());
+    let mut proxy =
+        HttpProxy::new(EdgeProxy { snapshot: snapshot.clone(), access_log: opts.access_log.is_some() }, conf);
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    proxy.server_options = Some(server_options);
+    proxy.handle_init_modules();
+    let proxy_listeners =
+        Arc::new(Listeners::new(Arc::new(proxy), snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
+    let http_addr = proxy_listeners.adopt(http)?;
+    let https_addr = proxy_listeners.adopt(https)?;
+
+    let mut config = ConfigLoop {
+        opts: translate_opts,
+        pools,
+        metrics: metrics.clone(),
+        snapshot: snapshot.clone(),
+        listeners: proxy_listeners.clone(),
+        previous_rejections: BTreeSet::new(),
+    };
+    let first = store_rx.borrow().clone();
+    config.apply(first).await;
+    let config_task = tokio::spawn(config.run(store_rx));
+
+    let errors_from = proxy_listeners.clone();
+    let admin_app = AdminApp {
+        snapshot: snapshot.clone(),
+        metrics: metrics.clone(),
+        bind_errors: Arc::new(move || errors_from.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+    };
+    let admin_listeners = Arc::new(Listeners::new(Arc::new(admin_app), snapshot.clone(), metrics, shutdown_rx));
+    let admin_addr = admin_listeners.adopt(admin)?;
+    tracing::info!(%http_addr, %https_addr, %admin_addr, config_dir = %opts.config_dir.display(), "weir edge is serving");
+    Ok(EdgeHandle {
+        http_addr,
+        https_addr,
+        admin_addr,
+        snapshot,
+        shutdown: shutdown_tx,
+        proxy_listeners,
+        admin_listeners,
+        config_task,
+    })
+}
+
+/// Turns each loaded store into a published snapshot.
+struct ConfigLoop {
+    opts: TranslateOptions,
+    pools: Arc<PoolRegistry>,
+    metrics: Arc<Metrics>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
+    previous_rejections: BTreeSet<Rejection>,
+}
+
+impl ConfigLoop {
+    async fn run(mut self, mut rx: watch::Receiver<Loaded>) {
+        while rx.changed().await.is_ok() {
+            let loaded = rx.borrow_and_update().clone();
+            self.apply(loaded).await;
+        }
+    }
+
+    async fn apply(&mut self, loaded: Loaded) {
+        let started = Instant::now();
+        let model = translate(&loaded.store, &self.opts);
+        self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
+        let current = self.snapshot.load_full();
+        let routes = |m: &crate::translate::Model| m.listeners.values().map(|l| l.routes.len()).sum::<usize>();
+        let had_routes = current.listeners.values().any(|l| l.router.rule_count() > 0);
+        if routes(&model) == 0 && had_routes && !loaded.store.is_empty() && !model.rejections.is_empty() {
+            tracing::error!(
+                rejected = model.rejections.len(),
+                "no object of the new configuration is valid; the last good configuration keeps serving"
+            );
+            for r in &model.rejections {
+                tracing::error!("{r}");
+            }
+            return;
+        }
+        let rejections: BTreeSet<Rejection> = model.rejections.iter().cloned().collect();
+        for r in rejections.difference(&self.previous_rejections) {
+            tracing::warn!(kind = %r.kind, namespace = %r.namespace, name = %r.name, file = %r.file, "rejected: {}", r.reason);
+        }
+        self.previous_rejections = rejections;
+        let generation = current.generation + 1;
+        let snap = Arc::new(compile(&model, generation, &self.pools, &self.metrics));
+        self.snapshot.store(snap.clone());
+        self.listeners.reconcile(&snap).await;
+        self.metrics.config_generation.set(generation as i64);
+        self.metrics.rejected_objects.set(model.rejections.len() as i64);
+        self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
+        tracing::info!(
+            generation,
+            listeners = snap.listeners.len(),
+            rejected = model.rejections.len(),
+            "configuration applied"
+        );
+    }
+}

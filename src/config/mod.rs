@@ -1,0 +1,97 @@
+//! Command line and bootstrap settings. Every default is a named constant.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::AccessLogFormat;
+
+/// Default plaintext Ingress listener.
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+/// Default TLS Ingress listener.
+pub const DEFAULT_HTTPS: &str = "0.0.0.0:8443";
+/// Default address Gateway listeners bind on.
+pub const DEFAULT_GATEWAY_ADDRESS: &str = "0.0.0.0";
+/// Default admin listener (metrics, health, config dump).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Default IngressClass name.
+pub const DEFAULT_INGRESS_CLASS: &str = "weir";
+/// Default quickstart configuration of `weir demo`.
+pub const DEFAULT_DEMO_CONFIG: &str = "conf/quickstart";
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Kubernetes edge and mesh proxy built on Pingora")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the edge tier: Ingress and Gateway API routing from a directory of manifests.
+    Edge(EdgeArgs),
+    /// Translate a directory of manifests and print every rejected object; exit 1 if any.
+    Validate(ValidateArgs),
+    /// Run the quickstart on this machine: demo backends plus the edge, until Ctrl-C.
+    Demo(DemoArgs),
+    /// Print weir's CustomResourceDefinitions as YAML.
+    Crds,
+}
+
+/// Flags shared by `edge` and `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Plaintext listener for Ingress.
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    pub http: SocketAddr,
+    /// TLS listener for Ingress.
+    #[arg(long, default_value = DEFAULT_HTTPS)]
+    pub https: SocketAddr,
+    /// Address every Gateway listener binds (on the port its manifest gives).
+    #[arg(long, default_value = DEFAULT_GATEWAY_ADDRESS)]
+    pub gateway_address: IpAddr,
+    /// Admin listener: /metrics, /ready, /live, /config_dump.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// IngressClass served (Ingresses naming another class are ignored).
+    #[arg(long, default_value = DEFAULT_INGRESS_CLASS)]
+    pub ingress_class: String,
+    /// Also serve Ingresses that name no class.
+    #[arg(long)]
+    pub watch_ingress_without_class: bool,
+    /// Write an access log line per request to stdout.
+    #[arg(long, value_enum)]
+    pub access_log: Option<AccessLogFormat>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    /// Directory of Kubernetes manifests (*.yaml, *.yml, multi-document), watched for changes.
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Directories of manifests to check.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// IngressClass served.
+    #[arg(long, default_value = DEFAULT_INGRESS_CLASS)]
+    pub ingress_class: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The manifests to run.
+    #[arg(long, default_value = DEFAULT_DEMO_CONFIG)]
+    pub config_dir: PathBuf,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}

@@ -1,0 +1,53 @@
+//! The `weir` binary: parse the command line, set up telemetry, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use weir::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let access_log = match &cli.command {
+        Command::Edge(a) => a.listen.access_log,
+        Command::Demo(a) => a.listen.access_log,
+        _ => None,
+    };
+    weir::telemetry::init_tracing(access_log);
+    match cli.command {
+        Command::Validate(args) => weir::validate::run(&args),
+        Command::Crds => {
+            print!("{}", weir::policy::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Edge(args) => run(args.listen.threads, async move {
+            let handle =
+                weir::app::start_edge(weir::app::EdgeOptions::from_args(args.config_dir, &args.listen)).await?;
+            tokio::signal::ctrl_c().await?;
+            tracing::info!("shutting down");
+            handle.shutdown().await;
+            Ok(())
+        }),
+        Command::Demo(args) => run(args.listen.threads, weir::demo::run(args)),
+    }
+}
+
+fn run(threads: Option<usize>, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1413 @@
+//! `BackendPolicy`: weir's own policy CRD (`weir.dev/v1alpha1`).
+//!
+//! A `BackendPolicy` attaches to one or more Services the Gateway API
+//! *policy attachment* way (GEP-713, "direct" policy): its `spec.targetRefs`
+//! name the Services (and optionally a single Service port through
+//! `sectionName`) whose endpoints it configures. It controls how weir picks an
+//! endpoint (load-balancing algorithm), how it actively health-checks
+//! endpoints, how it passively ejects failing endpoints (outlier detection)
+//! and how long it waits for a TCP connection.
+//!
+//! The types in this module come in two layers:
+//!
+//! * [`BackendPolicySpec`] (and the generated [`BackendPolicy`] resource) is
+//!   the wire format, exactly what a user writes; everything is optional and
+//!   durations are strings.
+//! * [`BackendPolicyModel`] is the validated form the proxy uses, with every
+//!   default applied and every duration parsed. Build it with
+//!   `BackendPolicyModel::try_from(&spec)`; a [`PolicyError`] lists every
+//!   problem at once, each with the field path and what to change.
+//!
+//! Every default is a named `DEFAULT_*` constant below.
+
+use std::fmt;
+use std::time::Duration;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Defaults
+// ---------------------------------------------------------------------------
+
+/// Default `targetRefs[].group`: the core API group (where Services live).
+pub const DEFAULT_TARGET_GROUP: &str = "";
+/// Default `targetRefs[].kind`.
+pub const DEFAULT_TARGET_KIND: &str = "Service";
+/// Default `loadBalancer.algorithm`: smooth weighted round robin.
+pub const DEFAULT_ALGORITHM: Algorithm = Algorithm::RoundRobin;
+/// Default `healthCheck.type`.
+pub const DEFAULT_HEALTH_CHECK_TYPE: HealthCheckType = HealthCheckType::Http;
+/// Default `healthCheck.http.path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Default `healthCheck.http.expectedStatuses`: any 2xx.
+pub const DEFAULT_EXPECTED_STATUSES: &[StatusRange] = &[StatusRange { start: 200, end: 299 }];
+/// Default `healthCheck.interval`: time between two probes of one endpoint.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `healthCheck.timeout`: how long one probe may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `healthCheck.healthyThreshold`.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+/// Default `healthCheck.unhealthyThreshold`.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Default `outlierDetection.consecutiveFailures`.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// Default `outlierDetection.baseEjectionTime`.
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// Default `outlierDetection.maxEjectionTime` (raised to `baseEjectionTime`
+/// when only that one is set and it is longer).
+pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+/// Default `outlierDetection.maxEjectionPercent`.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+/// Default `connectTimeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The GEP-2257 regular expression a Gateway API duration must match; it is
+/// also put in the CRD schema so the API server rejects malformed durations.
+pub const DURATION_PATTERN: &str = "^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+
+/// Label that marks a CRD as a Gateway API policy (GEP-713), so that policy
+/// tooling can discover it. `BackendPolicy` is a "Direct" policy.
+pub const POLICY_LABEL: &str = "gateway.networking.k8s.io/policy";
+
+// ---------------------------------------------------------------------------
+// The CRD (wire format)
+// ---------------------------------------------------------------------------
+
+/// Backend settings for Services: load balancing, active health checks,
+/// outlier detection and connect timeout.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(group = "weir.dev", version = "v1alpha1", kind = "BackendPolicy", namespaced)]
+#[kube(
+    label("gateway.networking.k8s.io/policy", "Direct"),
+    doc = "BackendPolicy configures how weir talks to the endpoints of the Services it targets: \
+           load balancing, active health checks, outlier detection and connect timeout."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendPolicySpec {
+    /// Services this policy applies to, in the policy's own namespace. Required, at least one.
+    /// No default.
+    #[schemars(length(min = 1))]
+    pub target_refs: Vec<PolicyTargetRef>,
+
+    /// How an endpoint is picked for each request. Default: absent, meaning
+    /// algorithm RoundRobin with no hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerSpec>,
+
+    /// Active health checking of each endpoint. Default: absent, meaning no active health
+    /// checks (endpoints are only judged by outlier detection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+
+    /// Passive health checking: endpoints that fail repeatedly are ejected for a while.
+    /// Default: absent, meaning outlier detection is ON with every field at its default
+    /// (5 consecutive failures, 30s base ejection, 300s max ejection, at most 50% ejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+
+    /// How long to wait for a TCP (and TLS) connection to an endpoint, as a Gateway API
+    /// duration (e.g. 500ms, 2s). Default: 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub connect_timeout: Option<String>,
+}
+
+/// Reference to a Service this policy attaches to (Gateway API
+/// `LocalPolicyTargetReferenceWithSectionName`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// API group of the target. Must be "" (or "core"), the core group. Default: "".
+    #[serde(default = "default_target_group")]
+    pub group: String,
+
+    /// Kind of the target. Must be Service. Default: Service.
+    #[serde(default = "default_target_kind")]
+    pub kind: String,
+
+    /// Name of the Service, in the policy's namespace. Required; no default.
+    pub name: String,
+
+    /// Name of one port of the Service (`spec.ports[].name`) to apply the policy to.
+    /// Default: absent, meaning every port of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+fn default_target_group() -> String {
+    DEFAULT_TARGET_GROUP.to_string()
+}
+
+fn default_target_kind() -> String {
+    DEFAULT_TARGET_KIND.to_string()
+}
+
+/// Load-balancing settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSpec {
+    /// RoundRobin (smooth weighted round robin), LeastLatency (power of two choices over
+    /// peak-EWMA latency) or ConsistentHash (needs `hash`). Default: RoundRobin.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+
+    /// What to hash on; only with algorithm ConsistentHash, and then exactly one of
+    /// `header`, `cookie` or `sourceIp: true` must be set. Default: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashSpec>,
+}
+
+/// Load-balancing algorithm.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Smooth weighted round robin (the default).
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, picking the endpoint with the lower peak-EWMA latency.
+    LeastLatency,
+    /// Consistent hashing on the key chosen in `hash`.
+    ConsistentHash,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "RoundRobin",
+            Algorithm::LeastLatency => "LeastLatency",
+            Algorithm::ConsistentHash => "ConsistentHash",
+        })
+    }
+}
+
+/// Hash key for ConsistentHash; set exactly one field.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HashSpec {
+    /// Hash on the value of this request header (case-insensitive name). Default: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+
+    /// Hash on the value of this cookie. Default: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+
+    /// Set to true to hash on the client's IP address. Default: absent (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+}
+
+/// Active health check settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// HTTP (send a request, check the status) or TCP (just connect). Default: HTTP.
+    #[serde(rename = "type", default)]
+    pub type_: HealthCheckType,
+
+    /// HTTP probe settings; only with type HTTP. Default: absent, meaning path "/" and
+    /// expected statuses 200-299.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheckSpec>,
+
+    /// Time between two probes of the same endpoint, as a Gateway API duration. Default: 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub interval: Option<String>,
+
+    /// How long one probe may take before it counts as failed, as a Gateway API duration.
+    /// Default: 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub timeout: Option<String>,
+
+    /// Consecutive successful probes before an unhealthy endpoint is healthy again
+    /// (at least 1). Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub healthy_threshold: Option<u32>,
+
+    /// Consecutive failed probes before a healthy endpoint is marked unhealthy
+    /// (at least 1). Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Kind of active health check.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum HealthCheckType {
+    /// Send an HTTP/1.1 GET and check the response status (the default).
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    /// Open a TCP connection and close it.
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+impl fmt::Display for HealthCheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthCheckType::Http => "HTTP",
+            HealthCheckType::Tcp => "TCP",
+        })
+    }
+}
+
+/// HTTP health check settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheckSpec {
+    /// Request path (with optional query), starting with "/". Default: "/".
+    #[serde(default = "default_health_path")]
+    pub path: String,
+
+    /// Host header to send. Default: absent, meaning the endpoint's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+
+    /// Response statuses that count as healthy, as inclusive ranges.
+    /// Default: [{start: 200, end: 299}].
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+impl Default for HttpHealthCheckSpec {
+    fn default() -> Self {
+        HttpHealthCheckSpec { path: default_health_path(), host: None, expected_statuses: default_expected_statuses() }
+    }
+}
+
+fn default_health_path() -> String {
+    DEFAULT_HEALTH_PATH.to_string()
+}
+
+fn default_expected_statuses() -> Vec<StatusRange> {
+    DEFAULT_EXPECTED_STATUSES.to_vec()
+}
+
+/// Inclusive range of HTTP status codes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRange {
+    /// First status of the range, from 100 to 599. Required; no default.
+    #[schemars(range(min = 100, max = 599))]
+    pub start: u16,
+    /// Last status of the range (inclusive), from 100 to 599 and not below start.
+    /// Required; no default.
+    #[schemars(range(min = 100, max = 599))]
+    pub end: u16,
+}
+
+/// Outlier detection (passive health checking) settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Consecutive failures (connect failures and 5xx responses) that eject an endpoint
+    /// (at least 1). Default: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub consecutive_failures: Option<u32>,
+
+    /// Base ejection time, as a Gateway API duration: an ejection lasts this times the number
+    /// of times the endpoint has been ejected, capped at maxEjectionTime. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub base_ejection_time: Option<String>,
+
+    /// Longest an ejection may last, as a Gateway API duration. Default: 300s (or
+    /// baseEjectionTime, if that is set and longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub max_ejection_time: Option<String>,
+
+    /// Most endpoints of a Service that may be ejected at once, in percent (0 to 100;
+    /// 0 disables ejection). Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// The `BackendPolicy` CRD rendered as YAML, ready for `kubectl apply -f -`.
+///
+/// `deploy/crds/backendpolicies.weir.dev.yaml` holds exactly this text.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&BackendPolicy::crd()).expect("the BackendPolicy CRD serializes to YAML")
+}
+
+// ---------------------------------------------------------------------------
+// Durations (GEP-2257)
+// ---------------------------------------------------------------------------
+
+/// Parses a Gateway API duration (GEP-2257): one to four `<number><unit>`
+/// components with no separators, each number one to five decimal digits and
+/// each unit one of `h`, `m`, `s`, `ms`; for example `1h30m`, `500ms`, `2s`,
+/// `1m30s500ms`. Components add up, as with Go's `time.ParseDuration`.
+///
+/// Signs, fractions, spaces, other units and a number without a unit are
+/// rejected. `0s` is accepted (callers that need a positive duration check
+/// that themselves). The error says what is wrong with the text.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const MAX_COMPONENTS: usize = 4;
+    const MAX_DIGITS: usize = 5;
+
+    if s.is_empty() {
+        return Err("empty string is not a duration".to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total = Duration::ZERO;
+    let mut components = 0;
+    while i < bytes.len() {
+        let num_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == num_start {
+            // `i` only ever advances over ASCII bytes, so it is a char boundary.
+            let rest = &s[i..];
+            let c = rest.chars().next().unwrap_or(' ');
+            return Err(match c {
+                '-' => format!("{s:?}: negative durations are not allowed"),
+                '+' => format!("{s:?}: a sign is not allowed"),
+                '.' => format!("{s:?}: fractional values are not allowed; use a smaller unit (e.g. 1500ms, not 1.5s)"),
+                c if c.is_whitespace() => format!("{s:?}: spaces are not allowed"),
+                _ => format!("{s:?}: expected a number at {rest:?}"),
+            });
+        }
+        let digits = &s[num_start..i];
+        if digits.len() > MAX_DIGITS {
+            return Err(format!("{s:?}: {digits} has more than {MAX_DIGITS} digits; use a larger unit"));
+        }
+        if i < bytes.len() && (bytes[i] == b'.' || bytes[i] == b',') {
+            return Err(format!(
+                "{s:?}: fractional values are not allowed; use a smaller unit (e.g. 1500ms, not 1.5s)"
+            ));
+        }
+        let unit_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = &s[unit_start..i];
+        // At most 5 digits, so this cannot fail or overflow below.
+        let n: u64 = digits.parse().map_err(|_| format!("{s:?}: bad number {digits}"))?;
+        let component = match unit {
+            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n * 60),
+            "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            "" => return Err(format!("{s:?}: {digits} has no unit; add one of h, m, s or ms")),
+            other => {
+                return Err(format!("{s:?}: unknown unit {other:?}; use h, m, s or ms"));
+            }
+        };
+        components += 1;
+        if components > MAX_COMPONENTS {
+            return Err(format!("{s:?}: more than {MAX_COMPONENTS} components; write it with fewer, e.g. 1h30m"));
+        }
+        total += component;
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------
+// Validated model
+// ---------------------------------------------------------------------------
+
+/// A [`BackendPolicySpec`] validated and with every default applied.
+///
+/// `BackendPolicyModel::default()` is what applies to a Service that no
+/// policy targets. The target references are not part of the model: they are
+/// validated by `try_from` and read from the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPolicyModel {
+    /// How an endpoint is picked.
+    pub algorithm: AlgorithmModel,
+    /// Active health checking; `None` means none (the default).
+    pub health_check: Option<HealthCheckModel>,
+    /// Outlier detection; always on (set `max_ejection_percent` to 0 to never eject).
+    pub outlier: OutlierModel,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// Validated load-balancing algorithm.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AlgorithmModel {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two choices with peak-EWMA latency.
+    LeastLatency,
+    /// Consistent hashing on the given key.
+    ConsistentHash(HashKey),
+}
+
+/// What ConsistentHash hashes on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HashKey {
+    /// A request header; the name is valid and lowercased.
+    Header(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
+}
+
+/// Validated active health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckModel {
+    /// HTTP or TCP probe.
+    pub kind: HealthCheckKind,
+    /// Time between two probes of one endpoint (> 0).
+    pub interval: Duration,
+    /// Time one probe may take (> 0).
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy (>= 1).
+    pub healthy_threshold: usize,
+    /// Consecutive failures to become unhealthy (>= 1).
+    pub unhealthy_threshold: usize,
+}
+
+/// Kind of a validated health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// HTTP GET of `path`, healthy when the status is in one of the
+    /// inclusive `expected` ranges.
+    Http {
+        /// Request path, starting with "/".
+        path: String,
+        /// Host header to send; `None` means the endpoint's address.
+        host: Option<String>,
+        /// Inclusive status ranges, each within 100..=599 with start <= end.
+        expected: Vec<(u16, u16)>,
+    },
+    /// TCP connect only.
+    Tcp,
+}
+
+impl HealthCheckKind {
+    /// Whether an HTTP probe answered with `status` counts as healthy
+    /// (always false for TCP checks, which have no status).
+    pub fn accepts_status(&self, status: u16) -> bool {
+        match self {
+            HealthCheckKind::Http { expected, .. } => {
+                expected.iter().any(|&(start, end)| (start..=end).contains(&status))
+            }
+            HealthCheckKind::Tcp => false,
+        }
+    }
+}
+
+impl Default for HealthCheckModel {
+    /// The health check used when `spec.healthCheck` is present with no fields set.
+    fn default() -> Self {
+        HealthCheckModel {
+            kind: HealthCheckKind::Http {
+                path: DEFAULT_HEALTH_PATH.to_string(),
+                host: None,
+                expected: DEFAULT_EXPECTED_STATUSES.iter().map(|r| (r.start, r.end)).collect(),
+            },
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD as usize,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD as usize,
+        }
+    }
+}
+
+/// Validated outlier detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierModel {
+    /// Consecutive failures (connect failures and 5xx) that eject an endpoint (>= 1).
+    pub consecutive_failures: u32,
+    /// Ejection time for the first ejection (> 0).
+    pub base_ejection: Duration,
+    /// Longest ejection (>= `base_ejection`).
+    pub max_ejection: Duration,
+    /// Most endpoints that may be ejected at once, in percent (0..=100).
+    pub max_ejection_percent: u32,
+}
+
+impl OutlierModel {
+    /// How long the `times_ejected`-th ejection of an endpoint lasts
+    /// (`times_ejected` counts this one, so starts at 1): `base_ejection ×
+    /// times_ejected`, capped at `max_ejection`.
+    pub fn ejection_duration(&self, times_ejected: u32) -> Duration {
+        self.base_ejection.checked_mul(times_ejected.max(1)).map_or(self.max_ejection, |d| d.min(self.max_ejection))
+    }
+}
+
+impl Default for OutlierModel {
+    fn default() -> Self {
+        OutlierModel {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION_TIME,
+            max_ejection: DEFAULT_MAX_EJECTION_TIME,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+        }
+    }
+}
+
+impl Default for BackendPolicyModel {
+    fn default() -> Self {
+        BackendPolicyModel {
+            algorithm: AlgorithmModel::RoundRobin,
+            health_check: None,
+            outlier: OutlierModel::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// One problem in a `BackendPolicy` spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// Path of the offending field, e.g. `spec.healthCheck.interval`.
+    pub field: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a `BackendPolicy` spec (never empty).
+///
+/// Displays on one line (fit for a status condition message or a log line),
+/// numbered when there are several:
+/// `invalid BackendPolicy spec (2 problems): (1) spec.a: ...; (2) spec.b: ...`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid BackendPolicy spec ({} problem{}): {}",
+    .problems.len(),
+    if .problems.len() == 1 { "" } else { "s" },
+    join_problems(.problems))]
+pub struct PolicyError {
+    /// The problems, in field order.
+    pub problems: Vec<PolicyProblem>,
+}
+
+fn join_problems(problems: &[PolicyProblem]) -> String {
+    if let [only] = problems {
+        return only.to_string();
+    }
+    let numbered: Vec<String> = problems.iter().enumerate().map(|(i, p)| format!("({}) {p}", i + 1)).collect();
+    numbered.join("; ")
+}
+
+/// Collects problems while converting a spec.
+#[derive(Default)]
+struct Problems(Vec<PolicyProblem>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(PolicyProblem { field: field.into(), message: message.into() });
+    }
+
+    /// A positive duration from an optional field, or `default` when absent
+    /// (or invalid, after recording the problem).
+    fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.push(field, format!("{text:?} must be greater than zero; e.g. {}", fmt_duration(default)));
+                default
+            }
+            Ok(d) => d,
+            Err(_) => {
+                self.push(
+                    field,
+                    format!("{text:?} is not a duration; use a Gateway API duration such as 5s, 500ms or 1m"),
+                );
+                default
+            }
+        }
+    }
+
+    /// A threshold that must be at least 1, or `default` when absent.
+    fn at_least_one(&mut self, field: &str, value: Option<u32>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(0) => {
+                self.push(field, format!("must be at least 1 (got 0); the default is {default}"));
+                default
+            }
+            Some(n) => n,
+        }
+    }
+}
+
+/// Formats a whole number of seconds or milliseconds the GEP-2257 way (for messages).
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// RFC 9110 `token` (header field names, cookie names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl TryFrom<&BackendPolicySpec> for BackendPolicyModel {
+    type Error = PolicyError;
+
+    fn try_from(spec: &BackendPolicySpec) -> Result<Self, PolicyError> {
+        let mut p = Problems::default();
+
+        check_target_refs(&spec.target_refs, &mut p);
+        let algorithm = convert_load_balancer(spec.load_balancer.as_ref(), &mut p);
+        let health_check = spec.health_check.as_ref().map(|hc| convert_health_check(hc, &mut p));
+        let outlier = convert_outlier(spec.outlier_detection.as_ref(), &mut p);
+        let connect_timeout =
+            p.duration("spec.connectTimeout", spec.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT);
+
+        if p.0.is_empty() {
+            Ok(BackendPolicyModel { algorithm, health_check, outlier, connect_timeout })
+        } else {
+            Err(PolicyError { problems: p.0 })
+        }
+    }
+}
+
+impl TryFrom<BackendPolicySpec> for BackendPolicyModel {
+    type Error = PolicyError;
+
+    fn try_from(spec: BackendPolicySpec) -> Result<Self, PolicyError> {
+        BackendPolicyModel::try_from(&spec)
+    }
+}
+
+fn check_target_refs(refs: &[PolicyTargetRef], p: &mut Problems) {
+    if refs.is_empty() {
+        p.push("spec.targetRefs", "is empty; list at least one Service, e.g. [{kind: Service, name: my-service}]");
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let at = format!("spec.targetRefs[{i}]");
+        if !(r.group.is_empty() || r.group == "core") {
+            p.push(
+                format!("{at}.group"),
+                format!(
+                    "{:?} is not supported; BackendPolicy targets Services, use group \"\" (the core API group)",
+                    r.group
+                ),
+            );
+        }
+        if r.kind != "Service" {
+            p.push(
+                format!("{at}.kind"),
+                format!("{:?} is not supported; BackendPolicy attaches only to kind Service", r.kind),
+            );
+        }
+        if r.name.is_empty() {
+            p.push(format!("{at}.name"), "is empty; set it to the name of a Service in this namespace");
+        }
+        if r.section_name.as_deref() == Some("") {
+            p.push(
+                format!("{at}.sectionName"),
+                "is empty; set it to the name of a Service port, or remove it to cover every port",
+            );
+        }
+    }
+}
+
+fn convert_load_balancer(lb: Option<&LoadBalancerSpec>, p: &mut Problems) -> AlgorithmModel {
+    let Some(lb) = lb else {
+        return AlgorithmModel::RoundRobin;
+    };
+    const ONE_KEY: &str = "set exactly one of header, cookie or sourceIp: true";
+
+    // Validate the key fields whatever the algorithm, so every problem shows.
+    let mut keys = Vec::new();
+    if let Some(hash) = &lb.hash {
+        if let Some(h) = &hash.header {
+            if is_token(h) {
+                keys.push(("header", HashKey::Header(h.to_ascii_lowercase())));
+            } else {
+                p.push(
+                    "spec.loadBalancer.hash.header",
+                    format!("{h:?} is not a valid HTTP header name; use letters, digits and '-', e.g. X-User-Id"),
+                );
+            }
+        }
+        if let Some(c) = &hash.cookie {
+            if is_token(c) {
+                keys.push(("cookie", HashKey::Cookie(c.clone())));
+            } else {
+                p.push(
+                    "spec.loadBalancer.hash.cookie",
+                    format!("{c:?} is not a valid cookie name; use letters, digits and '-' or '_', e.g. session_id"),
+                );
+            }
+        }
+        if hash.source_ip == Some(true) {
+            keys.push(("sourceIp", HashKey::SourceIp));
+        }
+    }
+
+    match lb.algorithm {
+        Algorithm::RoundRobin | Algorithm::LeastLatency => {
+            if lb.hash.is_some() {
+                p.push(
+                    "spec.loadBalancer.hash",
+                    format!(
+                        "is only used with algorithm ConsistentHash, but algorithm is {}; remove hash or set algorithm: ConsistentHash",
+                        lb.algorithm
+                    ),
+                );
+            }
+            if lb.algorithm == Algorithm::RoundRobin {
+                AlgorithmModel::RoundRobin
+            } else {
+                AlgorithmModel::LeastLatency
+            }
+        }
+        Algorithm::ConsistentHash => {
+            let Some(hash) = &lb.hash else {
+                p.push("spec.loadBalancer.hash", format!("is required with algorithm ConsistentHash; {ONE_KEY}"));
+                return AlgorithmModel::ConsistentHash(HashKey::SourceIp);
+            };
+            // Count keys that are set at all (valid or not) for the "exactly one" rule.
+            let mut set = Vec::new();
+            if hash.header.is_some() {
+                set.push("header");
+            }
+            if hash.cookie.is_some() {
+                set.push("cookie");
+            }
+            if hash.source_ip == Some(true) {
+                set.push("sourceIp");
+            }
+            match set.len() {
+                0 => p.push("spec.loadBalancer.hash", format!("sets no key; {ONE_KEY}")),
+                1 => {}
+                _ => p.push("spec.loadBalancer.hash", format!("sets {}; {ONE_KEY}", set.join(" and "))),
+            }
+            keys.into_iter()
+                .next()
+                .map_or(AlgorithmModel::ConsistentHash(HashKey::SourceIp), |(_, k)| AlgorithmModel::ConsistentHash(k))
+        }
+    }
+}
+
+fn convert_health_check(hc: &HealthCheckSpec, p: &mut Problems) -> HealthCheckModel {
+    let kind = match hc.type_ {
+        HealthCheckType::Http => {
+            let default_http = HttpHealthCheckSpec::default();
+            let http = hc.http.as_ref().unwrap_or(&default_http);
+            convert_http_check(http, p)
+        }
+        HealthCheckType::Tcp => {
+            if hc.http.is_some() {
+                p.push("spec.healthCheck.http", "is only used with type HTTP; remove it or set type: HTTP");
+            }
+            HealthCheckKind::Tcp
+        }
+    };
+    let interval = p.duration("spec.healthCheck.interval", hc.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
+    let timeout = p.duration("spec.healthCheck.timeout", hc.timeout.as_deref(), DEFAULT_HEALTH_TIMEOUT);
+    let healthy = p.at_least_one("spec.healthCheck.healthyThreshold", hc.healthy_threshold, DEFAULT_HEALTHY_THRESHOLD);
+    let unhealthy =
+        p.at_least_one("spec.healthCheck.unhealthyThreshold", hc.unhealthy_threshold, DEFAULT_UNHEALTHY_THRESHOLD);
+    HealthCheckModel {
+        kind,
+        interval,
+        timeout,
+        healthy_threshold: healthy as usize,
+        unhealthy_threshold: unhealthy as usize,
+    }
+}
+
+fn convert_http_check(http: &HttpHealthCheckSpec, p: &mut Problems) -> HealthCheckKind {
+    if !http.path.starts_with('/') {
+        p.push("spec.healthCheck.http.path", format!("{:?} must start with /, e.g. /healthz", http.path));
+    } else if http.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.push(
+            "spec.healthCheck.http.path",
+            format!("{:?} contains spaces or control characters; percent-encode them (e.g. %20)", http.path),
+        );
+    }
+    if let Some(host) = &http.host {
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.push(
+                "spec.healthCheck.http.host",
+                format!("{host:?} is not a valid Host header; use a host name such as app.example.com, or remove it"),
+            );
+        }
+    }
+    if http.expected_statuses.is_empty() {
+        p.push(
+            "spec.healthCheck.http.expectedStatuses",
+            "is empty, so no response would count as healthy; list at least one range such as {start: 200, end: 299}",
+        );
+    }
+    let mut expected = Vec::with_capacity(http.expected_statuses.len());
+    for (i, r) in http.expected_statuses.iter().enumerate() {
+        let at = format!("spec.healthCheck.http.expectedStatuses[{i}]");
+        let mut ok = true;
+        for (name, v) in [("start", r.start), ("end", r.end)] {
+            if !(100..=599).contains(&v) {
+                p.push(format!("{at}.{name}"), format!("{v} is not an HTTP status code; use a value from 100 to 599"));
+                ok = false;
+            }
+        }
+        if r.start > r.end {
+            p.push(
+                at.clone(),
+                format!("start {} is greater than end {}; swap them (the range is inclusive)", r.start, r.end),
+            );
+            ok = false;
+        }
+        if ok {
+            expected.push((r.start, r.end));
+        }
+    }
+    HealthCheckKind::Http { path: http.path.clone(), host: http.host.clone(), expected }
+}
+
+fn convert_outlier(od: Option<&OutlierDetectionSpec>, p: &mut Problems) -> OutlierModel {
+    let Some(od) = od else {
+        return OutlierModel::default();
+    };
+    let consecutive_failures = p.at_least_one(
+        "spec.outlierDetection.consecutiveFailures",
+        od.consecutive_failures,
+        DEFAULT_CONSECUTIVE_FAILURES,
+    );
+    let base_ejection = p.duration(
+        "spec.outlierDetection.baseEjectionTime",
+        od.base_ejection_time.as_deref(),
+        DEFAULT_BASE_EJECTION_TIME,
+    );
+    let max_ejection = match od.max_ejection_time.as_deref() {
+        // Only the base is set: the default cap never cuts it short.
+        None => DEFAULT_MAX_EJECTION_TIME.max(base_ejection),
+        Some(text) => {
+            let before = p.0.len();
+            let max = p.duration("spec.outlierDetection.maxEjectionTime", Some(text), DEFAULT_MAX_EJECTION_TIME);
+            if p.0.len() == before && max < base_ejection {
+                p.push(
+                    "spec.outlierDetection.maxEjectionTime",
+                    format!(
+                        "{text:?} is shorter than baseEjectionTime {}; raise maxEjectionTime or lower baseEjectionTime",
+                        od.base_ejection_time.as_deref().map_or_else(|| fmt_duration(base_ejection), str::to_string)
+                    ),
+                );
+            }
+            max
+        }
+    };
+    let max_ejection_percent = match od.max_ejection_percent {
+        None => DEFAULT_MAX_EJECTION_PERCENT,
+        Some(n) if n > 100 => {
+            p.push(
+                "spec.outlierDetection.maxEjectionPercent",
+                format!("{n} is over 100; use a percentage from 0 to 100"),
+            );
+            DEFAULT_MAX_EJECTION_PERCENT
+        }
+        Some(n) => n,
+    };
+    OutlierModel { consecutive_failures, base_ejection, max_ejection, max_ejection_percent }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn target(name: &str) -> PolicyTargetRef {
+        PolicyTargetRef {
+            group: DEFAULT_TARGET_GROUP.to_string(),
+            kind: DEFAULT_TARGET_KIND.to_string(),
+            name: name.to_string(),
+            section_name: None,
+        }
+    }
+
+    fn minimal_spec() -> BackendPolicySpec {
+        BackendPolicySpec {
+            target_refs: vec![target("web")],
+            load_balancer: None,
+            health_check: None,
+            outlier_detection: None,
+            connect_timeout: None,
+        }
+    }
+
+    fn problems_of(spec: &BackendPolicySpec) -> Vec<PolicyProblem> {
+        BackendPolicyModel::try_from(spec).expect_err("spec should be invalid").problems
+    }
+
+    fn fields_of(spec: &BackendPolicySpec) -> Vec<String> {
+        problems_of(spec).into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn parses_good_durations() {
+        assert_eq!(parse_duration("2s"), Ok(secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(secs(5400)));
+        assert_eq!(parse_duration("1h30m30s500ms"), Ok(Duration::from_millis(5_430_500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        // Leading zeroes are decimal, not octal.
+        assert_eq!(parse_duration("010s"), Ok(secs(10)));
+        assert_eq!(parse_duration("00060m"), Ok(secs(3600)));
+        // Five digits is the maximum per component.
+        assert_eq!(parse_duration("99999ms"), Ok(Duration::from_millis(99_999)));
+        // Units may repeat and appear in any order, as in Go; they add up.
+        assert_eq!(parse_duration("1s1h"), Ok(secs(3601)));
+        assert_eq!(parse_duration("1m1m"), Ok(secs(120)));
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "ms",
+            "-1s",
+            "+1s",
+            "1.5s",
+            "1,5s",
+            " 1s",
+            "1s ",
+            "1h 30m",
+            "5 seconds",
+            "5sec",
+            "1d",
+            "1us",
+            "1ns",
+            "1µs",
+            "100000ms",
+            "1h1m1s1ms1h",
+            "1S",
+            "1H",
+            "5s5",
+            "1m30",
+            "PT5S",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected, got {:?}", parse_duration(bad));
+        }
+    }
+
+    #[test]
+    fn duration_errors_explain_the_problem() {
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert!(parse_duration("1.5s").unwrap_err().contains("fractional"));
+        assert!(parse_duration("1h 30m").unwrap_err().contains("spaces"));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("1d").unwrap_err().contains("unknown unit \"d\""));
+        assert!(parse_duration("123456s").unwrap_err().contains("more than 5 digits"));
+        assert!(parse_duration("1h1m1s1ms1h").unwrap_err().contains("more than 4 components"));
+    }
+
+    #[test]
+    fn default_model() {
+        let m = BackendPolicyModel::default();
+        assert_eq!(m.algorithm, AlgorithmModel::RoundRobin);
+        assert_eq!(m.health_check, None);
+        assert_eq!(
+            m.outlier,
+            OutlierModel {
+                consecutive_failures: 5,
+                base_ejection: secs(30),
+                max_ejection: secs(300),
+                max_ejection_percent: 50,
+            }
+        );
+        assert_eq!(m.connect_timeout, secs(2));
+        assert_eq!(Algorithm::default(), DEFAULT_ALGORITHM);
+        assert_eq!(HealthCheckType::default(), DEFAULT_HEALTH_CHECK_TYPE);
+        assert_eq!(LoadBalancerSpec::default().algorithm, Algorithm::RoundRobin);
+        assert_eq!(
+            HttpHealthCheckSpec::default(),
+            HttpHealthCheckSpec {
+                path: "/".into(),
+                host: None,
+                expected_statuses: vec![StatusRange { start: 200, end: 299 }],
+            }
+        );
+    }
+
+    #[test]
+    fn minimal_spec_gives_the_default_model() {
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str("targetRefs:\n- name: web\n").unwrap();
+        assert_eq!(spec.target_refs, vec![target("web")]);
+        assert_eq!(BackendPolicyModel::try_from(&spec), Ok(BackendPolicyModel::default()));
+    }
+
+    #[test]
+    fn empty_sections_take_their_defaults() {
+        let yaml = "
+targetRefs: [{name: web}]
+loadBalancer: {}
+healthCheck: {}
+outlierDetection: {}
+";
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let m = BackendPolicyModel::try_from(&spec).unwrap();
+        assert_eq!(m.algorithm, AlgorithmModel::RoundRobin);
+        let hc = m.health_check.unwrap();
+        assert_eq!(hc, HealthCheckModel::default());
+        assert_eq!(hc.kind, HealthCheckKind::Http { path: "/".into(), host: None, expected: vec![(200, 299)] });
+        assert_eq!((hc.interval, hc.timeout), (secs(5), secs(1)));
+        assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (1, 3));
+        assert_eq!(m.outlier, OutlierModel::default());
+    }
+
+    #[test]
+    fn full_spec_from_yaml() {
+        let yaml = r#"
+targetRefs:
+  - group: ""
+    kind: Service
+    name: checkout
+    sectionName: http
+  - group: core
+    kind: Service
+    name: checkout-canary
+loadBalancer:
+  algorithm: ConsistentHash
+  hash:
+    header: X-User-Id
+healthCheck:
+  type: HTTP
+  http:
+    path: /healthz?full=1
+    host: checkout.internal
+    expectedStatuses:
+      - {start: 200, end: 204}
+      - {start: 301, end: 302}
+  interval: 10s
+  timeout: 1500ms
+  healthyThreshold: 2
+  unhealthyThreshold: 4
+outlierDetection:
+  consecutiveFailures: 7
+  baseEjectionTime: 1m
+  maxEjectionTime: 10m
+  maxEjectionPercent: 30
+connectTimeout: 750ms
+"#;
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(spec.target_refs.len(), 2);
+        assert_eq!(spec.target_refs[0].section_name.as_deref(), Some("http"));
+        assert_eq!(spec.target_refs[1].group, "core");
+        assert_eq!(spec.load_balancer.as_ref().unwrap().algorithm, Algorithm::ConsistentHash);
+        assert_eq!(spec.health_check.as_ref().unwrap().type_, HealthCheckType::Http);
+
+        let m = BackendPolicyModel::try_from(&spec).unwrap();
+        assert_eq!(
+            m,
+            BackendPolicyModel {
+                algorithm: AlgorithmModel::ConsistentHash(HashKey::Header("x-user-id".into())),
+                health_check: Some(HealthCheckModel {
+                    kind: HealthCheckKind::Http {
+                        path: "/healthz?full=1".into(),
+                        host: Some("checkout.internal".into()),
+                        expected: vec![(200, 204), (301, 302)],
+                    },
+                    interval: secs(10),
+                    timeout: Duration::from_millis(1500),
+                    healthy_threshold: 2,
+                    unhealthy_threshold: 4,
+                }),
+                outlier: OutlierModel {
+                    consecutive_failures: 7,
+                    base_ejection: secs(60),
+                    max_ejection: secs(600),
+                    max_ejection_percent: 30,
+                },
+                connect_timeout: Duration::from_millis(750),
+            }
+        );
+        let kind = &m.health_check.as_ref().unwrap().kind;
+        assert!(kind.accepts_status(204) && kind.accepts_status(301));
+        assert!(!kind.accepts_status(205) && !kind.accepts_status(300) && !kind.accepts_status(500));
+    }
+
+    #[test]
+    fn spec_round_trips_through_yaml() {
+        let yaml = "
+targetRefs: [{name: web, sectionName: grpc}]
+loadBalancer: {algorithm: LeastLatency}
+healthCheck: {type: TCP, interval: 2s}
+connectTimeout: 1s
+";
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let again: BackendPolicySpec = serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(spec, again);
+        let text = serde_yaml_ng::to_string(&spec).unwrap();
+        assert!(text.contains("type: TCP"), "{text}");
+        assert!(text.contains("algorithm: LeastLatency"), "{text}");
+        assert!(!text.contains("null"), "absent fields are omitted: {text}");
+
+        let m = BackendPolicyModel::try_from(&spec).unwrap();
+        assert_eq!(m.algorithm, AlgorithmModel::LeastLatency);
+        let hc = m.health_check.unwrap();
+        assert_eq!(hc.kind, HealthCheckKind::Tcp);
+        assert_eq!(hc.interval, secs(2));
+        assert_eq!(hc.timeout, DEFAULT_HEALTH_TIMEOUT);
+    }
+
+    #[test]
+    fn hash_keys() {
+        let with_hash = |hash: HashSpec| BackendPolicySpec {
+            load_balancer: Some(LoadBalancerSpec { algorithm: Algorithm::ConsistentHash, hash: Some(hash) }),
+            ..minimal_spec()
+        };
+        let cookie = with_hash(HashSpec { cookie: Some("session".into()), ..Default::default() });
+        assert_eq!(
+            BackendPolicyModel::try_from(&cookie).unwrap().algorithm,
+            AlgorithmModel::ConsistentHash(HashKey::Cookie("session".into()))
+        );
+        let ip = with_hash(HashSpec { source_ip: Some(true), ..Default::default() });
+        assert_eq!(
+            BackendPolicyModel::try_from(&ip).unwrap().algorithm,
+            AlgorithmModel::ConsistentHash(HashKey::SourceIp)
+        );
+        // sourceIp: false does not count as a key.
+        let header_and_no_ip =
+            with_hash(HashSpec { header: Some("X-A".into()), source_ip: Some(false), ..Default::default() });
+        assert_eq!(
+            BackendPolicyModel::try_from(&header_and_no_ip).unwrap().algorithm,
+            AlgorithmModel::ConsistentHash(HashKey::Header("x-a".into()))
+        );
+
+        let none = with_hash(HashSpec { source_ip: Some(false), ..Default::default() });
+        let p = problems_of(&none);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "spec.loadBalancer.hash");
+        assert!(p[0].message.contains("sets no key"), "{}", p[0]);
+
+        let two = with_hash(HashSpec { header: Some("x-a".into()), source_ip: Some(true), ..Default::default() });
+        let p = problems_of(&two);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("sets header and sourceIp"), "{}", p[0]);
+
+        let missing = BackendPolicySpec {
+            load_balancer: Some(LoadBalancerSpec { algorithm: Algorithm::ConsistentHash, hash: None }),
+            ..minimal_spec()
+        };
+        assert_eq!(fields_of(&missing), ["spec.loadBalancer.hash"]);
+
+        let unused = BackendPolicySpec {
+            load_balancer: Some(LoadBalancerSpec {
+                algorithm: Algorithm::LeastLatency,
+                hash: Some(HashSpec { cookie: Some("s".into()), ..Default::default() }),
+            }),
+            ..minimal_spec()
+        };
+        let p = problems_of(&unused);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("but algorithm is LeastLatency"), "{}", p[0]);
+    }
+
+    #[test]
+    fn outlier_ejection_times() {
+        let only_base = BackendPolicySpec {
+            outlier_detection: Some(OutlierDetectionSpec {
+                base_ejection_time: Some("10m".into()),
+                ..Default::default()
+            }),
+            ..minimal_spec()
+        };
+        let o = BackendPolicyModel::try_from(&only_base).unwrap().outlier;
+        assert_eq!((o.base_ejection, o.max_ejection), (secs(600), secs(600)));
+
+        let o = OutlierModel::default();
+        assert_eq!(o.ejection_duration(1), secs(30));
+        assert_eq!(o.ejection_duration(3), secs(90));
+        assert_eq!(o.ejection_duration(10), secs(300));
+        assert_eq!(o.ejection_duration(u32::MAX), secs(300));
+
+        let inverted = BackendPolicySpec {
+            outlier_detection: Some(OutlierDetectionSpec {
+                base_ejection_time: Some("2m".into()),
+                max_ejection_time: Some("1m".into()),
+                ..Default::default()
+            }),
+            ..minimal_spec()
+        };
+        let p = problems_of(&inverted);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "spec.outlierDetection.maxEjectionTime");
+        assert!(p[0].message.contains("shorter than baseEjectionTime 2m"), "{}", p[0]);
+
+        let zero_percent = BackendPolicySpec {
+            outlier_detection: Some(OutlierDetectionSpec { max_ejection_percent: Some(0), ..Default::default() }),
+            ..minimal_spec()
+        };
+        assert_eq!(BackendPolicyModel::try_from(&zero_percent).unwrap().outlier.max_ejection_percent, 0);
+    }
+
+    #[test]
+    fn invalid_spec_lists_every_problem() {
+        let yaml = r#"
+targetRefs:
+  - group: apps
+    kind: Deployment
+    name: ""
+loadBalancer:
+  algorithm: ConsistentHash
+  hash:
+    header: "X User"
+    cookie: session
+healthCheck:
+  type: HTTP
+  http:
+    path: healthz
+    expectedStatuses:
+      - {start: 99, end: 200}
+      - {start: 300, end: 200}
+  interval: 5 seconds
+  timeout: 0s
+  healthyThreshold: 0
+outlierDetection:
+  consecutiveFailures: 0
+  maxEjectionPercent: 150
+connectTimeout: 1.5s
+"#;
+        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let err = BackendPolicyModel::try_from(&spec).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.targetRefs[0].group",
+                "spec.targetRefs[0].kind",
+                "spec.targetRefs[0].name",
+                "spec.loadBalancer.hash.header",
+                "spec.loadBalancer.hash",
+                "spec.healthCheck.http.path",
+                "spec.healthCheck.http.expectedStatuses[0].start",
+                "spec.healthCheck.http.expectedStatuses[1]",
+                "spec.healthCheck.interval",
+                "spec.healthCheck.timeout",
+                "spec.healthCheck.healthyThreshold",
+                "spec.outlierDetection.consecutiveFailures",
+                "spec.outlierDetection.maxEjectionPercent",
+                "spec.connectTimeout",
+            ]
+        );
+
+        let text = err.to_string();
+        assert!(text.starts_with("invalid BackendPolicy spec (14 problems): (1) spec.targetRefs[0].group: "), "{text}");
+        assert!(
+            text.contains(
+                r#"spec.healthCheck.interval: "5 seconds" is not a duration; use a Gateway API duration such as 5s, 500ms or 1m"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"spec.healthCheck.timeout: "0s" must be greater than zero"#), "{text}");
+        assert!(text.contains("sets header and cookie"), "{text}");
+        assert!(text.contains("start 300 is greater than end 200; swap them"), "{text}");
+        assert!(text.contains("99 is not an HTTP status code"), "{text}");
+        assert!(text.contains("150 is over 100"), "{text}");
+        assert!(text.contains(r#""Deployment" is not supported"#), "{text}");
+        // Problems are numbered and separated, not run together.
+        assert!(text.contains("; (14) spec.connectTimeout: \"1.5s\" is not a duration"), "{text}");
+    }
+
+    #[test]
+    fn target_refs_are_checked() {
+        let empty = BackendPolicySpec { target_refs: vec![], ..minimal_spec() };
+        assert_eq!(fields_of(&empty), ["spec.targetRefs"]);
+
+        let mut bad_section = target("web");
+        bad_section.section_name = Some(String::new());
+        let spec = BackendPolicySpec { target_refs: vec![target("ok"), bad_section], ..minimal_spec() };
+        assert_eq!(fields_of(&spec), ["spec.targetRefs[1].sectionName"]);
+    }
+
+    #[test]
+    fn tcp_check_rejects_http_settings_and_single_problem_display() {
+        let spec = BackendPolicySpec {
+            health_check: Some(HealthCheckSpec {
+                type_: HealthCheckType::Tcp,
+                http: Some(HttpHealthCheckSpec::default()),
+                ..Default::default()
+            }),
+            ..minimal_spec()
+        };
+        let err = BackendPolicyModel::try_from(&spec).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid BackendPolicy spec (1 problem): spec.healthCheck.http: is only used with type HTTP; \
+             remove it or set type: HTTP"
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_rejected_by_serde() {
+        assert!(serde_yaml_ng::from_str::<BackendPolicySpec>(
+            "targetRefs: [{name: a}]\nloadBalancer: {algorithm: Random}\n"
+        )
+        .is_err());
+        assert!(serde_yaml_ng::from_str::<BackendPolicySpec>("targetRefs: [{name: a}]\nhealthCheck: {type: http}\n")
+            .is_err());
+    }
+
+    #[test]
+    fn crd_describes_the_resource() {
+        use kube::CustomResourceExt;
+        let crd = BackendPolicy::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("backendpolicies.weir.dev"));
+        assert_eq!(crd.spec.group, "weir.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.kind, "BackendPolicy");
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+        assert_eq!(crd.metadata.labels.as_ref().and_then(|l| l.get(POLICY_LABEL)).map(String::as_str), Some("Direct"));
+
+        let yaml = crd_yaml();
+        for needle in [
+            "targetRefs:",
+            "sectionName:",
+            "expectedStatuses:",
+            "- RoundRobin",
+            "- LeastLatency",
+            "- ConsistentHash",
+            "- HTTP",
+            "- TCP",
+            "maxEjectionPercent:",
+        ] {
+            assert!(yaml.contains(needle), "CRD lacks {needle:?}:\n{yaml}");
+        }
+        // Structural schema: no unresolved references or untyped unions.
+        assert!(!yaml.contains("$ref"), "{yaml}");
+        assert!(!yaml.contains("oneOf"), "{yaml}");
+        assert!(!yaml.contains("anyOf"), "{yaml}");
+    }
+
+    #[test]
+    fn crd_file_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/backendpolicies.weir.dev.yaml");
+        let on_disk = std::fs::read_to_string(path).expect("deploy/crds/backendpolicies.weir.dev.yaml exists");
+        assert!(on_disk == crd_yaml(), "{path} is stale; regenerate it from policy::crd_yaml()");
+    }
+
+    #[test]
+    fn header_names() {
+        assert!(is_token("X-User-Id"));
+        assert!(is_token("x_b3.trace~id"));
+        assert!(!is_token(""));
+        assert!(!is_token("X User"));
+        assert!(!is_token(":authority"));
+        assert!(!is_token("Ünicode"));
+    }
+}

@@ -1,0 +1,414 @@
+//! The edge tier's `ProxyHttp`: thin phases that call routing, pools and telemetry.
+//!
+//! `request_filter` routes (one snapshot load per request), answers redirects and errors;
+//! `upstream_peer` picks an endpoint; `fail_to_connect` marks connect failures retryable onto a
+//! *different* endpoint; `logging` records metrics and passive health.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use super::rewrite::{redirect_location, rewrite_path};
+use crate::policy::{AlgorithmModel, HashKey};
+use crate::pool::{stats, EndpointStats, Pool};
+use crate::routing::{normalize_host, PathMatch, RequestView};
+use crate::snapshot::{Action, RouteAction, Snapshot, Target};
+use crate::telemetry::access_log::{self, AccessRecord};
+use crate::translate::{HeaderMods, Protocol, UpstreamProtocol};
+
+/// Connect failures retried on another endpoint, per request.
+pub const MAX_CONNECT_RETRIES: u32 = 2;
+/// How long an idle upstream connection is kept for reuse.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent streams per upstream HTTP/2 connection.
+pub const UPSTREAM_H2_STREAMS: usize = 100;
+
+/// The edge proxy. Shared state only; per-request state is in [`EdgeCtx`].
+pub struct EdgeProxy {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub access_log: bool,
+}
+
+/// Per-request state.
+pub struct EdgeCtx {
+    started: Instant,
+    snap: Option<Arc<Snapshot>>,
+    port: u16,
+    action: Option<Arc<RouteAction>>,
+    target: Option<usize>,
+    /// Rewritten path and query, when a URLRewrite changes it.
+    new_path: Option<String>,
+    endpoint: Option<Arc<EndpointStats>>,
+    upstream_started: Option<Instant>,
+    tried: Vec<SocketAddr>,
+    retries: u32,
+}
+
+fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
+    match &action.kind {
+        Action::Forward { targets, .. } => targets.get(index),
+        Action::Redirect(_) => None,
+    }
+}
+
+impl EdgeCtx {
+    fn target(&self) -> Option<&Target> {
+        target_of(self.action.as_ref()?, self.target?)
+    }
+
+    fn pool(&self) -> Option<&Arc<Pool>> {
+        self.target()?.pool.as_ref()
+    }
+}
+
+/// Writes a short plain-text response.
+async fn respond(session: &mut Session, status: u16, body: &'static str, location: Option<String>) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(l) = location {
+        resp.insert_header("location", l)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    Ok(())
+}
+
+fn apply_request_mods(req: &mut RequestHeader, mods: &HeaderMods) -> Result<()> {
+    for (n, v) in &mods.set {
+        req.insert_header(n.clone(), v.clone())?;
+    }
+    for (n, v) in &mods.add {
+        req.append_header(n.clone(), v.clone())?;
+    }
+    for n in &mods.remove {
+        req.remove_header(n);
+    }
+    Ok(())
+}
+
+fn apply_response_mods(resp: &mut ResponseHeader, mods: &HeaderMods) -> Result<()> {
+    for (n, v) in &mods.set {
+        resp.insert_header(n.clone(), v.clone())?;
+    }
+    for (n, v) in &mods.add {
+        resp.append_header(n.clone(), v.clone())?;
+    }
+    for n in &mods.remove {
+        resp.remove_header(n);
+    }
+    Ok(())
+}
+
+fn local_port(session: &Session) -> u16 {
+    session.server_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port())
+}
+
+/// The key consistent hashing uses, borrowed from the request where possible.
+fn hash_key<'a>(session: &'a Session, algorithm: &AlgorithmModel, ip_buf: &'a mut [u8; 16]) -> &'a [u8] {
+    let AlgorithmModel::ConsistentHash(key) = algorithm else { return &[] };
+    let req = session.req_header();
+    match key {
+        HashKey::Header(name) => req.headers.get(name.as_str()).map_or(&[], |v| v.as_bytes()),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| kv.trim().strip_prefix(name.as_str())?.strip_prefix('='))
+            .map_or(&[], str::as_bytes),
+        HashKey::SourceIp => match session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            Some(std::net::IpAddr::V4(ip)) => {
+                ip_buf[..4].copy_from_slice(&ip.octets());
+                &ip_buf[..4]
+            }
+            Some(std::net::IpAddr::V6(ip)) => {
+                *ip_buf = ip.octets();
+                &ip_buf[..]
+            }
+            None => &[],
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = EdgeCtx;
+
+    fn new_ctx(&self) -> EdgeCtx {
+        EdgeCtx {
+            started: Instant::now(),
+            snap: None,
+            port: 0,
+            action: None,
+            target: None,
+            new_path: None,
+            endpoint: None,
+            upstream_started: None,
+            tried: Vec::new(),
+            retries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        let snap = self.snapshot.load_full();
+        ctx.port = local_port(session);
+        let Some(listener) = snap.listeners.get(&ctx.port) else {
+            respond(session, 404, "this listener has no configuration\n", None).await?;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        let raw_host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let host = normalize_host(raw_host);
+        let view = RequestView {
+            host: &host,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        let Some(rule) = listener.router.lookup(&view) else {
+            drop(host);
+            ctx.snap = Some(snap);
+            respond(session, 404, "no route matches this host and path\n", None).await?;
+            return Ok(true);
+        };
+        let action = rule.action.clone();
+        let matched_prefix = match &rule.matcher.path {
+            PathMatch::Prefix(p) => Some(p.as_str()),
+            _ => None,
+        };
+        match &action.kind {
+            Action::Redirect(r) => {
+                let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
+                let location =
+                    redirect_location(r, matched_prefix, scheme, &host, ctx.port, req.uri.path(), req.uri.query());
+                let status = r.status;
+                drop(host);
+                ctx.action = Some(action);
+                ctx.snap = Some(snap);
+                respond(session, status, "", Some(location)).await?;
+                return Ok(true);
+            }
+            Action::Forward { targets, cycle, .. } => {
+                let chosen = cycle.next().filter(|&i| targets[i].pool.is_some());
+                ctx.target = chosen;
+                if let Some(path) = action.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+                    let mut p = rewrite_path(path, matched_prefix, req.uri.path());
+                    if let Some(q) = req.uri.query() {
+                        p.push('?');
+                        p.push_str(q);
+                    }
+                    ctx.new_path = Some(p);
+                }
+                drop(host);
+                ctx.action = Some(action);
+                ctx.snap = Some(snap);
+                if chosen.is_none() {
+                    respond(
+                        session,
+                        500,
+                        "the backend of this route is not available; see weir's /config_dump\n",
+                        None,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool().cloned() else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "route has no backend");
+        };
+        let spec = pool.spec();
+        let mut ip_buf = [0u8; 16];
+        let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
+        let Some(backend) = pool.select(key, &ctx.tried) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
+        };
+        let Some(addr) = backend.addr.as_inet().copied() else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "endpoint is not an IP address");
+        };
+        if let Some(s) = stats(&backend) {
+            s.inflight.fetch_add(1, Relaxed);
+            ctx.endpoint = Some(s.clone());
+        }
+        ctx.tried.push(addr);
+        ctx.upstream_started = Some(Instant::now());
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(spec.policy.connect_timeout);
+        o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        if let Some(action) = &ctx.action {
+            let t = action.timeouts.backend_request.or(action.timeouts.request);
+            o.read_timeout = t;
+            o.write_timeout = t;
+        }
+        if spec.protocol == UpstreamProtocol::H2c {
+            o.set_http_version(2, 2);
+            o.max_h2_streams = UPSTREAM_H2_STREAMS;
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = client.ip().to_string();
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.clone(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+            upstream.insert_header("x-real-ip", ip)?;
+        }
+        let https =
+            ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port)).is_some_and(|l| l.protocol == Protocol::Https);
+        upstream.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
+        let Some(action) = ctx.action.clone() else { return Ok(()) };
+        if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
+            upstream.insert_header(http::header::HOST, host.as_str())?;
+        }
+        if let Some(p) = ctx.new_path.take() {
+            let uri =
+                p.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "rewritten path", e))?;
+            upstream.set_uri(uri);
+        }
+        if !action.request_headers.is_empty() {
+            apply_request_mods(upstream, &action.request_headers)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        if let (Some(ep), Some(t)) = (&ctx.endpoint, ctx.upstream_started) {
+            ep.observe_latency(t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        match &ctx.action {
+            Some(a) if !a.response_headers.is_empty() => apply_response_mods(resp, &a.response_headers),
+            _ => Ok(()),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EdgeCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(action) = ctx.action.clone() else { return e };
+        let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return e };
+        let Some(pool) = &target.pool else { return e };
+        target.metrics.connect_errors.inc();
+        if let Some(ep) = ctx.endpoint.take() {
+            ep.inflight.fetch_sub(1, Relaxed);
+            pool.report(&ep, false);
+        }
+        // retry only if another endpoint is there to take it
+        if ctx.retries < MAX_CONNECT_RETRIES && pool.select(&[], &ctx.tried).is_some() {
+            ctx.retries += 1;
+            target.metrics.retries.inc();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut EdgeCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = match code {
+                503 => "no healthy endpoint for this route\n",
+                504 => "the upstream did not answer in time\n",
+                502 => "the upstream connection failed\n",
+                _ => "request failed\n",
+            };
+            let _ = respond(session, code, body, None).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        if let (Some(ep), Some(pool)) = (ctx.endpoint.take(), ctx.pool()) {
+            ep.inflight.fetch_sub(1, Relaxed);
+            let upstream_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
+            pool.report(&ep, !upstream_failed);
+        }
+        let listener = ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port));
+        match (ctx.target(), &ctx.action, listener) {
+            (Some(t), _, _) => t.metrics.observe(status, elapsed),
+            (None, Some(a), _) => {
+                if let Action::Forward { unavailable, .. } = &a.kind {
+                    unavailable.observe(status, elapsed);
+                }
+            }
+            (None, None, Some(l)) => l.unmatched.observe(status, elapsed),
+            _ => {}
+        }
+        if self.access_log {
+            let req = session.req_header();
+            access_log::log(&AccessRecord {
+                listener: listener.map_or("", |l| l.name.as_str()),
+                method: req.method.as_str(),
+                host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+                path: req.uri.path(),
+                status,
+                route: ctx.action.as_ref().map_or("", |a| a.name.as_str()),
+                backend: ctx.target().map_or("", |t| t.name.as_str()),
+                upstream: ctx.tried.last().copied(),
+                duration: elapsed,
+                retries: ctx.retries,
+                client: session.client_addr().map(|a| a.to_string()),
+            });
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Listener management: weir's own accept loops feeding Pingora's `HttpProxy`.
+//!
+//! Pingora's `Server` binds its listeners once at start; a Gateway listener on a new port must
+//! come up at runtime. So weir owns the sockets: each port has an accept loop (Pingora's L4
+//! listener, so streams carry Pingora's socket digests), an optional BoringSSL handshake, and
+//! then `HttpProxy::process_new`, the same entry point Pingora's own services use. New ports
+//! are bound and removed ports closed on each snapshot, in the running process: no re-exec, no
+//! dropped connection (connections already accepted on a removed port run to completion).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use boring::ssl::SslAcceptor;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::listener::Listener as L4Listener;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::snapshot::Snapshot;
+use crate::telemetry::Metrics;
+use crate::translate::Protocol;
+
+/// Longest a client may take to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Bound {
+    task: JoinHandle<()>,
+    /// Ports bound at start (the Ingress listeners) stay even with no configuration.
+    permanent: bool,
+}
+
+/// The sockets weir listens on, kept in step with the snapshot.
+pub struct Listeners<A> {
+    app: Arc<A>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+    bound: Mutex<HashMap<u16, Bound>>,
+    /// Ports that could not be bound, with the reason (shown in `/config_dump`).
+    pub bind_errors: Mutex<BTreeMap<u16, String>>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
+    pub fn new(app: Arc<A>, snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, shutdown: ShutdownWatch) -> Self {
+        Listeners {
+            app,
+            snapshot,
+            metrics,
+            shutdown,
+            bound: Mutex::new(HashMap::new()),
+            bind_errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Serves an already bound socket for the lifetime of the process.
+    pub fn adopt(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.start(listener, addr.port(), true);
+        Ok(addr)
+    }
+
+    fn start(&self, listener: TcpListener, port: u16, permanent: bool) {
+        let acceptor = match crate::tls::acceptor(self.snapshot.clone(), port) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::error!(port, error = %e, "cannot set up TLS for this listener");
+                return;
+            }
+        };
+        let task = tokio::spawn(accept_loop(
+            L4Listener::from(listener),
+            port,
+            acceptor,
+            self.app.clone(),
+            self.snapshot.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        let old = self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Bound { task, permanent });
+        if let Some(old) = old {
+            old.task.abort();
+        }
+    }
+
+    /// Binds the listeners the snapshot has and weir lacks; closes those it no longer has.
+    pub async fn reconcile(&self, snap: &Snapshot) {
+        let missing: Vec<(u16, SocketAddr)> = {
+            let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+            snap.listeners.iter().filter(|(port, _)| !bound.contains_key(port)).map(|(p, l)| (*p, l.addr)).collect()
+        };
+        for (port, addr) in missing {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "listening");
+                    self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+                    self.start(l, port, false);
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen; the listener stays down until its configuration changes");
+                    self.metrics.listener_bind_failures.with_label_values(&[&port.to_string()]).inc();
+                    self.bind_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(port, format!("cannot listen on {addr}: {e}"));
+                }
+            }
+        }
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound.retain(|port, b| {
+            let keep = b.permanent || snap.listeners.contains_key(port);
+            if !keep {
+                tracing::info!(port, "listener removed; open connections finish");
+                b.task.abort();
+            }
+            keep
+        });
+        self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).retain(|port, _| snap.listeners.contains_key(port));
+    }
+
+    /// Stops accepting everywhere.
+    pub fn close_all(&self) {
+        for (_, b) in self.bound.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            b.task.abort();
+        }
+    }
+}
+
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: L4Listener,
+    port: u16,
+    acceptor: Arc<SslAcceptor>,
+    app: Arc<A>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+) {
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "accept failed");
+                if e.raw_os_error() == Some(24) {
+                    // out of file descriptors: let connections close before trying again
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay();
+        let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
+        let (app, acceptor, metrics, shutdown) = (app.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let stream: Stream = match tls {
+                Some((true, name)) => {
+                    let handshake = pingora::protocols::tls::server::handshake(&acceptor, stream);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake_failures.with_label_values(&[&name]).inc();
+                            tracing::debug!(port, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake_failures.with_label_values(&[&name]).inc();
+                            return;
+                        }
+                    }
+                }
+                _ => Box::new(stream),
+            };
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(reused) = next {
+                next = app.process_new(reused, &shutdown).await;
+            }
+        });
+    }
+}

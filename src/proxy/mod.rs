@@ -1,0 +1,7 @@
+//! The `ProxyHttp` implementations (edge today; mesh later) and the listeners feeding them.
+
+pub mod edge;
+pub mod listeners;
+pub mod rewrite;
+
+pub use edge::EdgeProxy;

@@ -1,0 +1,190 @@
+//! The compiled, immutable configuration the request path reads: one per generation, published
+//! through exactly one `ArcSwap`. Everything a request needs is resolved here (routers sorted,
+//! pools linked, metric handles created, TLS contexts built) so a request does lookups only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boring::ssl::SslContext;
+
+use crate::pool::weighted::SmoothCycle;
+use crate::pool::{Pool, PoolRegistry};
+use crate::routing::{HostPattern, Router, Rule};
+use crate::store::Rejection;
+use crate::telemetry::{Metrics, TargetMetrics};
+use crate::translate::{
+    ActionKind, ActionModel, HeaderMods, ListenerModel, Model, PoolKey, Protocol, Redirect, Rewrite, Timeouts,
+};
+
+/// The one published configuration.
+pub struct Snapshot {
+    pub generation: u64,
+    /// By port; weir's listeners have distinct ports.
+    pub listeners: HashMap<u16, Listener>,
+    pub rejections: Vec<Rejection>,
+    pub pools: BTreeMap<PoolKey, Arc<Pool>>,
+}
+
+impl Snapshot {
+    /// The snapshot before any configuration is loaded: no listeners, nothing served.
+    pub fn empty() -> Self {
+        Snapshot { generation: 0, listeners: HashMap::new(), rejections: vec![], pools: BTreeMap::new() }
+    }
+}
+
+/// A compiled listener.
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub certs: CertStore,
+    pub router: Router<Arc<RouteAction>>,
+    /// Metrics for requests no route matched.
+    pub unmatched: TargetMetrics,
+}
+
+/// What a matched rule does at request time.
+pub struct RouteAction {
+    pub name: String,
+    pub kind: Action,
+    pub request_headers: HeaderMods,
+    pub response_headers: HeaderMods,
+    pub rewrite: Option<Rewrite>,
+    pub timeouts: Timeouts,
+}
+
+pub enum Action {
+    /// Weighted backends; an empty cycle (no backends, or all weights 0) answers 500.
+    Forward {
+        targets: Vec<Target>,
+        cycle: SmoothCycle,
+        unavailable: TargetMetrics,
+    },
+    Redirect(Redirect),
+}
+
+/// One weighted backend of a rule.
+pub struct Target {
+    pub name: String,
+    /// `None` for an invalid reference: answered 500.
+    pub pool: Option<Arc<Pool>>,
+    pub metrics: TargetMetrics,
+}
+
+/// Certificates of a TLS listener, chosen by SNI: exact name, then the longest wildcard, then
+/// the default.
+#[derive(Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<SslContext>>,
+    wildcards: Vec<(HostPattern, Arc<SslContext>)>,
+    default: Option<Arc<SslContext>>,
+    /// (hosts, secret, not after), for the config dump.
+    pub listing: Vec<(String, String, String)>,
+}
+
+impl CertStore {
+    fn build(certs: &[crate::translate::tls::CertModel]) -> Self {
+        let mut store = CertStore::default();
+        for c in certs {
+            let hosts: Vec<String> = c.hosts.iter().map(HostPattern::display).collect();
+            store.listing.push((
+                if hosts.is_empty() { "(default)".into() } else { hosts.join(",") },
+                c.secret.clone(),
+                c.not_after.clone(),
+            ));
+            if c.hosts.is_empty() && store.default.is_none() {
+                store.default = Some(c.context.clone());
+            }
+            for h in &c.hosts {
+                match h {
+                    HostPattern::Exact(name) => {
+                        store.exact.entry(name.clone()).or_insert_with(|| c.context.clone());
+                    }
+                    HostPattern::Wildcard { .. } => store.wildcards.push((h.clone(), c.context.clone())),
+                    HostPattern::Any => {
+                        store.default.get_or_insert_with(|| c.context.clone());
+                    }
+                }
+            }
+        }
+        // longest suffix first
+        store.wildcards.sort_by_key(|(h, _)| std::cmp::Reverse(h.display().len()));
+        store
+    }
+
+    /// The context for a ClientHello's server name.
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<SslContext>> {
+        if let Some(name) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) {
+            if let Some(c) = self.exact.get(&name) {
+                return Some(c);
+            }
+            if let Some((_, c)) = self.wildcards.iter().find(|(h, _)| h.matches(&name)) {
+                return Some(c);
+            }
+        }
+        self.default.as_ref()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.exact.is_empty() && self.wildcards.is_empty()
+    }
+}
+
+/// Compiles a model: links pools (creating or updating them in place) and metric handles.
+pub fn compile(model: &Model, generation: u64, pools: &PoolRegistry, metrics: &Metrics) -> Snapshot {
+    let pools = pools.sync(&model.pools);
+    let listeners = model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, metrics))).collect();
+    Snapshot { generation, listeners, rejections: model.rejections.clone(), pools }
+}
+
+fn compile_listener(l: &ListenerModel, pools: &BTreeMap<PoolKey, Arc<Pool>>, metrics: &Metrics) -> Listener {
+    // a rule shared by several matches or hostnames compiles once
+    let mut actions: HashMap<*const ActionModel, Arc<RouteAction>> = HashMap::new();
+    let rules = l.routes.iter().map(|(host, r)| {
+        let action = actions
+            .entry(Arc::as_ptr(&r.action))
+            .or_insert_with(|| Arc::new(compile_action(&l.name, &r.action, pools, metrics)))
+            .clone();
+        (host.clone(), Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
+    });
+    Listener {
+        name: l.name.clone(),
+        addr: l.addr,
+        protocol: l.protocol,
+        certs: CertStore::build(&l.certs),
+        router: Router::build(rules.collect::<Vec<_>>()),
+        unmatched: metrics.target(&l.name, "", ""),
+    }
+}
+
+fn compile_action(
+    listener: &str,
+    a: &ActionModel,
+    pools: &BTreeMap<PoolKey, Arc<Pool>>,
+    metrics: &Metrics,
+) -> RouteAction {
+    let kind = match &a.kind {
+        ActionKind::Redirect(r) => Action::Redirect(r.clone()),
+        ActionKind::Forward(refs) => Action::Forward {
+            cycle: SmoothCycle::new(&refs.iter().map(|b| b.weight).collect::<Vec<_>>()),
+            targets: refs
+                .iter()
+                .map(|b| Target {
+                    name: b.name.clone(),
+                    pool: b.pool.as_ref().and_then(|k| pools.get(k).cloned()),
+                    metrics: metrics.target(listener, &a.name, &b.name),
+                })
+                .collect(),
+            unavailable: metrics.target(listener, &a.name, ""),
+        },
+    };
+    RouteAction {
+        name: a.name.clone(),
+        kind,
+        request_headers: a.request_headers.clone(),
+        response_headers: a.response_headers.clone(),
+        rewrite: a.rewrite.clone(),
+        timeouts: a.timeouts,
+    }
+}

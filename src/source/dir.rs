@@ -1,0 +1,190 @@
+//! The directory source: every `*.yaml`/`*.yml` under a directory, multi-document, watched.
+//!
+//! A file that stops parsing keeps its last good objects in the store (and its error is
+//! reported), so a typo never takes routes down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::manifest::parse_manifests;
+use crate::store::{Object, Rejection, Store};
+
+/// How long to wait after a file event for the burst of events an editor or `kubectl cp`
+/// makes to settle, before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// A loaded store and the moment the change that produced it was first seen.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub store: Store,
+    pub changed_at: Instant,
+}
+
+/// Reads a directory, remembering each file's last good objects across reloads.
+#[derive(Default)]
+pub struct DirLoader {
+    last_good: HashMap<PathBuf, Vec<Object>>,
+}
+
+fn object_key(o: &Object) -> (String, String, String) {
+    macro_rules! key {
+        ($k:literal, $x:expr) => {
+            (
+                $k.to_string(),
+                $x.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                $x.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+    }
+    match o {
+        Object::Ingress(x) => key!("Ingress", x),
+        Object::IngressClass(x) => key!("IngressClass", x),
+        Object::GatewayClass(x) => key!("GatewayClass", x),
+        Object::Gateway(x) => key!("Gateway", x),
+        Object::HttpRoute(x) => key!("HTTPRoute", x),
+        Object::Service(x) => key!("Service", x),
+        Object::EndpointSlice(x) => key!("EndpointSlice", x),
+        Object::Secret(x) => key!("Secret", x),
+        Object::BackendPolicy(x) => key!("BackendPolicy", x),
+    }
+}
+
+/// Every manifest file under `dir`, sorted, recursing into subdirectories (but not hidden
+/// ones such as the `..data` of a mounted ConfigMap's timestamped copies).
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl DirLoader {
+    /// Loads `dir` into a fresh store. Errors reading the directory itself are returned; errors
+    /// in files become rejections in `store.source_errors`.
+    pub fn load(&mut self, dir: &Path) -> std::io::Result<Store> {
+        let mut store = Store::default();
+        let mut seen = HashMap::new();
+        for path in manifest_files(dir)? {
+            let file = path.display().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    store.source_errors.push(file_error(&file, format!("cannot be read: {e}")));
+                    continue;
+                }
+            };
+            let (mut objects, errors) = parse_manifests(&text, &file);
+            if !errors.is_empty() {
+                // keep the last good version of whatever failed in this file
+                let good: BTreeMap<_, _> = objects.iter().map(|o| (object_key(o), ())).collect();
+                for old in self.last_good.get(&path).into_iter().flatten() {
+                    let key = object_key(old);
+                    let failed_here = errors.iter().any(|e| {
+                        (e.name.is_empty() || (e.kind == key.0 && e.name == key.2)) && !good.contains_key(&key)
+                    });
+                    if failed_here {
+                        objects.push(old.clone());
+                    }
+                }
+            }
+            for o in &objects {
+                store.apply(o.clone(), &file);
+            }
+            store.source_errors.extend(errors);
+            seen.insert(path, objects);
+        }
+        self.last_good = seen;
+        Ok(store)
+    }
+}
+
+fn file_error(file: &str, reason: String) -> Rejection {
+    Rejection { kind: String::new(), namespace: String::new(), name: String::new(), file: file.into(), reason }
+}
+
+/// Loads `dir` once, then reloads it on every change, publishing each store on the returned
+/// channel. The watcher lives as long as the spawned task.
+pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
+    let mut loader = DirLoader::default();
+    let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now() };
+    let (tx, rx) = watch::channel(first);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if !event.kind.is_access() {
+                let _ = events_tx.send(Instant::now());
+            }
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    watcher.watch(&dir, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while let Some(first_event) = events.recv().await {
+            // let the burst settle, then take everything queued meanwhile
+            tokio::time::sleep(DEBOUNCE).await;
+            while events.try_recv().is_ok() {}
+            match loader.load(&dir) {
+                Ok(store) => {
+                    if tx.send(Loaded { store, changed_at: first_event }).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(dir = %dir.display(), error = %e,
+                    "cannot read the config directory; the last good configuration keeps serving"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn broken_file_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("svc.yaml");
+        std::fs::write(&file, SVC).unwrap();
+        let mut loader = DirLoader::default();
+        assert_eq!(loader.load(dir.path()).unwrap().services.len(), 1);
+        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").unwrap();
+        let store = loader.load(dir.path()).unwrap();
+        assert_eq!(store.services.len(), 1, "the last good Service stays");
+        assert_eq!(store.source_errors.len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(loader.load(dir.path()).unwrap().services.len(), 0, "deleting the file deletes it");
+    }
+
+    #[test]
+    fn only_yaml_files_are_read_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.yml"), SVC).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+        let store = DirLoader::default().load(dir.path()).unwrap();
+        assert_eq!(store.services.len(), 1);
+        assert!(store.source_errors.is_empty());
+    }
+}

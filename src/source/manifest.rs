@@ -1,0 +1,97 @@
+//! Reading Kubernetes manifests: multi-document YAML to typed [`Object`]s, with every
+//! problem reported as a [`Rejection`] naming the file.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::store::{Object, Rejection};
+
+/// Parses every document of one YAML file. Good documents are returned even when others fail.
+pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) {
+    let mut objects = vec![];
+    let mut errors = vec![];
+    let reject = |index: usize, kind: &str, ns: &str, name: &str, reason: String| Rejection {
+        kind: kind.to_string(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        file: file.to_string(),
+        reason: format!("document {}: {reason}", index + 1),
+    };
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = match serde_json::Value::deserialize(doc) {
+            Ok(serde_json::Value::Null) => continue, // empty document (`---` at the end)
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(reject(index, "", "", "", format!("YAML does not parse: {e}")));
+                // the YAML stream is broken from here on
+                break;
+            }
+        };
+        let str_at = |ptr: &str| value.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let (api_version, kind) = (str_at("/apiVersion"), str_at("/kind"));
+        let (ns, name) = (str_at("/metadata/namespace"), str_at("/metadata/name"));
+        if name.is_empty() {
+            errors.push(reject(index, &kind, &ns, &name, "metadata.name is missing".into()));
+            continue;
+        }
+        match to_object(&api_version, &kind, value.clone()) {
+            Ok(o) => objects.push(o),
+            Err(reason) => errors.push(reject(index, &kind, &ns, &name, reason)),
+        }
+    }
+    (objects, errors)
+}
+
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| format!("does not match its schema: {e}"))
+}
+
+fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<Object, String> {
+    Ok(match (api_version, kind) {
+        ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value)?),
+        ("networking.k8s.io/v1", "IngressClass") => Object::IngressClass(typed(value)?),
+        ("gateway.networking.k8s.io/v1", "GatewayClass") => Object::GatewayClass(typed(value)?),
+        ("gateway.networking.k8s.io/v1", "Gateway") => Object::Gateway(typed(value)?),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Object::HttpRoute(typed(value)?),
+        ("v1", "Service") => Object::Service(typed(value)?),
+        ("v1", "Secret") => Object::Secret(typed(value)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value)?),
+        ("weir.dev/v1alpha1", "BackendPolicy") => Object::BackendPolicy(typed(value)?),
+        ("", _) | (_, "") => return Err("apiVersion and kind are required".into()),
+        _ => {
+            return Err(format!(
+                "{api_version} {kind} is not a kind weir reads; weir reads Ingress, IngressClass \
+                 (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute \
+                 (gateway.networking.k8s.io/v1), Service, Secret (v1), EndpointSlice \
+                 (discovery.k8s.io/v1) and BackendPolicy (weir.dev/v1alpha1)"
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_documents_survive_bad_ones() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\n\
+                    apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: \"nope\"}\n";
+        let (objects, errors) = parse_manifests(text, "x.yaml");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].reason.contains("not a kind weir reads"), "{}", errors[0].reason);
+        assert_eq!(errors[1].name, "b");
+        assert!(errors[1].reason.contains("schema"), "{}", errors[1].reason);
+        assert!(errors.iter().all(|e| e.file == "x.yaml"));
+    }
+
+    #[test]
+    fn broken_yaml_is_reported_with_its_location() {
+        let (objects, errors) = parse_manifests("a: [1, 2\nb: 3\n", "bad.yaml");
+        assert!(objects.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].reason.contains("line"), "{}", errors[0].reason);
+    }
+}

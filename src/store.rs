@@ -1,0 +1,127 @@
+//! Typed Kubernetes objects by kind, namespace and name. Sources apply and delete; the
+//! translator reads. Nothing else writes it.
+
+use std::collections::BTreeMap;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use serde::Serialize;
+
+use crate::policy::BackendPolicy;
+
+/// `namespace/name` (cluster-scoped objects have an empty namespace).
+pub type NsName = (String, String);
+
+/// An object and where it came from (a file path, or `kubernetes`).
+#[derive(Clone, Debug)]
+pub struct Stored<T> {
+    pub object: T,
+    pub origin: String,
+}
+
+/// One object of any kind weir understands.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Ingress(Box<Ingress>),
+    IngressClass(Box<IngressClass>),
+    GatewayClass(Box<GatewayClass>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Secret(Box<Secret>),
+    BackendPolicy(Box<BackendPolicy>),
+}
+
+/// An object weir could not use, and why. Shown in `/config_dump`, in the log and by
+/// `weir validate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+pub struct Rejection {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The file (or `kubernetes`) the object came from.
+    pub file: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = if self.namespace.is_empty() { String::new() } else { format!("{}/", self.namespace) };
+        write!(f, "{}: {} {}{}: {}", self.file, self.kind, ns, self.name, self.reason)
+    }
+}
+
+/// Every object weir knows about, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    pub ingresses: BTreeMap<NsName, Stored<Ingress>>,
+    pub ingress_classes: BTreeMap<String, Stored<IngressClass>>,
+    pub gateway_classes: BTreeMap<String, Stored<GatewayClass>>,
+    pub gateways: BTreeMap<NsName, Stored<Gateway>>,
+    pub http_routes: BTreeMap<NsName, Stored<HttpRoute>>,
+    pub services: BTreeMap<NsName, Stored<Service>>,
+    /// Keyed by the slice's own namespace/name; grouped by Service at translation.
+    pub endpoint_slices: BTreeMap<NsName, Stored<EndpointSlice>>,
+    pub secrets: BTreeMap<NsName, Stored<Secret>>,
+    pub backend_policies: BTreeMap<NsName, Stored<BackendPolicy>>,
+    /// Objects the source could not even read (parse errors, unknown kinds).
+    pub source_errors: Vec<Rejection>,
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> NsName {
+    (meta.namespace.clone().unwrap_or_else(|| "default".to_string()), meta.name.clone().unwrap_or_default())
+}
+
+impl Store {
+    /// Adds or replaces an object. Namespaced objects without a namespace land in `default`,
+    /// as `kubectl apply` would put them.
+    pub fn apply(&mut self, object: Object, origin: &str) {
+        let origin = origin.to_string();
+        macro_rules! put {
+            ($map:ident, $o:expr, namespaced) => {{
+                let mut o = *$o;
+                let key = ns_name(&o.metadata);
+                o.metadata.namespace = Some(key.0.clone());
+                self.$map.insert(key, Stored { object: o, origin })
+            }};
+            ($map:ident, $o:expr, cluster) => {{
+                let o = *$o;
+                let key = o.metadata.name.clone().unwrap_or_default();
+                self.$map.insert(key, Stored { object: o, origin })
+            }};
+        }
+        match object {
+            Object::Ingress(o) => drop(put!(ingresses, o, namespaced)),
+            Object::IngressClass(o) => drop(put!(ingress_classes, o, cluster)),
+            Object::GatewayClass(o) => drop(put!(gateway_classes, o, cluster)),
+            Object::Gateway(o) => drop(put!(gateways, o, namespaced)),
+            Object::HttpRoute(o) => drop(put!(http_routes, o, namespaced)),
+            Object::Service(o) => drop(put!(services, o, namespaced)),
+            Object::EndpointSlice(o) => drop(put!(endpoint_slices, o, namespaced)),
+            Object::Secret(o) => drop(put!(secrets, o, namespaced)),
+            Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
+        }
+    }
+
+    /// Number of objects held (not counting source errors).
+    pub fn len(&self) -> usize {
+        self.ingresses.len()
+            + self.ingress_classes.len()
+            + self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.secrets.len()
+            + self.backend_policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

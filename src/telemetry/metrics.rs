@@ -1,0 +1,206 @@
+//! Prometheus metrics. One registry per running instance (so tests in one process do not
+//! share counters); request-path handles are resolved when the snapshot is built, so a request
+//! only touches atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::pool::PoolRegistry;
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every metric weir exports.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounterVec,
+    connect_errors: IntCounterVec,
+    /// Generation of the snapshot serving traffic.
+    pub config_generation: IntGauge,
+    /// Time to translate the store into a snapshot.
+    pub translate_seconds: Histogram,
+    /// Objects (or parts) rejected by the last translation.
+    pub rejected_objects: IntGauge,
+    /// Time from a configuration change being seen to the snapshot serving it.
+    pub config_apply_seconds: Histogram,
+    /// Listeners that could not be bound, by port.
+    pub listener_bind_failures: IntCounterVec,
+    /// Failed downstream TLS handshakes, by listener.
+    pub tls_handshake_failures: IntCounterVec,
+}
+
+/// Handles for one (listener, route, backend), one counter and histogram per status class.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    requests: [IntCounter; 5],
+    duration: [Histogram; 5],
+    pub retries: IntCounter,
+    pub connect_errors: IntCounter,
+}
+
+impl TargetMetrics {
+    /// Records a finished request. Status 0 (no response) counts as 5xx.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=599 => (status / 100 - 1) as usize,
+            _ => 4,
+        };
+        self.requests[class].inc();
+        self.duration[class].observe(elapsed.as_secs_f64());
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // metric names and labels are constants; a failure here is a programming error
+    r.expect("metric definition")
+}
+
+impl Metrics {
+    pub fn new(pools: Arc<PoolRegistry>) -> Arc<Self> {
+        let registry = must(Registry::new_custom(Some("weir".into()), None));
+        let labels = ["listener", "route", "backend", "status_class"];
+        let requests = must(IntCounterVec::new(Opts::new("requests_total", "Requests served"), &labels));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time from request to the end of the response")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &labels,
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new("upstream_retries_total", "Requests retried on another endpoint"),
+            &["route", "backend"],
+        ));
+        let connect_errors = must(IntCounterVec::new(
+            Opts::new("upstream_connect_errors_total", "Failed connections to upstream endpoints"),
+            &["route", "backend"],
+        ));
+        let config_generation =
+            must(IntGauge::new("config_generation", "Generation of the configuration serving traffic"));
+        let translate_seconds = must(Histogram::with_opts(
+            HistogramOpts::new("config_translate_seconds", "Time to translate objects into a snapshot")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        ));
+        let rejected_objects =
+            must(IntGauge::new("config_rejected_objects", "Objects rejected by the last translation"));
+        let config_apply_seconds = must(Histogram::with_opts(
+            HistogramOpts::new("config_apply_seconds", "Time from a configuration change to the snapshot serving it")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        ));
+        let listener_bind_failures = must(IntCounterVec::new(
+            Opts::new("listener_bind_failures_total", "Listeners that could not be bound"),
+            &["port"],
+        ));
+        let tls_handshake_failures = must(IntCounterVec::new(
+            Opts::new("tls_handshake_failures_total", "Failed downstream TLS handshakes"),
+            &["listener"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn Collector>,
+            Box::new(duration.clone()),
+            Box::new(retries.clone()),
+            Box::new(connect_errors.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(translate_seconds.clone()),
+            Box::new(rejected_objects.clone()),
+            Box::new(config_apply_seconds.clone()),
+            Box::new(listener_bind_failures.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(PoolCollector::new(pools)),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Metrics {
+            registry,
+            requests,
+            duration,
+            retries,
+            connect_errors,
+            config_generation,
+            translate_seconds,
+            rejected_objects,
+            config_apply_seconds,
+            listener_bind_failures,
+            tls_handshake_failures,
+        })
+    }
+
+    /// Handles for one target; called when a snapshot is built, never per request.
+    pub fn target(&self, listener: &str, route: &str, backend: &str) -> TargetMetrics {
+        TargetMetrics {
+            requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[listener, route, backend, c])),
+            duration: STATUS_CLASSES.map(|c| self.duration.with_label_values(&[listener, route, backend, c])),
+            retries: self.retries.with_label_values(&[route, backend]),
+            connect_errors: self.connect_errors.with_label_values(&[route, backend]),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Reads endpoint health from the pools at scrape time.
+struct PoolCollector {
+    pools: Arc<PoolRegistry>,
+    descs: Vec<Desc>,
+}
+
+impl PoolCollector {
+    fn new(pools: Arc<PoolRegistry>) -> Self {
+        let (a, b, c) = Self::vecs();
+        let descs = a.desc().into_iter().chain(b.desc()).chain(c.desc()).cloned().collect();
+        PoolCollector { pools, descs }
+    }
+
+    fn vecs() -> (IntGaugeVec, IntCounterVec, IntGaugeVec) {
+        let labels = ["pool", "endpoint"];
+        (
+            must(IntGaugeVec::new(
+                Opts::new("endpoint_healthy", "1 if the endpoint takes traffic (healthy, not ejected)"),
+                &labels,
+            )),
+            must(IntCounterVec::new(
+                Opts::new("endpoint_ejections_total", "Passive ejections of the endpoint"),
+                &labels,
+            )),
+            must(IntGaugeVec::new(
+                Opts::new("endpoint_inflight_requests", "Requests in flight to the endpoint"),
+                &labels,
+            )),
+        )
+    }
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (healthy, ejections, inflight) = Self::vecs();
+        for (key, pool) in self.pools.all() {
+            let pool_label = key.to_string();
+            for e in pool.status() {
+                let l = [pool_label.as_str(), &e.addr.to_string()];
+                healthy.with_label_values(&l).set(i64::from(e.healthy));
+                ejections.with_label_values(&l).inc_by(u64::from(e.ejections));
+                inflight.with_label_values(&l).set(e.inflight as i64);
+            }
+        }
+        let mut out = healthy.collect();
+        out.extend(ejections.collect());
+        out.extend(inflight.collect());
+        out
+    }
+}

@@ -1,0 +1,174 @@
+//! Service references → pools: Service ports, EndpointSlices and BackendPolicies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::ServicePort;
+use serde::Serialize;
+
+use super::{reject, EndpointModel, PoolSpec, UpstreamProtocol};
+use crate::policy::BackendPolicyModel;
+use crate::store::{Rejection, Store};
+
+/// One pool per Service port, shared by every route that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PoolKey {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+/// How a route names a Service port.
+#[derive(Clone, Debug)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+    /// Not given: allowed when the Service has exactly one port.
+    Unset,
+}
+
+/// `appProtocol` values that mean HTTP/2 with prior knowledge.
+const H2C_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "h2c"];
+
+/// Resolves Service references, collecting the pools they need.
+pub struct Backends<'a> {
+    store: &'a Store,
+    /// (namespace, service) → [(port name the policy is limited to, policy)]
+    policies: HashMap<(String, String), Vec<(Option<String>, BackendPolicyModel)>>,
+    pools: BTreeMap<PoolKey, PoolSpec>,
+}
+
+impl<'a> Backends<'a> {
+    /// Indexes the store's BackendPolicies, rejecting invalid ones.
+    pub fn new(store: &'a Store, rejections: &mut Vec<Rejection>) -> Self {
+        let mut policies: HashMap<_, Vec<_>> = HashMap::new();
+        for ((ns, name), stored) in &store.backend_policies {
+            let r = |reason: String| reject("BackendPolicy", ns, name, &stored.origin, reason);
+            let model = match BackendPolicyModel::try_from(&stored.object.spec) {
+                Ok(m) => m,
+                Err(e) => {
+                    rejections.push(r(format!("{e}; the Services it targets keep their previous settings")));
+                    continue;
+                }
+            };
+            for target in &stored.object.spec.target_refs {
+                if !store.services.contains_key(&(ns.clone(), target.name.clone())) {
+                    rejections.push(r(format!("targets Service {ns}/{} which does not exist", target.name)));
+                }
+                policies
+                    .entry((ns.clone(), target.name.clone()))
+                    .or_default()
+                    .push((target.section_name.clone(), model.clone()));
+            }
+        }
+        Backends { store, policies, pools: BTreeMap::new() }
+    }
+
+    /// Resolves `ns/name` + port to a pool, creating its spec on first use.
+    pub fn resolve(&mut self, ns: &str, name: &str, port: &PortRef) -> Result<PoolKey, String> {
+        let Some(stored) = self.store.services.get(&(ns.to_string(), name.to_string())) else {
+            return Err(format!("Service {ns}/{name} does not exist"));
+        };
+        let spec = stored.object.spec.clone().unwrap_or_default();
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return Err(format!("Service {ns}/{name} is of type ExternalName, which weir does not route to"));
+        }
+        let ports = spec.ports.unwrap_or_default();
+        let svc_port = select_port(&ports, port).map_err(|e| format!("Service {ns}/{name}: {e}"))?;
+        let key = PoolKey { namespace: ns.into(), service: name.into(), port: svc_port.port as u16 };
+        if !self.pools.contains_key(&key) {
+            let pool = PoolSpec {
+                endpoints: self.endpoints(ns, name, svc_port),
+                protocol: match svc_port.app_protocol.as_deref() {
+                    Some(p) if H2C_APP_PROTOCOLS.contains(&p) => UpstreamProtocol::H2c,
+                    _ => UpstreamProtocol::Http1,
+                },
+                policy: self.policy(ns, name, svc_port.name.as_deref()),
+            };
+            self.pools.insert(key.clone(), pool);
+        }
+        Ok(key)
+    }
+
+    fn policy(&self, ns: &str, name: &str, port_name: Option<&str>) -> BackendPolicyModel {
+        let Some(list) = self.policies.get(&(ns.to_string(), name.to_string())) else {
+            return BackendPolicyModel::default();
+        };
+        // a policy for this very port beats one for the whole Service
+        list.iter()
+            .find(|(section, _)| section.is_some() && section.as_deref() == port_name)
+            .or_else(|| list.iter().find(|(section, _)| section.is_none()))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn endpoints(&self, ns: &str, name: &str, svc_port: &ServicePort) -> Vec<EndpointModel> {
+        let mut out = vec![];
+        let port_name = svc_port.name.clone().unwrap_or_default();
+        for ((slice_ns, _), stored) in &self.store.endpoint_slices {
+            let slice = &stored.object;
+            let owner = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+            if slice_ns != ns || owner.map(String::as_str) != Some(name) {
+                continue;
+            }
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let Some(port) = slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == port_name)
+            else {
+                continue;
+            };
+            let Some(port) = port.port else { continue };
+            for ep in &slice.endpoints {
+                let cond = ep.conditions.clone().unwrap_or_default();
+                let ready = cond.ready.unwrap_or(true);
+                let serving = cond.serving.unwrap_or(ready);
+                let terminating = cond.terminating.unwrap_or(false);
+                for addr in &ep.addresses {
+                    if let Ok(ip) = addr.parse::<IpAddr>() {
+                        out.push(EndpointModel { addr: SocketAddr::new(ip, port as u16), ready, serving, terminating });
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|e| e.addr);
+        out.dedup_by_key(|e| e.addr);
+        out
+    }
+
+    pub fn into_pools(self) -> BTreeMap<PoolKey, PoolSpec> {
+        self.pools
+    }
+}
+
+fn select_port<'p>(ports: &'p [ServicePort], want: &PortRef) -> Result<&'p ServicePort, String> {
+    let found = match want {
+        PortRef::Number(n) => ports.iter().find(|p| p.port == i32::from(*n)),
+        PortRef::Name(name) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
+        PortRef::Unset if ports.len() == 1 => ports.first(),
+        PortRef::Unset => {
+            return Err(format!("has {} ports; name the port to use", ports.len()));
+        }
+    };
+    found.ok_or_else(|| {
+        let have: Vec<String> = ports
+            .iter()
+            .map(|p| match &p.name {
+                Some(n) => format!("{} ({n})", p.port),
+                None => p.port.to_string(),
+            })
+            .collect();
+        let want = match want {
+            PortRef::Number(n) => n.to_string(),
+            PortRef::Name(n) => n.clone(),
+            PortRef::Unset => String::new(),
+        };
+        format!("has no port {want}; its ports are [{}]", have.join(", "))
+    })
+}

@@ -1,0 +1,536 @@
+//! Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway and HTTPRoute → listeners
+//! and routes. Gateway listeners that share a port share one socket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gateway_api::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
+use gateway_api::httproutes::*;
+use http::{HeaderName, HeaderValue, Method};
+
+use super::backend::{Backends, PortRef};
+use super::tls::{CertModel, Secrets};
+use super::{
+    created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
+    Redirect, Rewrite, RouteModel, Timeouts, TranslateOptions,
+};
+use crate::policy::parse_duration;
+use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
+use crate::store::Store;
+
+/// `controllerName` of the GatewayClasses weir serves.
+pub const GATEWAY_CONTROLLER: &str = "weir.dev/gateway-controller";
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// A Gateway listener that was accepted.
+struct Listener {
+    gateway: (String, String),
+    name: String,
+    port: u16,
+    hostname: HostPattern,
+    from: From,
+    allows_http_route: bool,
+}
+
+/// Adds Gateway listeners and HTTPRoute routes to `model`.
+pub fn translate(
+    store: &Store,
+    opts: &TranslateOptions,
+    backends: &mut Backends<'_>,
+    secrets: &mut Secrets<'_>,
+    model: &mut Model,
+) {
+    let classes: BTreeSet<&str> = store
+        .gateway_classes
+        .iter()
+        .filter(|(_, c)| c.object.spec.controller_name == GATEWAY_CONTROLLER)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut listeners = vec![];
+    for ((ns, name), stored) in &store.gateways {
+        let gw = &stored.object;
+        if !classes.contains(gw.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        let mut errors = vec![];
+        for (i, l) in gw.spec.listeners.iter().enumerate() {
+            match listener(opts, secrets, ns, name, l, model) {
+                Ok(accepted) => listeners.push(accepted),
+                Err(e) => errors.push(format!("spec.listeners[{i}] ({}): {e}", l.name)),
+            }
+        }
+        if !errors.is_empty() {
+            model.rejections.push(reject("Gateway", ns, name, &stored.origin, errors.join("; ")));
+        }
+    }
+
+    for ((ns, name), stored) in &store.http_routes {
+        let route = &stored.object;
+        let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
+        let mut parents = vec![];
+        let mut refusals = vec![];
+        for p in route.spec.parent_refs.iter().flatten() {
+            if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+                || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue; // a Service parent (mesh) or another implementation's kind
+            }
+            let gw_key = (p.namespace.clone().unwrap_or_else(|| ns.clone()), p.name.clone());
+            let ours: Vec<&Listener> = listeners.iter().filter(|l| l.gateway == gw_key).collect();
+            if ours.is_empty() {
+                continue; // not a weir Gateway (or it does not exist): not ours to report
+            }
+            let mut attached = 0;
+            for l in ours {
+                if p.section_name.as_ref().is_some_and(|s| *s != l.name)
+                    || p.port.is_some_and(|port| port != i32::from(l.port))
+                {
+                    continue;
+                }
+                let allowed = match l.from {
+                    From::All => true,
+                    From::Same => l.gateway.0 == *ns,
+                    From::Selector => false,
+                };
+                if !allowed || !l.allows_http_route {
+                    refusals.push(format!(
+                        "listener {}/{} {} does not allow routes from namespace {ns}",
+                        gw_key.0, gw_key.1, l.name
+                    ));
+                    continue;
+                }
+                attached += 1;
+                parents.push(l);
+            }
+            if attached == 0 && refusals.is_empty() {
+                refusals.push(format!("Gateway {}/{} has no listener matching the parentRef", gw_key.0, gw_key.1));
+            }
+        }
+        if parents.is_empty() {
+            if !refusals.is_empty() {
+                model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
+            }
+            continue;
+        }
+        let compiled = match compile_route(route, ns, name, backends) {
+            Ok((rules, warnings)) => {
+                if !warnings.is_empty() {
+                    model.rejections.push(r(warnings.join("; ")));
+                }
+                rules
+            }
+            Err(errors) => {
+                model.rejections.push(r(errors.join("; ")));
+                continue;
+            }
+        };
+        let route_hosts: Vec<HostPattern> = match route
+            .spec
+            .hostnames
+            .iter()
+            .flatten()
+            .map(|h| HostPattern::parse(h, false))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(h) if h.is_empty() => vec![HostPattern::Any],
+            Ok(h) => h,
+            Err(e) => {
+                model.rejections.push(r(format!("spec.hostnames: {e}")));
+                continue;
+            }
+        };
+        let mut any_host = false;
+        for l in parents {
+            let hosts: BTreeSet<HostPattern> = route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect();
+            any_host |= !hosts.is_empty();
+            let Some(lm) = model.listeners.get_mut(&l.port) else { continue };
+            for host in hosts {
+                for rm in &compiled {
+                    lm.routes.push((host.clone(), rm.clone()));
+                }
+            }
+        }
+        if !any_host {
+            model.rejections.push(r("none of spec.hostnames matches the hostname of a listener it attaches to".into()));
+        }
+    }
+}
+
+/// Validates one listener and adds its socket (or its certificates to a shared socket).
+fn listener(
+    opts: &TranslateOptions,
+    secrets: &mut Secrets<'_>,
+    ns: &str,
+    gw_name: &str,
+    l: &GatewayListeners,
+    model: &mut Model,
+) -> Result<Listener, String> {
+    let protocol = match l.protocol.as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        other => return Err(format!("protocol {other} is not supported yet; use HTTP or HTTPS")),
+    };
+    let port =
+        u16::try_from(l.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("port {} is out of range", l.port))?;
+    let hostname = match &l.hostname {
+        Some(h) => HostPattern::parse(h, false).map_err(|e| e.to_string())?,
+        None => HostPattern::Any,
+    };
+    if let Some(existing) = model.listeners.get(&port) {
+        if !existing.name.starts_with("gateway:") {
+            return Err(format!("port {port} is already used by the {} listener", existing.name));
+        }
+        if existing.protocol != protocol {
+            return Err(format!("port {port} is already an {:?} listener of {}", existing.protocol, existing.name));
+        }
+    }
+    let mut certs = vec![];
+    if protocol == Protocol::Https {
+        let tls = l.tls.as_ref().ok_or("an HTTPS listener needs tls.certificateRefs")?;
+        if tls.mode.as_ref().is_some_and(|m| format!("{m:?}") != "Terminate") {
+            return Err("tls.mode Passthrough is not supported; use Terminate".into());
+        }
+        let refs = tls.certificate_refs.as_deref().unwrap_or_default();
+        if refs.is_empty() {
+            return Err("an HTTPS listener needs at least one tls.certificateRefs entry".into());
+        }
+        for c in refs {
+            if c.kind.as_deref().unwrap_or("Secret") != "Secret" || !c.group.as_deref().unwrap_or("").is_empty() {
+                return Err(format!("certificateRef {}: only core Secrets are supported", c.name));
+            }
+            if c.namespace.as_deref().is_some_and(|n| n != ns) {
+                return Err(format!(
+                    "certificateRef {}: a Secret in another namespace needs a ReferenceGrant, which weir does not read yet",
+                    c.name
+                ));
+            }
+            let loaded = secrets.load(ns, &c.name)?;
+            let hosts = if hostname == HostPattern::Any { vec![] } else { vec![hostname.clone()] };
+            certs.push(CertModel {
+                hosts,
+                secret: format!("{ns}/{}", c.name),
+                context: loaded.context,
+                not_after: loaded.not_after,
+            });
+        }
+    }
+    let allowed = l.allowed_routes.as_ref();
+    let from = allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.clone()).unwrap_or(From::Same);
+    if from == From::Selector {
+        return Err("allowedRoutes.namespaces.from: Selector is not supported yet; use Same or All".into());
+    }
+    let allows_http_route =
+        allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| kinds.iter().any(|k| k.kind == "HTTPRoute"));
+    let entry = model.listeners.entry(port).or_insert_with(|| ListenerModel {
+        name: format!("gateway:{ns}/{gw_name}"),
+        addr: SocketAddr::new(opts.gateway_address, port),
+        protocol,
+        certs: vec![],
+        routes: vec![],
+    });
+    entry.certs.extend(certs);
+    Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), port, hostname, from, allows_http_route })
+}
+
+type Compiled = (Vec<RouteModel>, Vec<String>);
+
+/// Compiles every rule of a route. Hard errors reject the route; warnings (an invalid
+/// backendRef, which then answers 500) are reported but the route is served.
+fn compile_route(
+    route: &HttpRoute,
+    ns: &str,
+    name: &str,
+    backends: &mut Backends<'_>,
+) -> Result<Compiled, Vec<String>> {
+    let mut errors = vec![];
+    let mut warnings = vec![];
+    let mut out = vec![];
+    for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let at = format!("spec.rules[{ri}]");
+        let default_match = [HttpRouteRulesMatches::default()];
+        let matches = match rule.matches.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ => &default_match[..],
+        };
+        let mut matchers = vec![];
+        for (mi, m) in matches.iter().enumerate() {
+            match request_match(m) {
+                Ok(rm) => matchers.push(rm),
+                Err(e) => errors.push(format!("{at}.matches[{mi}]: {e}")),
+            }
+        }
+        let action = match rule_action(rule, ns, &at, backends, &matchers, &mut warnings) {
+            Ok(kind) => kind,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let action = Arc::new(ActionModel { name: format!("httproute/{ns}/{name}/rule/{ri}"), ..action });
+        for (mi, matcher) in matchers.into_iter().enumerate() {
+            let order =
+                Order { created: created(&route.metadata), owner: format!("{ns}/{name}"), rule: ri, matched: mi };
+            out.push(RouteModel { matcher, order, action: action.clone() });
+        }
+    }
+    if errors.is_empty() {
+        Ok((out, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+fn request_match(m: &HttpRouteRulesMatches) -> Result<RequestMatch, String> {
+    let path = m.path.clone().unwrap_or_default();
+    let value = path.value.unwrap_or_else(|| "/".into());
+    let path = match path.r#type.unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+        HttpRouteRulesMatchesPathType::Exact | HttpRouteRulesMatchesPathType::PathPrefix if !value.starts_with('/') => {
+            return Err(format!("path {value:?} must start with '/'"));
+        }
+        HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+        HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::prefix(&value),
+        HttpRouteRulesMatchesPathType::RegularExpression => {
+            PathMatch::regex(&value).map_err(|e| format!("path regular expression {value:?} is invalid: {e}"))?
+        }
+    };
+    let value_match = |exact: bool, v: &str, what: &str| -> Result<ValueMatch, String> {
+        if exact {
+            Ok(ValueMatch::Exact(v.to_string()))
+        } else {
+            ValueMatch::regex(v).map_err(|e| format!("{what} regular expression {v:?} is invalid: {e}"))
+        }
+    };
+    let mut headers = vec![];
+    for h in m.headers.iter().flatten() {
+        let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("header name {:?} is not valid", h.name))?;
+        let exact = !matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression));
+        headers.push((name, value_match(exact, &h.value, "header")?));
+    }
+    let mut query = vec![];
+    for q in m.query_params.iter().flatten() {
+        let exact = !matches!(q.r#type, Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression));
+        query.push((q.name.clone(), value_match(exact, &q.value, "query")?));
+    }
+    let method = m.method.as_ref().map(|me| {
+        // the serde names are the HTTP method names
+        let s = serde_json::to_value(me).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        Method::from_bytes(s.as_bytes()).unwrap_or(Method::GET)
+    });
+    Ok(RequestMatch { path, method, headers, query })
+}
+
+fn header_mods<'a>(
+    set: impl Iterator<Item = (&'a str, &'a str)>,
+    add: impl Iterator<Item = (&'a str, &'a str)>,
+    remove: &[String],
+) -> Result<HeaderMods, String> {
+    let pair = |(n, v): (&str, &str)| -> Result<(HeaderName, HeaderValue), String> {
+        Ok((
+            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|_| format!("header name {n:?} is not valid"))?,
+            HeaderValue::from_str(v).map_err(|_| format!("header value {v:?} is not valid"))?,
+        ))
+    };
+    Ok(HeaderMods {
+        set: set.map(pair).collect::<Result<_, _>>()?,
+        add: add.map(pair).collect::<Result<_, _>>()?,
+        remove: remove
+            .iter()
+            .map(|n| {
+                HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("header name {n:?} is not valid"))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_rewrite(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    is_full: bool,
+    matchers: &[RequestMatch],
+) -> Result<PathRewrite, String> {
+    if is_full {
+        return full.cloned().map(PathRewrite::Full).ok_or("ReplaceFullPath needs replaceFullPath".into());
+    }
+    if !matchers.iter().all(|m| matches!(m.path, PathMatch::Prefix(_))) {
+        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
+    }
+    prefix.cloned().map(PathRewrite::Prefix).ok_or("ReplacePrefixMatch needs replacePrefixMatch".into())
+}
+
+fn rule_action(
+    rule: &HttpRouteRules,
+    ns: &str,
+    at: &str,
+    backends: &mut Backends<'_>,
+    matchers: &[RequestMatch],
+    warnings: &mut Vec<String>,
+) -> Result<ActionModel, String> {
+    let mut request_headers = HeaderMods::default();
+    let mut response_headers = HeaderMods::default();
+    let mut rewrite = None;
+    let mut redirect = None;
+    for (fi, f) in rule.filters.iter().flatten().enumerate() {
+        let fat = format!("{at}.filters[{fi}]");
+        let err = |e: String| format!("{fat}: {e}");
+        match f.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                let m =
+                    f.request_header_modifier.clone().ok_or_else(|| err("requestHeaderModifier is missing".into()))?;
+                request_headers = header_mods(
+                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+                    m.remove.as_deref().unwrap_or_default(),
+                )
+                .map_err(err)?;
+            }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                let m = f
+                    .response_header_modifier
+                    .clone()
+                    .ok_or_else(|| err("responseHeaderModifier is missing".into()))?;
+                response_headers = header_mods(
+                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+                    m.remove.as_deref().unwrap_or_default(),
+                )
+                .map_err(err)?;
+            }
+            HttpRouteRulesFiltersType::RequestRedirect => {
+                let r = f.request_redirect.clone().ok_or_else(|| err("requestRedirect is missing".into()))?;
+                let path = match &r.path {
+                    Some(p) => Some(
+                        path_rewrite(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type == HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                            matchers,
+                        )
+                        .map_err(err)?,
+                    ),
+                    None => None,
+                };
+                redirect = Some(Redirect {
+                    scheme: r.scheme.map(|s| match s {
+                        HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".to_string(),
+                        HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_string(),
+                    }),
+                    hostname: r.hostname.clone(),
+                    port: r.port.and_then(|p| u16::try_from(p).ok()),
+                    path,
+                    status: match r.status_code {
+                        Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+                        None => 302,
+                        Some(other) => {
+                            return Err(err(format!(
+                                "statusCode {other} is not a redirect status; use 301, 302, 303, 307 or 308"
+                            )))
+                        }
+                    },
+                });
+            }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                let u = f.url_rewrite.clone().ok_or_else(|| err("urlRewrite is missing".into()))?;
+                let path = match &u.path {
+                    Some(p) => Some(
+                        path_rewrite(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                            matchers,
+                        )
+                        .map_err(err)?,
+                    ),
+                    None => None,
+                };
+                rewrite = Some(Rewrite { hostname: u.hostname.clone(), path });
+            }
+            ref other => return Err(err(format!("filter type {other:?} is not supported yet"))),
+        }
+    }
+    if redirect.is_some() && rewrite.is_some() {
+        return Err(format!("{at}: RequestRedirect and URLRewrite cannot be used together"));
+    }
+    let timeouts = match &rule.timeouts {
+        Some(t) => {
+            let parse = |v: &Option<String>, what: &str| -> Result<Option<std::time::Duration>, String> {
+                match v.as_deref() {
+                    None => Ok(None),
+                    Some(s) => match parse_duration(s) {
+                        Ok(d) if d.is_zero() => Ok(None), // 0s disables the timeout
+                        Ok(d) => Ok(Some(d)),
+                        Err(e) => Err(format!("{at}.timeouts.{what}: {e}")),
+                    },
+                }
+            };
+            Timeouts {
+                request: parse(&t.request, "request")?,
+                backend_request: parse(&t.backend_request, "backendRequest")?,
+            }
+        }
+        None => Timeouts::default(),
+    };
+    let kind = match redirect {
+        Some(r) => ActionKind::Redirect(r),
+        None => ActionKind::Forward(backend_refs(rule, ns, at, backends, warnings)?),
+    };
+    Ok(ActionModel { name: String::new(), kind, request_headers, response_headers, rewrite, timeouts })
+}
+
+fn backend_refs(
+    rule: &HttpRouteRules,
+    ns: &str,
+    at: &str,
+    backends: &mut Backends<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<BackendRef>, String> {
+    let mut out = vec![];
+    for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
+        let bat = format!("{at}.backendRefs[{bi}]");
+        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(format!("{bat}.filters: per-backend filters are not supported yet; put them on the rule"));
+        }
+        let weight = b.weight.unwrap_or(1);
+        if !(0..=1_000_000).contains(&weight) {
+            return Err(format!("{bat}.weight: {weight} is outside 0..=1000000"));
+        }
+        let target_ns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
+        let name = format!("{target_ns}/{}:{}", b.name, b.port.map(|p| p.to_string()).unwrap_or_default());
+        let pool = if b.group.as_deref().unwrap_or("") != "" || b.kind.as_deref().unwrap_or("Service") != "Service" {
+            Err(format!("only Service backends are supported, not {}", b.kind.as_deref().unwrap_or("")))
+        } else if target_ns != ns {
+            Err("a Service in another namespace needs a ReferenceGrant, which weir does not read yet".to_string())
+        } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
+            backends.resolve(&target_ns, &b.name, &PortRef::Number(port))
+        } else {
+            Err("port is required for a Service backend".to_string())
+        };
+        let pool = match pool {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warnings.push(format!("{bat}: {e}; requests for this backend get 500"));
+                None
+            }
+        };
+        out.push(BackendRef { name, weight: weight as u32, pool });
+    }
+    Ok(out)
+}
+
+/// The Gateways in the store that weir serves, by namespace/name (for the config dump).
+pub fn served_gateways(store: &Store) -> BTreeMap<(String, String), &Gateway> {
+    store
+        .gateways
+        .iter()
+        .filter(|(_, g)| {
+            store
+                .gateway_classes
+                .get(&g.object.spec.gateway_class_name)
+                .is_some_and(|c| c.object.spec.controller_name == GATEWAY_CONTROLLER)
+        })
+        .map(|(k, g)| (k.clone(), &g.object))
+        .collect()
+}

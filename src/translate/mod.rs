@@ -1,0 +1,206 @@
+//! Store → validated model: a pure function. One bad object never blocks the others; each
+//! rejected object (or part of one) comes back as a [`Rejection`] saying what to fix.
+//!
+//! The model is plain data (no pools, no metric handles); [`crate::snapshot::compile`] turns it
+//! into the snapshot the request path reads. `weir validate` stops at the model.
+
+pub mod backend;
+pub mod gateway;
+pub mod ingress;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+
+use crate::policy::BackendPolicyModel;
+use crate::routing::{HostPattern, Order, RequestMatch};
+use crate::store::{Rejection, Store};
+
+pub use backend::PoolKey;
+
+/// Settings the translation depends on that come from the command line.
+#[derive(Clone, Debug)]
+pub struct TranslateOptions {
+    /// Address of the plaintext Ingress listener (already bound, so its real port).
+    pub ingress_http: SocketAddr,
+    /// Address of the TLS Ingress listener.
+    pub ingress_https: SocketAddr,
+    /// Address Gateway listeners bind on.
+    pub gateway_address: IpAddr,
+    /// IngressClass name weir serves.
+    pub ingress_class: String,
+    /// Also serve Ingresses that name no class.
+    pub watch_ingress_without_class: bool,
+}
+
+/// The validated configuration: listeners with their routes, and the pools they use.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub listeners: BTreeMap<u16, ListenerModel>,
+    pub pools: BTreeMap<PoolKey, PoolSpec>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Plain HTTP or TLS-terminating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+/// One socket weir listens on.
+#[derive(Clone, Debug)]
+pub struct ListenerModel {
+    /// `ingress-http`, `ingress-https` or `gateway:<ns>/<name>` (Gateway listeners sharing a
+    /// port share a socket).
+    pub name: String,
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// Certificates by SNI, for HTTPS listeners.
+    pub certs: Vec<tls::CertModel>,
+    pub routes: Vec<(HostPattern, RouteModel)>,
+}
+
+/// One match of one rule.
+#[derive(Clone, Debug)]
+pub struct RouteModel {
+    pub matcher: RequestMatch,
+    pub order: Order,
+    pub action: Arc<ActionModel>,
+}
+
+/// What a rule does, shared by all its matches and hostnames.
+#[derive(Clone, Debug)]
+pub struct ActionModel {
+    /// `ingress/<ns>/<name>` or `httproute/<ns>/<name>/rule/<i>`: the metrics `route` label.
+    pub name: String,
+    pub kind: ActionKind,
+    pub request_headers: HeaderMods,
+    pub response_headers: HeaderMods,
+    pub rewrite: Option<Rewrite>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug)]
+pub enum ActionKind {
+    Forward(Vec<BackendRef>),
+    Redirect(Redirect),
+}
+
+/// A weighted backend of a rule.
+#[derive(Clone, Debug)]
+pub struct BackendRef {
+    /// `ns/service:port` for metrics and the config dump.
+    pub name: String,
+    pub weight: u32,
+    /// `None` when the reference is invalid: requests it gets are answered 500 (Gateway API).
+    pub pool: Option<PoolKey>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HeaderMods {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMods {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A path rewrite, for redirects and URLRewrite.
+#[derive(Clone, Debug)]
+pub enum PathRewrite {
+    Full(String),
+    /// Replace the matched prefix with this.
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Rewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathRewrite>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    /// `Some(None)` would be meaningless; `None` = derive from the scheme/listener.
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// Whole request (HTTPRoute `timeouts.request`).
+    pub request: Option<Duration>,
+    /// Each try to a backend (HTTPRoute `timeouts.backendRequest`).
+    pub backend_request: Option<Duration>,
+}
+
+/// How traffic reaches a pool's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (`appProtocol: kubernetes.io/h2c`); gRPC backends.
+    H2c,
+}
+
+/// One endpoint of a pool, with its EndpointSlice conditions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointModel {
+    pub addr: SocketAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// Everything a pool needs: endpoints, protocol, policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolSpec {
+    pub endpoints: Vec<EndpointModel>,
+    pub protocol: UpstreamProtocol,
+    pub policy: BackendPolicyModel,
+}
+
+impl PoolSpec {
+    /// Endpoints that take new requests: the ready ones; if none is ready, the serving ones
+    /// that are terminating (as kube-proxy and Envoy do), so a rollout's last pods still serve.
+    pub fn routable(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let any_ready = self.endpoints.iter().any(|e| e.ready);
+        self.endpoints.iter().filter(move |e| if any_ready { e.ready } else { e.serving }).map(|e| e.addr)
+    }
+}
+
+/// Builds a rejection for an object.
+pub(crate) fn reject(kind: &str, ns: &str, name: &str, file: &str, reason: impl Into<String>) -> Rejection {
+    Rejection { kind: kind.into(), namespace: ns.into(), name: name.into(), file: file.into(), reason: reason.into() }
+}
+
+/// Seconds since the epoch of an object's creationTimestamp (0 if unset), for precedence.
+pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
+}
+
+/// Translates the whole store.
+pub fn translate(store: &Store, opts: &TranslateOptions) -> Model {
+    let mut model = Model { rejections: store.source_errors.clone(), ..Model::default() };
+    let mut backends = backend::Backends::new(store, &mut model.rejections);
+    let mut secrets = tls::Secrets::new(store);
+    ingress::translate(store, opts, &mut backends, &mut secrets, &mut model);
+    gateway::translate(store, opts, &mut backends, &mut secrets, &mut model);
+    model.pools = backends.into_pools();
+    model.rejections.extend(secrets.into_rejections());
+    model.rejections.sort();
+    model.rejections.dedup();
+    model
+}
