@@ -55,7 +55,7 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>) -> Valu
                                         "available": t.pool.is_some(),
                                     })).collect::<Vec<_>>()
                                 }),
-                                Action::Redirect(rd) => json!({"redirect": {
+                                Action::Redirect { redirect: rd, .. } => json!({"redirect": {
                                     "scheme": rd.scheme, "hostname": rd.hostname, "port": rd.port, "status": rd.status,
                                 }}),
                             };

@@ -18,11 +18,11 @@ use tokio::task::JoinHandle;
 use crate::admin::AdminApp;
 use crate::config::ListenArgs;
 use crate::pool::PoolRegistry;
-use crate::proxy::listeners::Listeners;
+use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
-use crate::store::Rejection;
+use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{translate, TranslateOptions};
 
@@ -127,14 +127,19 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let conf = Arc::new(ServerConf::default());
-    let mut proxy =
-        HttpProxy::new(EdgeProxy { snapshot: snapshot.clone(), access_log: opts.access_log.is_some() }, conf);
-    let mut server_options = HttpServerOptions::default();
-    server_options.h2c = true;
-    proxy.server_options = Some(server_options);
-    proxy.handle_init_modules();
-    let proxy_listeners =
-        Arc::new(Listeners::new(Arc::new(proxy), snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
+    let edge_app = |h2c: bool| {
+        let mut proxy = HttpProxy::new(
+            EdgeProxy { snapshot: snapshot.clone(), access_log: opts.access_log.is_some() },
+            conf.clone(),
+        );
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = h2c;
+        proxy.server_options = Some(server_options);
+        proxy.handle_init_modules();
+        Arc::new(proxy)
+    };
+    let apps = Apps { http1: edge_app(false), h2c: edge_app(true) };
+    let proxy_listeners = Arc::new(Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
     let http_addr = proxy_listeners.adopt(http)?;
     let https_addr = proxy_listeners.adopt(https)?;
 
@@ -145,6 +150,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         snapshot: snapshot.clone(),
         listeners: proxy_listeners.clone(),
         previous_rejections: BTreeSet::new(),
+        previous_store: Store::default(),
     };
     let first = store_rx.borrow().clone();
     config.apply(first).await;
@@ -156,7 +162,9 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         metrics: metrics.clone(),
         bind_errors: Arc::new(move || errors_from.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     };
-    let admin_listeners = Arc::new(Listeners::new(Arc::new(admin_app), snapshot.clone(), metrics, shutdown_rx));
+    let admin_app = Arc::new(admin_app);
+    let admin_apps = Apps { http1: admin_app.clone(), h2c: admin_app };
+    let admin_listeners = Arc::new(Listeners::new(admin_apps, snapshot.clone(), metrics, shutdown_rx));
     let admin_addr = admin_listeners.adopt(admin)?;
     tracing::info!(%http_addr, %https_addr, %admin_addr, config_dir = %opts.config_dir.display(), "weir edge is serving");
     Ok(EdgeHandle {
@@ -179,6 +187,8 @@ struct ConfigLoop {
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     previous_rejections: BTreeSet<Rejection>,
+    /// The store the serving snapshot was built from, after last-good substitutions.
+    previous_store: Store,
 }
 
 impl ConfigLoop {
@@ -189,14 +199,41 @@ impl ConfigLoop {
         }
     }
 
+    /// Translates `store`; an object whose new version is rejected while its previous version
+    /// was served is put back to that previous version (and its rejection kept, with a note),
+    /// so a mistake never takes working routes down.
+    fn translate_keeping_last_good(&self, mut store: Store) -> (Store, crate::translate::Model) {
+        let model = translate(&store, &self.opts);
+        let mut kept = vec![];
+        for r in &model.rejections {
+            if !r.served
+                && !r.name.is_empty()
+                && store.restore_from(&self.previous_store, &r.kind, &r.namespace, &r.name)
+            {
+                kept.push(r.clone());
+            }
+        }
+        if kept.is_empty() {
+            return (store, model);
+        }
+        let mut model = translate(&store, &self.opts);
+        for mut r in kept {
+            r.reason.push_str("; the previous version keeps serving until this is fixed");
+            model.rejections.push(r);
+        }
+        model.rejections.sort();
+        model.rejections.dedup();
+        (store, model)
+    }
+
     async fn apply(&mut self, loaded: Loaded) {
         let started = Instant::now();
-        let model = translate(&loaded.store, &self.opts);
+        let (store, model) = self.translate_keeping_last_good(loaded.store);
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
         let current = self.snapshot.load_full();
         let routes = |m: &crate::translate::Model| m.listeners.values().map(|l| l.routes.len()).sum::<usize>();
         let had_routes = current.listeners.values().any(|l| l.router.rule_count() > 0);
-        if routes(&model) == 0 && had_routes && !loaded.store.is_empty() && !model.rejections.is_empty() {
+        if routes(&model) == 0 && had_routes && !store.is_empty() && !model.rejections.is_empty() {
             tracing::error!(
                 rejected = model.rejections.len(),
                 "no object of the new configuration is valid; the last good configuration keeps serving"
@@ -211,6 +248,7 @@ impl ConfigLoop {
             tracing::warn!(kind = %r.kind, namespace = %r.namespace, name = %r.name, file = %r.file, "rejected: {}", r.reason);
         }
         self.previous_rejections = rejections;
+        self.previous_store = store;
         let generation = current.generation + 1;
         let snap = Arc::new(compile(&model, generation, &self.pools, &self.metrics));
         self.snapshot.store(snap.clone());

@@ -79,6 +79,7 @@ pub const POLICY_LABEL: &str = "gateway.networking.k8s.io/policy";
 /// outlier detection and connect timeout.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(group = "weir.dev", version = "v1alpha1", kind = "BackendPolicy", namespaced)]
+#[kube(derive = "PartialEq")]
 #[kube(
     label("gateway.networking.k8s.io/policy", "Direct"),
     doc = "BackendPolicy configures how weir talks to the endpoints of the Services it targets: \

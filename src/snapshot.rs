@@ -61,7 +61,10 @@ pub enum Action {
         cycle: SmoothCycle,
         unavailable: TargetMetrics,
     },
-    Redirect(Redirect),
+    Redirect {
+        redirect: Redirect,
+        metrics: TargetMetrics,
+    },
 }
 
 /// One weighted backend of a rule.
@@ -165,7 +168,9 @@ fn compile_action(
     metrics: &Metrics,
 ) -> RouteAction {
     let kind = match &a.kind {
-        ActionKind::Redirect(r) => Action::Redirect(r.clone()),
+        ActionKind::Redirect(r) => {
+            Action::Redirect { redirect: r.clone(), metrics: metrics.target(listener, &a.name, "") }
+        }
         ActionKind::Forward(refs) => Action::Forward {
             cycle: SmoothCycle::new(&refs.iter().map(|b| b.weight).collect::<Vec<_>>()),
             targets: refs

@@ -47,12 +47,19 @@ pub struct Rejection {
     /// The file (or `kubernetes`) the object came from.
     pub file: String,
     pub reason: String,
+    /// The object is served despite this problem (say, one invalid backendRef of a route
+    /// answers 500 while the rest of the route works).
+    pub served: bool,
 }
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ns = if self.namespace.is_empty() { String::new() } else { format!("{}/", self.namespace) };
-        write!(f, "{}: {} {}{}: {}", self.file, self.kind, ns, self.name, self.reason)
+        write!(f, "{}: ", self.file)?;
+        if !self.kind.is_empty() || !self.name.is_empty() {
+            let ns = if self.namespace.is_empty() { String::new() } else { format!("{}/", self.namespace) };
+            write!(f, "{} {}{}: ", self.kind, ns, self.name)?;
+        }
+        write!(f, "{}", self.reason)
     }
 }
 
@@ -105,6 +112,32 @@ impl Store {
             Object::EndpointSlice(o) => drop(put!(endpoint_slices, o, namespaced)),
             Object::Secret(o) => drop(put!(secrets, o, namespaced)),
             Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
+        }
+    }
+
+    /// Puts `previous`'s version of object `kind ns/name` in place of this store's, if
+    /// `previous` has a different one; returns whether it did. Used to keep serving the last
+    /// good version of an object whose new version is rejected.
+    pub fn restore_from(&mut self, previous: &Store, kind: &str, ns: &str, name: &str) -> bool {
+        let key = (ns.to_string(), name.to_string());
+        macro_rules! restore {
+            ($map:ident, $key:expr) => {{
+                match previous.$map.get(&$key) {
+                    Some(old) if self.$map.get(&$key).map(|o| &o.object) != Some(&old.object) => {
+                        self.$map.insert($key, old.clone());
+                        true
+                    }
+                    _ => false,
+                }
+            }};
+        }
+        match kind {
+            "Ingress" => restore!(ingresses, key),
+            "Gateway" => restore!(gateways, key),
+            "HTTPRoute" => restore!(http_routes, key),
+            "Secret" => restore!(secrets, key),
+            "BackendPolicy" => restore!(backend_policies, key),
+            _ => false,
         }
     }
 

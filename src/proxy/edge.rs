@@ -56,7 +56,7 @@ pub struct EdgeCtx {
 fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
     match &action.kind {
         Action::Forward { targets, .. } => targets.get(index),
-        Action::Redirect(_) => None,
+        Action::Redirect { .. } => None,
     }
 }
 
@@ -194,7 +194,7 @@ impl ProxyHttp for EdgeProxy {
             _ => None,
         };
         match &action.kind {
-            Action::Redirect(r) => {
+            Action::Redirect { redirect: r, .. } => {
                 let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
                 let location =
                     redirect_location(r, matched_prefix, scheme, &host, ctx.port, req.uri.path(), req.uri.query());
@@ -386,11 +386,10 @@ impl ProxyHttp for EdgeProxy {
         let listener = ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port));
         match (ctx.target(), &ctx.action, listener) {
             (Some(t), _, _) => t.metrics.observe(status, elapsed),
-            (None, Some(a), _) => {
-                if let Action::Forward { unavailable, .. } = &a.kind {
-                    unavailable.observe(status, elapsed);
-                }
-            }
+            (None, Some(a), _) => match &a.kind {
+                Action::Forward { unavailable, .. } => unavailable.observe(status, elapsed),
+                Action::Redirect { metrics, .. } => metrics.observe(status, elapsed),
+            },
             (None, None, Some(l)) => l.unmatched.observe(status, elapsed),
             _ => {}
         }

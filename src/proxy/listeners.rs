@@ -27,6 +27,25 @@ use crate::translate::Protocol;
 
 /// Longest a client may take to finish its TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a plaintext client may take to show whether it speaks HTTP/2 (h2c) or HTTP/1.
+pub const PROTOCOL_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The applications a listener hands connections to. Plaintext connections are sniffed here:
+/// Pingora's own h2c detection waits for 24 bytes, which hangs a shorter HTTP/1 request.
+pub struct Apps<A> {
+    /// HTTP/1 and TLS connections (HTTP/2 over TLS is chosen by ALPN).
+    pub http1: Arc<A>,
+    /// Plaintext connections that opened with the HTTP/2 preface.
+    pub h2c: Arc<A>,
+}
+
+impl<A> Clone for Apps<A> {
+    fn clone(&self) -> Self {
+        Apps { http1: self.http1.clone(), h2c: self.h2c.clone() }
+    }
+}
 
 struct Bound {
     task: JoinHandle<()>,
@@ -36,7 +55,7 @@ struct Bound {
 
 /// The sockets weir listens on, kept in step with the snapshot.
 pub struct Listeners<A> {
-    app: Arc<A>,
+    apps: Apps<A>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
@@ -46,9 +65,14 @@ pub struct Listeners<A> {
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
-    pub fn new(app: Arc<A>, snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, shutdown: ShutdownWatch) -> Self {
+    pub fn new(
+        apps: Apps<A>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        shutdown: ShutdownWatch,
+    ) -> Self {
         Listeners {
-            app,
+            apps,
             snapshot,
             metrics,
             shutdown,
@@ -76,7 +100,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             L4Listener::from(listener),
             port,
             acceptor,
-            self.app.clone(),
+            self.apps.clone(),
             self.snapshot.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
@@ -134,7 +158,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: L4Listener,
     port: u16,
     acceptor: Arc<SslAcceptor>,
-    app: Arc<A>,
+    apps: Apps<A>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
@@ -152,9 +176,11 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             }
         };
         let _ = stream.set_nodelay();
+        let mut stream = stream;
         let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
-        let (app, acceptor, metrics, shutdown) = (app.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
+        let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let mut app = &apps.http1;
             let stream: Stream = match tls {
                 Some((true, name)) => {
                     let handshake = pingora::protocols::tls::server::handshake(&acceptor, stream);
@@ -171,7 +197,12 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                         }
                     }
                 }
-                _ => Box::new(stream),
+                _ => {
+                    if sniff_h2c(&mut stream).await {
+                        app = &apps.h2c;
+                    }
+                    Box::new(stream)
+                }
             };
             let mut next = app.process_new(stream, &shutdown).await;
             while let Some(reused) = next {
@@ -179,4 +210,25 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             }
         });
     }
+}
+
+/// Reads just enough of a plaintext connection to tell the HTTP/2 preface from HTTP/1, then
+/// puts the bytes back. Stops at the first byte that differs, so short requests are not held.
+async fn sniff_h2c(stream: &mut pingora::protocols::l4::stream::Stream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    while n < buf.len() {
+        match tokio::time::timeout(PROTOCOL_SNIFF_TIMEOUT, stream.read(&mut buf[n..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => {
+                n += k;
+                if buf[..n] != H2_PREFACE[..n] {
+                    break;
+                }
+            }
+        }
+    }
+    stream.rewind(&buf[..n]);
+    n == buf.len()
 }

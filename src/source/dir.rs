@@ -117,7 +117,14 @@ impl DirLoader {
 }
 
 fn file_error(file: &str, reason: String) -> Rejection {
-    Rejection { kind: String::new(), namespace: String::new(), name: String::new(), file: file.into(), reason }
+    Rejection {
+        kind: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        file: file.into(),
+        reason,
+        served: false,
+    }
 }
 
 /// Loads `dir` once, then reloads it on every change, publishing each store on the returned

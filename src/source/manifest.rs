@@ -16,6 +16,7 @@ pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) 
         name: name.to_string(),
         file: file.to_string(),
         reason: format!("document {}: {reason}", index + 1),
+        served: false,
     };
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = match serde_json::Value::deserialize(doc) {
@@ -43,7 +44,10 @@ pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) 
 }
 
 fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| format!("does not match its schema: {e}"))
+    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
+        "." | "" => format!("does not match its schema: {}", e.inner()),
+        path => format!("does not match its schema at {path}: {}", e.inner()),
+    })
 }
 
 fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<Object, String> {
@@ -83,7 +87,7 @@ mod tests {
         assert_eq!(errors.len(), 2);
         assert!(errors[0].reason.contains("not a kind weir reads"), "{}", errors[0].reason);
         assert_eq!(errors[1].name, "b");
-        assert!(errors[1].reason.contains("schema"), "{}", errors[1].reason);
+        assert!(errors[1].reason.starts_with("document 3: does not match its schema at spec.ports: invalid type"), "{}", errors[1].reason);
         assert!(errors.iter().all(|e| e.file == "x.yaml"));
     }
 

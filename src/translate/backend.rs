@@ -59,7 +59,8 @@ impl<'a> Backends<'a> {
             };
             for target in &stored.object.spec.target_refs {
                 if !store.services.contains_key(&(ns.clone(), target.name.clone())) {
-                    rejections.push(r(format!("targets Service {ns}/{} which does not exist", target.name)));
+                    let reason = format!("targets Service {ns}/{} which does not exist", target.name);
+                    rejections.push(Rejection { served: true, ..r(reason) });
                 }
                 policies
                     .entry((ns.clone(), target.name.clone()))

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::policy::parse_duration;
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
-use crate::store::Store;
+use crate::store::{Rejection, Store};
 
 /// `controllerName` of the GatewayClasses weir serves.
 pub const GATEWAY_CONTROLLER: &str = "weir.dev/gateway-controller";
@@ -116,7 +116,7 @@ pub fn translate(
         let compiled = match compile_route(route, ns, name, backends) {
             Ok((rules, warnings)) => {
                 if !warnings.is_empty() {
-                    model.rejections.push(r(warnings.join("; ")));
+                    model.rejections.push(Rejection { served: true, ..r(warnings.join("; ")) });
                 }
                 rules
             }

@@ -183,7 +183,14 @@ impl PoolSpec {
 
 /// Builds a rejection for an object.
 pub(crate) fn reject(kind: &str, ns: &str, name: &str, file: &str, reason: impl Into<String>) -> Rejection {
-    Rejection { kind: kind.into(), namespace: ns.into(), name: name.into(), file: file.into(), reason: reason.into() }
+    Rejection {
+        kind: kind.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        file: file.into(),
+        reason: reason.into(),
+        served: false,
+    }
 }
 
 /// Seconds since the epoch of an object's creationTimestamp (0 if unset), for precedence.

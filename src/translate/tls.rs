@@ -114,8 +114,9 @@ pub fn build_context(crt_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, Strin
     for extra in chain.iter().skip(1) {
         b.add_extra_chain_cert(extra.clone()).map_err(|e| format!("tls.crt chain: {e}"))?;
     }
-    b.set_private_key(&key).map_err(|e| format!("tls.key: {e}"))?;
-    b.check_private_key().map_err(|_| "tls.key does not match the certificate in tls.crt".to_string())?;
+    let mismatch = |_| "tls.key does not match the certificate in tls.crt".to_string();
+    b.set_private_key(&key).map_err(mismatch)?;
+    b.check_private_key().map_err(mismatch)?;
     crate::tls::offer_h2(&mut b);
     Ok(LoadedCert { context: Arc::new(b.build()), not_after: leaf.not_after().to_string() })
 }

@@ -1,0 +1,493 @@
+//! Protocols through the edge: HTTP/2 negotiated by ALPN on TLS, h2c with prior knowledge, many
+//! concurrent streams on one connection, WebSocket upgrades (plain and over TLS, Ingress and
+//! HTTPRoute), HTTP/2 to `appProtocol: kubernetes.io/h2c` Services, and gRPC unary calls with
+//! their trailers, over h2c and over TLS.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+
+use boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use boring::x509::X509;
+use bytes::{Bytes, BytesMut};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingora::tls::tokio_ssl::SslStream;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use weir::echo::EchoServer;
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and manifests
+
+/// A test CA and one leaf it signed, for `hosts`.
+struct Pki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki(hosts: &[&str]) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(DnType::CommonName, "weir protocols test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
+    let mut params =
+        CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).expect("leaf params");
+    params.distinguished_name.push(DnType::CommonName, hosts[0]);
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = params.signed_by(&key, &ca).expect("sign leaf");
+    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+/// `kubernetes.io/tls` Secret `default/<name>` holding the leaf of `pki`.
+fn tls_secret_for(name: &str, pki: &Pki) -> String {
+    let block = |pem: &str| pem.trim_end().lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata:
+  namespace: default
+  name: {name}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}",
+        block(&pki.cert_pem),
+        block(&pki.key_pem)
+    )
+}
+
+/// An Ingress `default/<name>` of class `weir`: `host` path `/` Prefix → `service` port 80, with
+/// TLS from Secret `tls_secret` when given.
+fn ingress(name: &str, host: &str, service: &str, tls_secret: Option<&str>) -> String {
+    let tls = match tls_secret {
+        Some(s) => format!("  tls:\n  - hosts: [{host}]\n    secretName: {s}\n"),
+        None => String::new(),
+    };
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  namespace: default
+  name: {name}
+spec:
+  ingressClassName: weir
+{tls}  rules:
+  - host: {host}
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}
+"
+    )
+}
+
+/// An echo server with a Service `default/<name>` whose port 80 has
+/// `appProtocol: kubernetes.io/h2c`, and its EndpointSlice.
+async fn h2c_backend(name: &str) -> (EchoServer, String) {
+    let echo = EchoServer::start(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("start echo server");
+    let port = echo.addr().port();
+    let svc = service_with_target_port("default", name, SERVICE_PORT, SERVICE_PORT_NAME, port)
+        + "    appProtocol: kubernetes.io/h2c\n";
+    let yaml = docs(&[svc, endpoints("default", name, SERVICE_PORT_NAME, port, &[echo.addr()])]);
+    (echo, yaml)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// TLS handshake with `addr`, SNI `host`, offering `alpn`, trusting only the test CA.
+async fn tls_connect(addr: SocketAddr, host: &str, pki: &Pki, alpn: &[&str]) -> SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.cert_store_mut().add_cert(X509::from_pem(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    let mut wire = vec![];
+    for p in alpn {
+        wire.push(p.len() as u8);
+        wire.extend_from_slice(p.as_bytes());
+    }
+    b.set_alpn_protos(&wire).unwrap();
+    let ssl = b.build().configure().unwrap().into_ssl(host).unwrap();
+    let tcp = TcpStream::connect(addr).await.expect("connect to weir");
+    tcp.set_nodelay(true).unwrap();
+    let mut stream = SslStream::new(ssl, tcp).unwrap();
+    tokio::time::timeout(REQUEST_TIMEOUT, Pin::new(&mut stream).connect())
+        .await
+        .expect("TLS handshake in time")
+        .unwrap_or_else(|e| panic!("TLS handshake with {addr} for {host} failed: {e}"));
+    stream
+}
+
+/// An HTTP/2 connection (over TLS or cleartext), for several requests.
+#[derive(Clone)]
+struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    scheme: &'static str,
+}
+
+impl H2 {
+    async fn over<S>(io: S, scheme: &'static str) -> H2
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("HTTP/2 handshake with weir");
+        tokio::spawn(conn);
+        H2 { sender, scheme }
+    }
+
+    async fn h2c(addr: SocketAddr) -> H2 {
+        let tcp = TcpStream::connect(addr).await.expect("connect to weir");
+        tcp.set_nodelay(true).unwrap();
+        H2::over(tcp, "http").await
+    }
+
+    fn request(&self, method: &str, host: &str, path: &str) -> http::request::Builder {
+        Request::builder().method(method).uri(format!("{}://{host}{path}", self.scheme)).version(Version::HTTP_2)
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
+        let mut sender = self.sender.clone();
+        let exchange = async move {
+            sender.ready().await.expect("HTTP/2 connection usable");
+            let resp = sender.send_request(req).await.expect("response");
+            let status = resp.status().as_u16();
+            let version = resp.version();
+            let headers = resp.headers().clone();
+            // read frame by frame: data, then (for gRPC) trailers
+            let mut body = resp.into_body();
+            let mut data = BytesMut::new();
+            let mut trailers = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.expect("response body frame");
+                match frame.into_data() {
+                    Ok(chunk) => data.extend_from_slice(&chunk),
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers = Some(t);
+                        }
+                    }
+                }
+            }
+            Answer { resp: Resp { status, version, headers, body: data.freeze(), trailers: None }, trailers }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.expect("complete HTTP/2 response in time")
+    }
+
+    async fn get(&self, host: &str, path: &str) -> Resp {
+        self.send(self.request("GET", host, path).body(Full::default()).unwrap()).await.resp
+    }
+}
+
+/// A response and the trailers read from its frames.
+struct Answer {
+    resp: Resp,
+    trailers: Option<HeaderMap>,
+}
+
+/// A gRPC message frame: uncompressed flag, 4-byte big-endian length, message.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + message.len());
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    b.extend_from_slice(message);
+    b.freeze()
+}
+
+/// A gRPC unary call `/weir.test.Echo/Say` carrying `message`.
+fn grpc_request(h2: &H2, host: &str, message: &[u8]) -> Request<Full<Bytes>> {
+    h2.request("POST", host, "/weir.test.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "5S")
+        .body(Full::new(grpc_frame(message)))
+        .unwrap()
+}
+
+#[track_caller]
+fn assert_grpc_ok(answer: &Answer, message: &[u8], echo: &str) {
+    let resp = &answer.resp;
+    assert_eq!(resp.status, 200, "{resp}");
+    assert_eq!(resp.version, Version::HTTP_2);
+    assert_eq!(resp.header("content-type"), Some("application/grpc"), "{resp}");
+    assert_eq!(resp.echo_name(), Some(echo), "{resp}");
+    assert_eq!(resp.body, grpc_frame(message), "the gRPC message was not echoed intact");
+    let trailers = answer.trailers.as_ref().unwrap_or_else(|| panic!("no trailers after the gRPC response: {resp}"));
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]), "trailers: {trailers:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_is_negotiated_by_alpn() {
+    let pki = pki(&["h2.example.com"]);
+    let b = backends("default", &["app"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("secret.yaml", &tls_secret_for("h2-tls", &pki)),
+        ("ingress.yaml", &ingress("h2", "h2.example.com", "app", Some("h2-tls"))),
+    ])
+    .await;
+
+    let stream = tls_connect(weir.https, "h2.example.com", &pki, &["h2", "http/1.1"]).await;
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "weir did not pick h2 by ALPN");
+    let h2 = H2::over(stream, "https").await;
+    let resp = h2.get("h2.example.com", "/over/h2?x=1").await;
+    assert_eq!(resp.version, Version::HTTP_2);
+    resp.assert_served_by("app");
+    assert_eq!(resp.upstream_path(), "/over/h2?x=1");
+    assert_eq!(resp.upstream_host(), "h2.example.com");
+    assert_eq!(resp.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(b.echo("app").requests(), 1, "the echo upstream did not see the request");
+
+    // a client offering only HTTP/1.1 gets HTTP/1.1
+    let stream = tls_connect(weir.https, "h2.example.com", &pki, &["http/1.1"]).await;
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/over/h1").header("host", "h2.example.com").body(Full::<Bytes>::default()).unwrap();
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await.expect("in time").unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, Version::HTTP_11));
+    assert_eq!(b.echo("app").requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_is_served_on_the_plain_listener() {
+    let b = backends("default", &["app"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("ingress.yaml", &ingress("h2c", "h2c.example.com", "app", None)),
+    ])
+    .await;
+
+    let resp = get_h2c(weir.http, "h2c.example.com", "/prior?k=v").await;
+    assert_eq!(resp.version, Version::HTTP_2);
+    resp.assert_served_by("app");
+    assert_eq!(resp.upstream_path(), "/prior?k=v");
+    assert_eq!(resp.upstream_host(), "h2c.example.com");
+    assert_eq!(resp.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
+
+    // HTTP/1.1 still works on the same listener
+    let resp = weir.get("h2c.example.com", "/h1").await;
+    assert_eq!(resp.version, Version::HTTP_11);
+    resp.assert_served_by("app");
+    assert_eq!(b.echo("app").requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_h2_streams_share_one_connection() {
+    const STREAMS: usize = 64;
+    let pki = pki(&["many.example.com"]);
+    let b = backends("default", &["app"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("secret.yaml", &tls_secret_for("many-tls", &pki)),
+        ("ingress.yaml", &ingress("many", "many.example.com", "app", Some("many-tls"))),
+        ("plain.yaml", &ingress("many-plain", "plain.example.com", "app", None)),
+    ])
+    .await;
+
+    for (h2, host) in [
+        (H2::over(tls_connect(weir.https, "many.example.com", &pki, &["h2"]).await, "https").await, "many.example.com"),
+        (H2::h2c(weir.http).await, "plain.example.com"),
+    ] {
+        let before = b.echo("app").requests();
+        let all = futures_util::future::join_all((0..STREAMS).map(|i| {
+            let h2 = h2.clone();
+            async move { (i, h2.get(host, &format!("/stream/{i}")).await) }
+        }))
+        .await;
+        for (i, resp) in &all {
+            assert_eq!(resp.version, Version::HTTP_2);
+            resp.assert_served_by("app");
+            assert_eq!(resp.upstream_path(), format!("/stream/{i}"), "stream {i} got another stream's answer");
+        }
+        assert_eq!(b.echo("app").requests() - before, STREAMS as u64);
+        // the connection is still usable afterwards
+        h2.get(host, "/after").await.assert_served_by("app");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+/// WebSocket sessions opened in a row by each WebSocket test: a user's page opens many, and each
+/// one has to work (one failing in a few is a broken product).
+const WS_SESSIONS: usize = 20;
+
+/// Sends several text messages (and one binary) on `ws` and checks each echo.
+async fn chat<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, name: &str, session: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for text in ["hello", "second message", "third ✓"] {
+        ws.send(Message::text(text)).await.expect("send text");
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("session {session}: no reply to {text:?} in time"))
+            .unwrap_or_else(|| panic!("session {session}: the WebSocket closed before the reply to {text:?}"))
+            .unwrap_or_else(|e| panic!("session {session}: no reply to {text:?}: {e}"));
+        assert_eq!(reply, Message::text(format!("{name}: {text}")), "session {session}");
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.expect("send binary");
+    let reply = tokio::time::timeout(REQUEST_TIMEOUT, ws.next()).await.expect("in time").unwrap().unwrap();
+    assert_eq!(reply, Message::binary(vec![0u8, 1, 2, 255]), "session {session}");
+    ws.close(None).await.expect("close");
+}
+
+/// Opens a WebSocket to `url` over `stream` and checks the 101 came from the echo `name`.
+async fn open_ws<S>(url: &str, stream: S, name: &str) -> tokio_tungstenite::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (ws, resp) = tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("WebSocket handshake in time")
+        .unwrap_or_else(|e| panic!("WebSocket handshake for {url} through weir: {e}"));
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers().get(weir::echo::ECHO_NAME_HEADER).map(|v| v.as_bytes()), Some(name.as_bytes()));
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_through_an_ingress() {
+    let b = backends("default", &["chat"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("ingress.yaml", &ingress("ws", "ws.example.com", "chat", None)),
+    ])
+    .await;
+
+    for session in 0..WS_SESSIONS {
+        let tcp = TcpStream::connect(weir.http).await.unwrap();
+        let mut ws = open_ws("ws://ws.example.com/chat", tcp, "chat").await;
+        chat(&mut ws, "chat", session).await;
+    }
+    assert_eq!(b.echo("chat").requests(), WS_SESSIONS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_through_an_httproute() {
+    let b = backends("default", &["chat"]).await;
+    let port = free_port();
+    let route = "
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata:
+          namespace: default
+          name: chat
+        spec:
+          parentRefs:
+          - name: edge
+          hostnames: [chat.example.com]
+          rules:
+          - matches:
+            - path: {type: PathPrefix, value: /socket}
+            backendRefs:
+            - {name: chat, port: 80}
+    ";
+    let _weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("class.yaml", &gateway_class()),
+        ("gateway.yaml", &gateway("default", "edge", port)),
+        ("route.yaml", route),
+    ])
+    .await;
+    wait_listening(local(port)).await;
+
+    for session in 0..WS_SESSIONS {
+        let tcp = TcpStream::connect(local(port)).await.unwrap();
+        let mut ws = open_ws("ws://chat.example.com/socket/room", tcp, "chat").await;
+        chat(&mut ws, "chat", session).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_over_tls() {
+    let pki = pki(&["wss.example.com"]);
+    let b = backends("default", &["chat"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("secret.yaml", &tls_secret_for("wss-tls", &pki)),
+        ("ingress.yaml", &ingress("wss", "wss.example.com", "chat", Some("wss-tls"))),
+    ])
+    .await;
+
+    for session in 0..WS_SESSIONS {
+        let stream = tls_connect(weir.https, "wss.example.com", &pki, &["http/1.1"]).await;
+        let mut ws = open_ws("wss://wss.example.com/live", stream, "chat").await;
+        chat(&mut ws, "chat", session).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 upstreams and gRPC
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_app_protocol_service_receives_http2_from_weir() {
+    let (_grpc, grpc_yaml) = h2c_backend("grpc").await;
+    let b = backends("default", &["plain"]).await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &docs(&[grpc_yaml.as_str(), b.yaml.as_str()])),
+        ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc", None)),
+        ("plain.yaml", &ingress("plain", "plain.example.com", "plain", None)),
+    ])
+    .await;
+
+    // an HTTP/1.1 client; weir speaks HTTP/2 to the h2c Service
+    let resp = weir.get("grpc.example.com", "/v?1").await;
+    resp.assert_served_by("grpc");
+    assert_eq!(resp.json()["version"], "HTTP/2.0", "the appProtocol h2c Service got: {resp}");
+    assert_eq!(resp.upstream_path(), "/v?1");
+
+    // a Service without appProtocol gets HTTP/1.1
+    let resp = weir.get("plain.example.com", "/").await;
+    resp.assert_served_by("plain");
+    assert_eq!(resp.json()["version"], "HTTP/1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_over_h2c_echoes_the_message_and_trailers() {
+    let (grpc, grpc_yaml) = h2c_backend("grpc").await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &grpc_yaml),
+        ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc", None)),
+    ])
+    .await;
+
+    let h2 = H2::h2c(weir.http).await;
+    for message in [&b"hello gRPC"[..], &[7u8; 3000][..], &b""[..]] {
+        let answer = h2.send(grpc_request(&h2, "grpc.example.com", message)).await;
+        assert_grpc_ok(&answer, message, "grpc");
+    }
+    assert_eq!(grpc.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_over_tls_h2_echoes_the_message_and_trailers() {
+    let pki = pki(&["grpcs.example.com"]);
+    let (grpc, grpc_yaml) = h2c_backend("grpc").await;
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &grpc_yaml),
+        ("secret.yaml", &tls_secret_for("grpcs-tls", &pki)),
+        ("grpc.yaml", &ingress("grpcs", "grpcs.example.com", "grpc", Some("grpcs-tls"))),
+    ])
+    .await;
+
+    let stream = tls_connect(weir.https, "grpcs.example.com", &pki, &["h2"]).await;
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let h2 = H2::over(stream, "https").await;
+    let message = b"\x0a\x05hello over TLS";
+    let answer = h2.send(grpc_request(&h2, "grpcs.example.com", message)).await;
+    assert_grpc_ok(&answer, message, "grpc");
+    assert_eq!(grpc.requests(), 1);
+}
