@@ -10,7 +10,7 @@ use http::{HeaderMap, Method};
 use weir::policy::{AlgorithmModel, BackendPolicyModel, HashKey};
 use weir::pool::PoolRegistry;
 use weir::routing::{HostPattern, Order, PathMatch, RequestMatch, RequestView, Router, Rule, ValueMatch};
-use weir::translate::{EndpointModel, PoolKey, PoolSpec, UpstreamProtocol};
+use weir::translate::{PoolKey, PoolSpec};
 
 /// `routes` rules spread over hosts of 10 paths each, with some regex and header matches.
 fn router(routes: usize) -> Router<usize> {
@@ -64,18 +64,9 @@ fn endpoint_pick(c: &mut Criterion) {
     for (name, algorithm) in algorithms {
         for endpoints in [3usize, 100, 1_000] {
             let key = PoolKey { namespace: "ns".into(), service: format!("{name}-{endpoints}"), port: 80 };
-            let spec = PoolSpec {
-                endpoints: (0..endpoints)
-                    .map(|i| EndpointModel {
-                        addr: SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080)),
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                    })
-                    .collect(),
-                protocol: UpstreamProtocol::Http1,
-                policy: BackendPolicyModel { algorithm: algorithm.clone(), ..Default::default() },
-            };
+            let addrs = (0..endpoints).map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080)));
+            let spec =
+                PoolSpec::ready(addrs, BackendPolicyModel { algorithm: algorithm.clone(), ..Default::default() });
             let registry = PoolRegistry::default();
             let pools = registry.sync(&BTreeMap::from([(key.clone(), spec)]));
             let pool = pools[&key].clone();

@@ -2,7 +2,8 @@
 //! passive ejection with re-admission after a growing backoff.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -35,28 +36,69 @@ fn build(m: &HealthCheckModel) -> Box<dyn HealthCheck + Send + Sync> {
             c.peer_template.options.connection_timeout = Some(m.timeout);
             c
         }
-        HealthCheckKind::Http { path, host, expected } => {
-            let mut c = HttpHealthCheck::new(host.as_deref().unwrap_or("localhost"), false);
-            c.consecutive_success = m.healthy_threshold;
-            c.consecutive_failure = m.unhealthy_threshold;
-            c.peer_template.options.connection_timeout = Some(m.timeout);
-            c.peer_template.options.read_timeout = Some(m.timeout);
-            c.peer_template.options.total_connection_timeout = Some(m.timeout);
-            if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
-                let _ = req.insert_header("Host", host.as_deref().unwrap_or("localhost"));
-                let _ = req.insert_header("User-Agent", "weir-health-check");
-                c.req = req;
+        HealthCheckKind::Http { host: Some(host), .. } => Box::new(http_check(m, host)),
+        HealthCheckKind::Http { host: None, .. } => {
+            Box::new(PerEndpointHost { model: m.clone(), checks: Mutex::new(HashMap::new()) })
+        }
+    }
+}
+
+/// pingora's HTTP check for one Host header value.
+fn http_check(m: &HealthCheckModel, host: &str) -> HttpHealthCheck {
+    let HealthCheckKind::Http { path, expected, .. } = &m.kind else { unreachable!("an HTTP check model") };
+    let mut c = HttpHealthCheck::new(host, false);
+    c.consecutive_success = m.healthy_threshold;
+    c.consecutive_failure = m.unhealthy_threshold;
+    c.peer_template.options.connection_timeout = Some(m.timeout);
+    c.peer_template.options.read_timeout = Some(m.timeout);
+    c.peer_template.options.total_connection_timeout = Some(m.timeout);
+    if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+        let _ = req.insert_header("Host", host);
+        let _ = req.insert_header("User-Agent", "weir-health-check");
+        c.req = req;
+    }
+    let expected = expected.clone();
+    c.validator = Some(Box::new(move |resp: &ResponseHeader| {
+        let code = resp.status.as_u16();
+        if expected.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code)) {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(pingora::ErrorType::HTTPStatus(code), "unexpected health check status")
+        }
+    }));
+    c
+}
+
+/// Per-endpoint checks kept before the cache is emptied.
+const MAX_PROBED_HOSTS: usize = 4096;
+
+/// With no `host` configured, each endpoint is probed with its own address as the Host header
+/// (as a kubelet probe would), so one pingora check per endpoint address.
+struct PerEndpointHost {
+    model: HealthCheckModel,
+    checks: Mutex<HashMap<String, Arc<HttpHealthCheck>>>,
+}
+
+#[async_trait]
+impl HealthCheck for PerEndpointHost {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let host = target.addr.to_string();
+        let check = {
+            let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+            if checks.len() > MAX_PROBED_HOSTS {
+                // endpoints come and go; forget the ones probed long ago
+                checks.clear();
             }
-            let expected = expected.clone();
-            c.validator = Some(Box::new(move |resp: &ResponseHeader| {
-                let code = resp.status.as_u16();
-                if expected.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code)) {
-                    Ok(())
-                } else {
-                    pingora::Error::e_explain(pingora::ErrorType::HTTPStatus(code), "unexpected health check status")
-                }
-            }));
-            Box::new(c)
+            checks.entry(host.clone()).or_insert_with(|| Arc::new(http_check(&self.model, &host))).clone()
+        };
+        check.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.model.healthy_threshold
+        } else {
+            self.model.unhealthy_threshold
         }
     }
 }

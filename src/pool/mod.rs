@@ -1,9 +1,10 @@
 //! Upstream pools: one long-lived pool per Service port, shared by every route and both tiers.
 //!
-//! Built on pingora-load-balancing: a `LoadBalancer` over a view of a shared `HealthRegistry`
-//! keyed by address only, so endpoint churn and weight changes keep health state. Endpoint
-//! updates are applied in place; active health checks run in a background task; passive
-//! outlier detection disables an endpoint in the view for a growing time.
+//! Health comes from pingora-load-balancing: each pool is a `Backends` view over a
+//! `HealthRegistry` keyed by address only, so endpoint churn and weight changes keep health
+//! state; active checks run in a background task; passive outlier detection disables an
+//! endpoint in the view for a growing time. Selection is weir's own [`Selector`] (rebuilt when
+//! endpoints or the algorithm change), so a pick allocates nothing.
 
 pub mod health;
 pub mod select;
@@ -12,23 +13,20 @@ pub mod weighted;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::{Backend, Backends, Extensions, HealthRegistry, LoadBalancer};
+use pingora::lb::{Backend, Backends, Extensions, HealthRegistry};
 use serde::Serialize;
 
-use crate::policy::AlgorithmModel;
 use crate::translate::{PoolKey, PoolSpec};
-pub use select::{stats, EndpointStats, Selector};
+pub use select::{EndpointStats, Selector};
 
-/// How far a selection may walk the candidate list before giving up.
-const MAX_SELECT_ITERATIONS: usize = 256;
-
-/// The current endpoint set, read by every load-balancer view of the pool.
+/// The current endpoint set, read by the pool's view on update.
 #[derive(Default)]
 struct SharedEndpoints(ArcSwap<BTreeSet<Backend>>);
 
@@ -53,14 +51,22 @@ pub struct EndpointStatus {
     pub latency_ms: f64,
 }
 
+/// The endpoint a request goes to.
+pub struct Picked {
+    pub addr: SocketAddr,
+    pub stats: Arc<EndpointStats>,
+}
+
 /// One pool.
 pub struct Pool {
     pub key: PoolKey,
     spec: ArcSwap<PoolSpec>,
-    lb: ArcSwap<LoadBalancer<Selector>>,
+    view: Backends,
+    selector: ArcSwap<Selector>,
     registry: Arc<HealthRegistry>,
     endpoints: Arc<SharedEndpoints>,
     check: Arc<health::SwappableCheck>,
+    /// Stats by address, kept while the address stays in the pool. Config path only.
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
     health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -71,16 +77,8 @@ fn address_key(b: &Backend) -> u64 {
     h.finish()
 }
 
-fn view(
-    registry: &Arc<HealthRegistry>,
-    endpoints: &Arc<SharedEndpoints>,
-    algorithm: &AlgorithmModel,
-) -> LoadBalancer<Selector> {
-    let backends = Backends::new_with_health_registry(Box::new(Discovery(endpoints.clone())), registry.clone());
-    let lb = LoadBalancer::from_backends_with_config(backends, Some(algorithm.clone()));
-    // the discovery never waits, so this completes at once
-    let _ = lb.update().now_or_never();
-    lb
+fn backend(addr: SocketAddr) -> Backend {
+    Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr), weight: 1, ext: Extensions::new() }
 }
 
 impl Pool {
@@ -90,11 +88,13 @@ impl Pool {
         let check = Arc::new(health::SwappableCheck::default());
         registry.set_health_check(Box::new(health::SharedCheck(check.clone())));
         let endpoints = Arc::new(SharedEndpoints::default());
-        let lb = view(&registry, &endpoints, &spec.policy.algorithm);
+        let view = Backends::new_with_health_registry(Box::new(Discovery(endpoints.clone())), registry.clone());
+        let selector = Selector::build(&BTreeSet::new(), &HashMap::new(), &spec.policy.algorithm);
         let pool = Arc::new(Pool {
             key,
             spec: ArcSwap::from_pointee(spec.clone()),
-            lb: ArcSwap::from_pointee(lb),
+            view,
+            selector: ArcSwap::from_pointee(selector),
             registry,
             endpoints,
             check,
@@ -111,26 +111,19 @@ impl Pool {
         if !force && *old == spec {
             return;
         }
-        let set: BTreeSet<Backend> = {
+        let routable: Vec<SocketAddr> = spec.routable().collect();
+        let stats = {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            let routable: Vec<SocketAddr> = spec.routable().collect();
             stats.retain(|addr, _| routable.contains(addr));
-            routable
-                .into_iter()
-                .map(|addr| {
-                    let s = stats.entry(addr).or_insert_with(|| Arc::new(EndpointStats::new(addr))).clone();
-                    let mut ext = Extensions::new();
-                    ext.insert(s);
-                    Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr), weight: 1, ext }
-                })
-                .collect()
+            for addr in &routable {
+                stats.entry(*addr).or_insert_with(|| Arc::new(EndpointStats::new(*addr)));
+            }
+            stats.clone()
         };
-        self.endpoints.0.store(Arc::new(set));
-        if force || old.policy.algorithm != spec.policy.algorithm {
-            self.lb.store(Arc::new(view(&self.registry, &self.endpoints, &spec.policy.algorithm)));
-        } else {
-            let _ = self.lb.load().update().now_or_never();
-        }
+        self.endpoints.0.store(Arc::new(routable.iter().map(|a| backend(*a)).collect()));
+        // the discovery never waits, so this completes at once
+        let _ = self.view.update(|_| {}).now_or_never();
+        self.selector.store(Arc::new(Selector::build(&self.view.get_backend(), &stats, &spec.policy.algorithm)));
         if force || old.policy.health_check != spec.policy.health_check {
             self.check.set(spec.policy.health_check.as_ref());
             self.restart_health_checks(spec.policy.health_check.as_ref().map(|h| h.interval));
@@ -165,32 +158,33 @@ impl Pool {
     }
 
     /// Picks a healthy endpoint, skipping `exclude` (endpoints this request already tried).
-    pub fn select(&self, hash_key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
-        self.lb.load().select_with(hash_key, MAX_SELECT_ITERATIONS, |b, healthy| {
-            healthy && b.addr.as_inet().is_none_or(|a| !exclude.contains(a))
-        })
+    /// Takes no lock and allocates nothing.
+    pub fn select(&self, hash_key: &[u8], exclude: &[SocketAddr]) -> Option<Picked> {
+        let sel = self.selector.load();
+        let i = sel.pick(hash_key, |i| !exclude.contains(&sel.addr(i)) && self.view.ready(&sel.backends[i]))?;
+        Some(Picked { addr: sel.addr(i), stats: sel.stats[i].clone() })
     }
 
     /// Number of endpoints traffic may go to.
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.0.load().len()
+        self.selector.load().backends.len()
     }
 
     /// Records the outcome of a request to an endpoint for passive outlier detection.
     /// Returns true when this failure ejected the endpoint.
     pub fn report(self: &Arc<Self>, endpoint: &EndpointStats, success: bool) -> bool {
         if success {
-            endpoint.consecutive_failures.store(0, std::sync::atomic::Ordering::Relaxed);
+            endpoint.consecutive_failures.store(0, Relaxed);
             return false;
         }
         let outlier = self.spec.load().policy.outlier.clone();
-        let failures = endpoint.consecutive_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if failures < outlier.consecutive_failures || endpoint.ejected.load(std::sync::atomic::Ordering::Relaxed) {
+        let failures = endpoint.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures < outlier.consecutive_failures || endpoint.ejected.load(Relaxed) {
             return false;
         }
         let (total, ejected) = {
             let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            (stats.len(), stats.values().filter(|s| s.ejected.load(std::sync::atomic::Ordering::Relaxed)).count())
+            (stats.len(), stats.values().filter(|s| s.ejected.load(Relaxed)).count())
         };
         if (ejected + 1) * 100 > total * outlier.max_ejection_percent as usize {
             return false;
@@ -200,27 +194,22 @@ impl Pool {
     }
 
     fn set_enabled(&self, addr: SocketAddr, enabled: bool) {
-        let b =
-            Backend { addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr), weight: 1, ext: Extensions::new() };
-        self.lb.load().backends().set_enable(&b, enabled);
+        self.view.set_enable(&backend(addr), enabled);
     }
 
     /// Every endpoint with its health.
     pub fn status(&self) -> Vec<EndpointStatus> {
-        let lb = self.lb.load();
-        lb.backends()
-            .get_backend()
+        let sel = self.selector.load();
+        sel.backends
             .iter()
-            .filter_map(|b| {
-                let s = stats(b)?;
-                Some(EndpointStatus {
-                    addr: s.addr,
-                    healthy: lb.backends().ready(b),
-                    ejected: s.ejected.load(std::sync::atomic::Ordering::Relaxed),
-                    ejections: s.ejections.load(std::sync::atomic::Ordering::Relaxed),
-                    inflight: s.inflight.load(std::sync::atomic::Ordering::Relaxed),
-                    latency_ms: s.latency().as_secs_f64() * 1000.0,
-                })
+            .zip(&sel.stats)
+            .map(|(b, s)| EndpointStatus {
+                addr: s.addr,
+                healthy: self.view.ready(b),
+                ejected: s.ejected.load(Relaxed),
+                ejections: s.ejections.load(Relaxed),
+                inflight: s.inflight.load(Relaxed),
+                latency_ms: s.latency().as_secs_f64() * 1000.0,
             })
             .collect()
     }

@@ -1,13 +1,14 @@
-//! Endpoint selection algorithms, as pingora-load-balancing `BackendSelection`s: smooth
-//! weighted round robin (default), P2C over peak-EWMA latency, and Ketama consistent hashing.
+//! Endpoint selection: smooth weighted round robin (default), P2C over peak-EWMA latency, and
+//! Ketama consistent hashing (pingora's). Built when endpoints or the algorithm change; a pick
+//! touches only atomics and takes no lock and no allocation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::lb::selection::consistent::{KetamaHashing, OwnedNodeIterator};
+use pingora::lb::selection::consistent::KetamaHashing;
 use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::Backend;
 
@@ -18,8 +19,10 @@ use crate::policy::AlgorithmModel;
 const EWMA_ALPHA: f64 = 0.3;
 /// Latency assumed for an endpoint with no samples yet, so new endpoints get tried.
 const INITIAL_LATENCY: Duration = Duration::from_millis(1);
+/// How far a consistent-hash walk may go looking for a usable endpoint.
+const MAX_HASH_STEPS: usize = 256;
 
-/// Per-endpoint counters that outlive endpoint churn (carried in `Backend::ext`).
+/// Per-endpoint counters that outlive endpoint churn and algorithm changes.
 #[derive(Debug)]
 pub struct EndpointStats {
     pub addr: SocketAddr,
@@ -28,7 +31,7 @@ pub struct EndpointStats {
     latency: AtomicU64,
     pub consecutive_failures: AtomicU32,
     pub ejections: AtomicU32,
-    pub ejected: std::sync::atomic::AtomicBool,
+    pub ejected: AtomicBool,
 }
 
 impl EndpointStats {
@@ -39,7 +42,7 @@ impl EndpointStats {
             latency: AtomicU64::new((INITIAL_LATENCY.as_nanos() as f64).to_bits()),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
-            ejected: Default::default(),
+            ejected: AtomicBool::new(false),
         }
     }
 
@@ -62,63 +65,87 @@ impl EndpointStats {
     }
 }
 
-/// The stats carried by a backend.
-pub fn stats(b: &Backend) -> Option<&Arc<EndpointStats>> {
-    b.ext.get::<Arc<EndpointStats>>()
+enum Kind {
+    RoundRobin(SmoothCycle),
+    LeastLatency(AtomicU64),
+    Hash { ring: Arc<KetamaHashing>, index: HashMap<SocketAddr, usize> },
 }
 
-/// The selection algorithm of a pool.
-pub enum Selector {
-    RoundRobin { backends: Vec<Backend>, cycle: SmoothCycle },
-    LeastLatency { backends: Vec<Backend>, seed: AtomicU64 },
-    Hash(Arc<KetamaHashing>),
+/// The endpoints of a pool in the order an algorithm prefers them.
+pub struct Selector {
+    /// pingora backends, for health lookups in the pool's view.
+    pub backends: Vec<Backend>,
+    pub stats: Vec<Arc<EndpointStats>>,
+    kind: Kind,
 }
 
-impl BackendSelection for Selector {
-    type Iter = SelectorIter;
-    type Config = AlgorithmModel;
+fn inet(b: &Backend) -> Option<SocketAddr> {
+    b.addr.as_inet().copied()
+}
 
-    fn build_with_config(backends: &BTreeSet<Backend>, config: &AlgorithmModel) -> Self {
-        let list: Vec<Backend> = backends.iter().cloned().collect();
-        match config {
+impl Selector {
+    /// Builds the selector for `backends`, taking each endpoint's stats from `stats`.
+    pub fn build(
+        backends: &BTreeSet<Backend>,
+        stats: &HashMap<SocketAddr, Arc<EndpointStats>>,
+        algorithm: &AlgorithmModel,
+    ) -> Self {
+        let list: Vec<Backend> = backends.iter().filter(|b| inet(b).is_some()).cloned().collect();
+        let stats: Vec<Arc<EndpointStats>> = list
+            .iter()
+            .filter_map(inet)
+            .map(|a| stats.get(&a).cloned().unwrap_or_else(|| Arc::new(EndpointStats::new(a))))
+            .collect();
+        let kind = match algorithm {
             AlgorithmModel::RoundRobin => {
-                let weights: Vec<u32> = list.iter().map(|b| b.weight as u32).collect();
-                Selector::RoundRobin { cycle: SmoothCycle::new(&weights), backends: list }
+                Kind::RoundRobin(SmoothCycle::new(&list.iter().map(|b| b.weight as u32).collect::<Vec<_>>()))
             }
-            AlgorithmModel::LeastLatency => {
-                Selector::LeastLatency { backends: list, seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15) }
-            }
-            AlgorithmModel::ConsistentHash(_) => Selector::Hash(Arc::new(KetamaHashing::build(backends))),
+            AlgorithmModel::LeastLatency => Kind::LeastLatency(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
+            AlgorithmModel::ConsistentHash(_) => Kind::Hash {
+                ring: Arc::new(KetamaHashing::build(backends)),
+                index: list.iter().enumerate().filter_map(|(i, b)| Some((inet(b)?, i))).collect(),
+            },
+        };
+        Selector { backends: list, stats, kind }
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.stats[i].addr
+    }
+
+    /// The first endpoint, in the algorithm's order, that `usable` accepts.
+    pub fn pick(&self, key: &[u8], mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
         }
-    }
-
-    fn build(backends: &BTreeSet<Backend>) -> Self {
-        Self::build_with_config(backends, &AlgorithmModel::RoundRobin)
-    }
-
-    fn iter(self: &Arc<Self>, key: &[u8]) -> SelectorIter {
-        match &**self {
-            Selector::RoundRobin { cycle, .. } => {
-                SelectorIter::Cycle { sel: self.clone(), start: cycle.next_start(), step: 0 }
+        match &self.kind {
+            Kind::RoundRobin(cycle) => {
+                let start = cycle.next_start();
+                (0..cycle.len()).filter_map(|step| cycle.at(start + step)).find(|&i| usable(i))
             }
-            Selector::LeastLatency { backends, seed } => {
-                let n = backends.len();
-                let (a, b) = if n < 2 {
+            Kind::LeastLatency(seed) => {
+                let (first, second) = if n == 1 {
                     (0, 0)
                 } else {
                     let r = xorshift(seed);
                     let a = (r % n as u64) as usize;
                     let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-                    let cost = |i: usize| stats(&backends[i]).map_or(0.0, |s| s.cost());
-                    if cost(b) < cost(a) {
+                    if self.stats[b].cost() < self.stats[a].cost() {
                         (b, a)
                     } else {
                         (a, b)
                     }
                 };
-                SelectorIter::P2c { sel: self.clone(), first: a, second: b, step: 0 }
+                [first, second].into_iter().chain((0..n).filter(|&i| i != first && i != second)).find(|&i| usable(i))
             }
-            Selector::Hash(ring) => SelectorIter::Hash(ring.iter(key)),
+            Kind::Hash { ring, index } => {
+                let mut it = ring.iter(key);
+                (0..MAX_HASH_STEPS)
+                    .map_while(|_| it.next().and_then(inet))
+                    .filter_map(|a| index.get(&a).copied())
+                    .find(|&i| usable(i))
+            }
         }
     }
 }
@@ -132,36 +159,58 @@ fn xorshift(state: &AtomicU64) -> u64 {
     x
 }
 
-/// Candidates in order of preference; pingora's `UniqueIterator` skips repeats.
-pub enum SelectorIter {
-    Cycle { sel: Arc<Selector>, start: usize, step: usize },
-    P2c { sel: Arc<Selector>, first: usize, second: usize, step: usize },
-    Hash(OwnedNodeIterator),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::HashKey;
 
-impl BackendIter for SelectorIter {
-    fn next(&mut self) -> Option<&Backend> {
-        match self {
-            SelectorIter::Cycle { sel, start, step } => {
-                let Selector::RoundRobin { backends, cycle } = &**sel else { return None };
-                if *step >= cycle.len() {
-                    return None;
-                }
-                let i = cycle.at(*start + *step)?;
-                *step += 1;
-                backends.get(i)
-            }
-            SelectorIter::P2c { sel, first, second, step } => {
-                let Selector::LeastLatency { backends, .. } = &**sel else { return None };
-                let i = match *step {
-                    0 => *first,
-                    1 => *second,
-                    n => n - 2,
-                };
-                *step += 1;
-                backends.get(i)
-            }
-            SelectorIter::Hash(it) => it.next(),
+    fn selector(n: usize, algorithm: AlgorithmModel) -> Selector {
+        let backends: BTreeSet<Backend> =
+            (0..n).map(|i| Backend::new(&format!("10.0.0.{}:80", i + 1)).unwrap()).collect();
+        Selector::build(&backends, &HashMap::new(), &algorithm)
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint_evenly() {
+        let s = selector(3, AlgorithmModel::RoundRobin);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[s.pick(b"", |_| true).unwrap()] += 1;
         }
+        assert_eq!(counts, [100, 100, 100]);
+    }
+
+    #[test]
+    fn unusable_endpoints_are_skipped() {
+        for algorithm in [
+            AlgorithmModel::RoundRobin,
+            AlgorithmModel::LeastLatency,
+            AlgorithmModel::ConsistentHash(HashKey::SourceIp),
+        ] {
+            let s = selector(4, algorithm);
+            for k in 0..50u8 {
+                assert_eq!(s.pick(&[k], |i| i == 2), Some(2));
+                assert_eq!(s.pick(&[k], |_| false), None);
+            }
+        }
+    }
+
+    #[test]
+    fn least_latency_prefers_the_faster_endpoint() {
+        let s = selector(2, AlgorithmModel::LeastLatency);
+        s.stats[0].observe_latency(Duration::from_millis(50));
+        s.stats[1].observe_latency(Duration::from_micros(100));
+        let fast = s.stats.iter().position(|st| st.latency() < Duration::from_millis(1)).unwrap();
+        assert!((0..100).all(|_| s.pick(b"", |_| true) == Some(fast)));
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_per_key() {
+        let s = selector(5, AlgorithmModel::ConsistentHash(HashKey::Header("x-user".into())));
+        let first: Vec<_> = (0..20u8).map(|k| s.pick(&[k], |_| true)).collect();
+        let again: Vec<_> = (0..20u8).map(|k| s.pick(&[k], |_| true)).collect();
+        assert_eq!(first, again);
+        let distinct: BTreeSet<_> = first.iter().collect();
+        assert!(distinct.len() > 1, "different keys spread: {first:?}");
     }
 }

@@ -19,7 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::rewrite::{redirect_location, rewrite_path};
 use crate::policy::{AlgorithmModel, HashKey};
-use crate::pool::{stats, EndpointStats, Pool};
+use crate::pool::{EndpointStats, Pool};
 use crate::routing::{normalize_host, PathMatch, RequestView};
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
@@ -49,8 +49,35 @@ pub struct EdgeCtx {
     new_path: Option<String>,
     endpoint: Option<Arc<EndpointStats>>,
     upstream_started: Option<Instant>,
-    tried: Vec<SocketAddr>,
+    tried: Tried,
     retries: u32,
+}
+
+/// Endpoints a request already tried, inline (no allocation per request).
+struct Tried {
+    addrs: [SocketAddr; MAX_CONNECT_RETRIES as usize + 1],
+    len: usize,
+}
+
+impl Tried {
+    fn new() -> Self {
+        Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_RETRIES as usize + 1], len: 0 }
+    }
+
+    fn push(&mut self, addr: SocketAddr) {
+        if self.len < self.addrs.len() {
+            self.addrs[self.len] = addr;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[SocketAddr] {
+        &self.addrs[..self.len]
+    }
+
+    fn last(&self) -> Option<SocketAddr> {
+        self.as_slice().last().copied()
+    }
 }
 
 fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
@@ -83,28 +110,41 @@ async fn respond(session: &mut Session, status: u16, body: &'static str, locatio
     Ok(())
 }
 
-fn apply_request_mods(req: &mut RequestHeader, mods: &HeaderMods) -> Result<()> {
-    for (n, v) in &mods.set {
-        req.insert_header(n.clone(), v.clone())?;
-    }
-    for (n, v) in &mods.add {
-        req.append_header(n.clone(), v.clone())?;
-    }
-    for n in &mods.remove {
-        req.remove_header(n);
-    }
-    Ok(())
+/// The header operations pingora's request and response headers share.
+trait EditHeaders {
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &http::HeaderName);
 }
 
-fn apply_response_mods(resp: &mut ResponseHeader, mods: &HeaderMods) -> Result<()> {
+macro_rules! edit_headers {
+    ($t:ty) => {
+        impl EditHeaders for $t {
+            fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.insert_header(name, value).map(|_| ())
+            }
+            fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+edit_headers!(RequestHeader);
+edit_headers!(ResponseHeader);
+
+/// Applies a RequestHeaderModifier or ResponseHeaderModifier filter.
+fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
     for (n, v) in &mods.set {
-        resp.insert_header(n.clone(), v.clone())?;
+        headers.set(n.clone(), v.clone())?;
     }
     for (n, v) in &mods.add {
-        resp.append_header(n.clone(), v.clone())?;
+        headers.add(n.clone(), v.clone())?;
     }
     for n in &mods.remove {
-        resp.remove_header(n);
+        headers.remove(n);
     }
     Ok(())
 }
@@ -155,7 +195,7 @@ impl ProxyHttp for EdgeProxy {
             new_path: None,
             endpoint: None,
             upstream_started: None,
-            tried: Vec::new(),
+            tried: Tried::new(),
             retries: 0,
         }
     }
@@ -241,16 +281,16 @@ impl ProxyHttp for EdgeProxy {
         let spec = pool.spec();
         let mut ip_buf = [0u8; 16];
         let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
-        let Some(backend) = pool.select(key, &ctx.tried) else {
+        let Some(picked) = pool.select(key, ctx.tried.as_slice()) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
-        let Some(addr) = backend.addr.as_inet().copied() else {
-            return Error::e_explain(ErrorType::HTTPStatus(503), "endpoint is not an IP address");
-        };
-        if let Some(s) = stats(&backend) {
-            s.inflight.fetch_add(1, Relaxed);
-            ctx.endpoint = Some(s.clone());
+        let addr = picked.addr;
+        if let Some(previous) = ctx.endpoint.take() {
+            // pingora retries a failed reused connection without `fail_to_connect`
+            previous.inflight.fetch_sub(1, Relaxed);
         }
+        picked.stats.inflight.fetch_add(1, Relaxed);
+        ctx.endpoint = Some(picked.stats);
         ctx.tried.push(addr);
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -297,7 +337,7 @@ impl ProxyHttp for EdgeProxy {
             upstream.set_uri(uri);
         }
         if !action.request_headers.is_empty() {
-            apply_request_mods(upstream, &action.request_headers)?;
+            apply_mods(upstream, &action.request_headers)?;
         }
         Ok(())
     }
@@ -321,7 +361,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         match &ctx.action {
-            Some(a) if !a.response_headers.is_empty() => apply_response_mods(resp, &a.response_headers),
+            Some(a) if !a.response_headers.is_empty() => apply_mods(resp, &a.response_headers),
             _ => Ok(()),
         }
     }
@@ -342,7 +382,7 @@ impl ProxyHttp for EdgeProxy {
             pool.report(&ep, false);
         }
         // retry only if another endpoint is there to take it
-        if ctx.retries < MAX_CONNECT_RETRIES && pool.select(&[], &ctx.tried).is_some() {
+        if ctx.retries < MAX_CONNECT_RETRIES && pool.select(&[], ctx.tried.as_slice()).is_some() {
             ctx.retries += 1;
             target.metrics.retries.inc();
             e.set_retry(true);
@@ -403,7 +443,7 @@ impl ProxyHttp for EdgeProxy {
                 status,
                 route: ctx.action.as_ref().map_or("", |a| a.name.as_str()),
                 backend: ctx.target().map_or("", |t| t.name.as_str()),
-                upstream: ctx.tried.last().copied(),
+                upstream: ctx.tried.last(),
                 duration: elapsed,
                 retries: ctx.retries,
                 client: session.client_addr().map(|a| a.to_string()),

@@ -87,7 +87,11 @@ mod tests {
         assert_eq!(errors.len(), 2);
         assert!(errors[0].reason.contains("not a kind weir reads"), "{}", errors[0].reason);
         assert_eq!(errors[1].name, "b");
-        assert!(errors[1].reason.starts_with("document 3: does not match its schema at spec.ports: invalid type"), "{}", errors[1].reason);
+        assert!(
+            errors[1].reason.starts_with("document 3: does not match its schema at spec.ports: invalid type"),
+            "{}",
+            errors[1].reason
+        );
         assert!(errors.iter().all(|e| e.file == "x.yaml"));
     }
 

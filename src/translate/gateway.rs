@@ -1,11 +1,11 @@
 //! Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway and HTTPRoute → listeners
 //! and routes. Gateway listeners that share a port share one socket.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gateway_api::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
+use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::httproutes::*;
 use http::{HeaderName, HeaderValue, Method};
 
@@ -518,19 +518,4 @@ fn backend_refs(
         out.push(BackendRef { name, weight: weight as u32, pool });
     }
     Ok(out)
-}
-
-/// The Gateways in the store that weir serves, by namespace/name (for the config dump).
-pub fn served_gateways(store: &Store) -> BTreeMap<(String, String), &Gateway> {
-    store
-        .gateways
-        .iter()
-        .filter(|(_, g)| {
-            store
-                .gateway_classes
-                .get(&g.object.spec.gateway_class_name)
-                .is_some_and(|c| c.object.spec.controller_name == GATEWAY_CONTROLLER)
-        })
-        .map(|(k, g)| (k.clone(), &g.object))
-        .collect()
 }

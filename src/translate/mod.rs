@@ -173,6 +173,18 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
+    /// A pool of ready HTTP/1 endpoints (benchmarks and tests build pools without manifests).
+    pub fn ready(addrs: impl IntoIterator<Item = SocketAddr>, policy: BackendPolicyModel) -> Self {
+        PoolSpec {
+            endpoints: addrs
+                .into_iter()
+                .map(|addr| EndpointModel { addr, ready: true, serving: true, terminating: false })
+                .collect(),
+            protocol: UpstreamProtocol::Http1,
+            policy,
+        }
+    }
+
     /// Endpoints that take new requests: the ready ones; if none is ready, the serving ones
     /// that are terminating (as kube-proxy and Envoy do), so a rollout's last pods still serve.
     pub fn routable(&self) -> impl Iterator<Item = SocketAddr> + '_ {
