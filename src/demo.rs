@@ -96,7 +96,7 @@ impl ClientAddr for crate::snapshot::Listener {
     }
 }
 
-fn print_tries(snap: &Snapshot, admin: SocketAddr) {
+fn print_tries(snap: &Snapshot, admin: SocketAddr, config_dir: &std::path::Path) {
     println!("\nTry:");
     let mut listeners: Vec<_> = snap.listeners.values().collect();
     listeners.sort_by_key(|l| l.addr.port());
@@ -117,7 +117,7 @@ fn print_tries(snap: &Snapshot, admin: SocketAddr) {
     }
     println!("  curl -s http://{admin}/metrics | grep weir_requests_total");
     println!("  curl -s http://{admin}/config_dump");
-    println!("\nweir is running; edit {} and watch it apply. Ctrl-C stops.", "the manifests");
+    println!("\nweir is running; edit the manifests in {} and watch them apply. Ctrl-C stops.", config_dir.display());
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -139,7 +139,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         handle.http_addr, handle.https_addr, handle.admin_addr
     );
     burst(&snap).await;
-    print_tries(&snap, handle.admin_addr);
+    print_tries(&snap, handle.admin_addr, &args.config_dir);
     tokio::signal::ctrl_c().await?;
     handle.shutdown().await;
     drop(servers);

@@ -1,8 +1,8 @@
 //! Active health checks (pingora's HTTP and TCP checks, swappable when the policy changes) and
 //! passive ejection with re-admission after a growing backoff.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;

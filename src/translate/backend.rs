@@ -36,11 +36,14 @@ pub enum PortRef {
 /// `appProtocol` values that mean HTTP/2 with prior knowledge.
 const H2C_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "h2c"];
 
+/// A policy and the Service port name it is limited to (`None`: every port).
+type TargetedPolicy = (Option<String>, BackendPolicyModel);
+
 /// Resolves Service references, collecting the pools they need.
 pub struct Backends<'a> {
     store: &'a Store,
-    /// (namespace, service) → [(port name the policy is limited to, policy)]
-    policies: HashMap<(String, String), Vec<(Option<String>, BackendPolicyModel)>>,
+    /// (namespace, service) → policies targeting it
+    policies: HashMap<(String, String), Vec<TargetedPolicy>>,
     pools: BTreeMap<PoolKey, PoolSpec>,
 }
 

@@ -499,15 +499,16 @@ fn backend_refs(
         }
         let target_ns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
         let name = format!("{target_ns}/{}:{}", b.name, b.port.map(|p| p.to_string()).unwrap_or_default());
-        let pool = if b.group.as_deref().unwrap_or("") != "" || b.kind.as_deref().unwrap_or("Service") != "Service" {
-            Err(format!("only Service backends are supported, not {}", b.kind.as_deref().unwrap_or("")))
-        } else if target_ns != ns {
-            Err("a Service in another namespace needs a ReferenceGrant, which weir does not read yet".to_string())
-        } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
-            backends.resolve(&target_ns, &b.name, &PortRef::Number(port))
-        } else {
-            Err("port is required for a Service backend".to_string())
-        };
+        let pool =
+            if !b.group.as_deref().unwrap_or("").is_empty() || b.kind.as_deref().unwrap_or("Service") != "Service" {
+                Err(format!("only Service backends are supported, not {}", b.kind.as_deref().unwrap_or("")))
+            } else if target_ns != ns {
+                Err("a Service in another namespace needs a ReferenceGrant, which weir does not read yet".to_string())
+            } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
+                backends.resolve(&target_ns, &b.name, &PortRef::Number(port))
+            } else {
+                Err("port is required for a Service backend".to_string())
+            };
         let pool = match pool {
             Ok(p) => Some(p),
             Err(e) => {
