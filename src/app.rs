@@ -26,6 +26,9 @@ use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{translate, TranslateOptions};
 
+/// How often `drain` looks at the open connection count.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]
 pub struct EdgeOptions {
@@ -97,6 +100,18 @@ impl EdgeHandle {
         self.config_task.abort();
         self.proxy_listeners.close_all();
         self.admin_listeners.close_all();
+    }
+
+    /// Stops accepting, then waits for open connections to finish (keep-alive connections
+    /// close after their current request), at most `grace`. Returns the connections still open.
+    pub async fn drain(self, grace: std::time::Duration) -> usize {
+        let listeners = self.proxy_listeners.clone();
+        self.shutdown().await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while listeners.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        listeners.open_connections()
     }
 }
 

@@ -20,14 +20,27 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Edge(args) => run(args.listen.threads, async move {
+            let grace = args.drain_timeout;
             let handle =
                 weir::app::start_edge(weir::app::EdgeOptions::from_args(args.config_dir, &args.listen)).await?;
-            tokio::signal::ctrl_c().await?;
-            tracing::info!("shutting down");
-            handle.shutdown().await;
+            let signal = stop_signal().await?;
+            tracing::info!(signal, ?grace, "stopping: no new connections; open ones finish");
+            let left = handle.drain(grace).await;
+            if left > 0 {
+                tracing::warn!(connections = left, "drain timeout reached; closing the rest");
+            }
             Ok(())
         }),
         Command::Demo(args) => run(args.listen.threads, weir::demo::run(args)),
+    }
+}
+
+/// Waits for SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT"),
     }
 }
 

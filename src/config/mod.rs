@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,6 +18,8 @@ pub const DEFAULT_GATEWAY_ADDRESS: &str = "0.0.0.0";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Default IngressClass name.
 pub const DEFAULT_INGRESS_CLASS: &str = "weir";
+/// Default time open connections get to finish at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 /// Default quickstart configuration of `weir demo`.
 pub const DEFAULT_DEMO_CONFIG: &str = "conf/quickstart";
 
@@ -73,6 +76,9 @@ pub struct EdgeArgs {
     /// Directory of Kubernetes manifests (*.yaml, *.yml, multi-document), watched for changes.
     #[arg(long)]
     pub config_dir: PathBuf,
+    /// On SIGTERM or Ctrl-C, how long open connections get to finish (e.g. 30s).
+    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration_arg)]
+    pub drain_timeout: Duration,
     #[command(flatten)]
     pub listen: ListenArgs,
 }
@@ -94,4 +100,8 @@ pub struct DemoArgs {
     pub config_dir: PathBuf,
     #[command(flatten)]
     pub listen: ListenArgs,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::policy::parse_duration(s)
 }
