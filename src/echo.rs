@@ -69,6 +69,8 @@ struct State {
     fail_every: AtomicU64,
     /// Normal requests seen since the last `fail_every` call.
     since_fail_every: AtomicU64,
+    /// Milliseconds to wait before answering a normal request.
+    delay_ms: AtomicU64,
 }
 
 impl EchoServer {
@@ -84,6 +86,7 @@ impl EchoServer {
             health_status: AtomicU16::new(200),
             fail_every: AtomicU64::new(0),
             since_fail_every: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let listener = Arc::new(Mutex::new(Some(listener)));
         let (stopped, stop_rx) = watch::channel(false);
@@ -120,6 +123,11 @@ impl EchoServer {
     pub fn fail_every(&self, n: u64) {
         self.state.since_fail_every.store(0, Ordering::SeqCst);
         self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Wait this long before answering each normal request (a slow upstream).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Stop accepting and close the listener (a later connect is refused), and end every open
@@ -206,6 +214,10 @@ async fn handle(state: Arc<State>, stop: watch::Receiver<bool>, req: Request<Inc
 
     state.requests.fetch_add(1, Ordering::SeqCst);
     let status = effective_status(&state);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
 
     if is_websocket(&req) {
         return websocket(state, stop, req, status);

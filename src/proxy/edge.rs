@@ -29,6 +29,9 @@ use crate::translate::{HeaderMods, Protocol, UpstreamProtocol};
 pub const MAX_CONNECT_RETRIES: u32 = 2;
 /// How long an idle upstream connection is kept for reuse.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the upstream to send (or accept) more of a response when the route sets no
+/// timeout: ingress-nginx's `proxy-read-timeout` default. Pingora's own default is no limit.
+pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams per upstream HTTP/2 connection.
 pub const UPSTREAM_H2_STREAMS: usize = 100;
 
@@ -297,11 +300,9 @@ impl ProxyHttp for EdgeProxy {
         let o = &mut peer.options;
         o.connection_timeout = Some(spec.policy.connect_timeout);
         o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        if let Some(action) = &ctx.action {
-            let t = action.timeouts.backend_request.or(action.timeouts.request);
-            o.read_timeout = t;
-            o.write_timeout = t;
-        }
+        let route_timeout = ctx.action.as_ref().and_then(|a| a.timeouts.backend_request.or(a.timeouts.request));
+        o.read_timeout = Some(route_timeout.unwrap_or(DEFAULT_UPSTREAM_IO_TIMEOUT));
+        o.write_timeout = o.read_timeout;
         if spec.protocol == UpstreamProtocol::H2c {
             o.set_http_version(2, 2);
             o.max_h2_streams = UPSTREAM_H2_STREAMS;
