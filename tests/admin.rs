@@ -13,110 +13,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// An Ingress `default/<name>` of class `weir`: `host`, path `/` Prefix → Service `service`:80.
-fn ingress(name: &str, host: &str, service: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  namespace: default
-  name: {name}
-spec:
-  ingressClassName: weir
-  rules:
-  - host: {host}
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
-// Prometheus text
-
-/// One sample of the text exposition.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = vec![];
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in metrics line {line:?}"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels in {line:?}"));
-                (name.to_string(), parse_labels(body))
-            }
-        };
-        out.push(Sample { name, labels, value });
-    }
-    out
-}
-
-/// `a="x",b="y"` (values may hold escaped quotes and commas).
-fn parse_labels(body: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad labels {body:?}"));
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, next)) = chars.next() {
-                        value.push(if next == 'n' { '\n' } else { next });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').to_string(), value);
-        rest = after[end..].trim_start_matches(',');
-    }
-    labels
-}
-
-/// The samples of `name` whose labels include every `(label, value)` of `with`.
-fn select<'a>(samples: &'a [Sample], name: &str, with: &[(&str, &str)]) -> Vec<&'a Sample> {
-    samples
-        .iter()
-        .filter(|s| s.name == name && with.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
-        .collect()
-}
-
-/// The one sample of `name` with exactly these labels (other labels must match `with` fully).
-fn value(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<&Sample> =
-        select(samples, name, with).into_iter().filter(|s| s.labels.len() == with.len()).collect();
-    match found.as_slice() {
-        [] => None,
-        [one] => Some(one.value),
-        many => panic!("several samples of {name} with labels {with:?}: {many:?}"),
-    }
-}
-
-/// Sum over every sample of `name` whose labels include `with`.
-fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
-    select(samples, name, with).iter().map(|s| s.value).sum()
-}
+// Metrics
 
 /// Polls `/metrics` until `ready` holds for the parsed samples; returns them. Request metrics are
 /// recorded after the response is sent, so they may lag the client by a moment.
@@ -165,12 +63,10 @@ async fn unknown_admin_path_is_404_and_lists_the_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_does_not_route_proxy_traffic() {
-    let (a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
     let resp = get(weir.admin, "a.example.com", "/").await;
     assert_eq!(resp.status, 404, "the admin listener must not proxy: {resp}");
-    assert_eq!(a.requests(), 0);
+    assert_eq!(b.echo("a").requests(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,14 +74,12 @@ async fn admin_listener_does_not_route_proxy_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_counted_by_listener_route_backend_and_status_class() {
-    let b = backends("default", &["a", "e"]).await;
-    b.echo("e").set_status(503);
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("web.yaml", &ingress("web", "a.example.com", "a")),
-        ("err.yaml", &ingress("err", "err.example.com", "e")),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["a", "e"],
+        &[("web.yaml", &ingress("web", "a.example.com", "a")), ("err.yaml", &ingress("err", "err.example.com", "e"))],
+    )
     .await;
+    b.echo("e").set_status(503);
 
     for _ in 0..7 {
         weir.get("a.example.com", "/").await.assert_served_by("a");
@@ -253,9 +147,7 @@ async fn requests_are_counted_by_listener_route_backend_and_status_class() {
 async fn failed_tls_handshakes_are_counted_per_listener() {
     // plain HTTP sent to the TLS listener fails the handshake: counted per listener, and no
     // request is counted
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
     for _ in 0..2 {
         let _ = request(weir.https).host("a.example.com").try_send().await;
     }
@@ -268,16 +160,13 @@ async fn failed_tls_handshakes_are_counted_per_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_counted_under_their_route() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let secure = format!(
-        "{}  tls:\n  - hosts: [secure.example.com]\n    secretName: secure-tls\n",
-        ingress("secure", "secure.example.com", "a")
-    );
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &a_yaml),
-        ("secret.yaml", &tls_secret("default", "secure-tls", &["secure.example.com"])),
-        ("ingress.yaml", &secure),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[
+            ("secret.yaml", &tls_secret("default", "secure-tls", &["secure.example.com"])),
+            ("ingress.yaml", &ingress_with_tls("secure", "secure.example.com", "a", "secure-tls")),
+        ],
+    )
     .await;
     for _ in 0..4 {
         let resp = weir.get("secure.example.com", "/x").await;
@@ -303,8 +192,7 @@ fn generation_metric(s: &[Sample]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_generation_metric_matches_config_dump() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir = TestWeir::start(&[("backends.yaml", &a_yaml)]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[]).await;
     let first = weir.generation().await;
     assert!(first >= 1);
     let s = parse_metrics(&weir.metrics().await);
@@ -319,9 +207,7 @@ async fn config_generation_metric_matches_config_dump() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_objects_metric_counts_the_rejections() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;
     let s = parse_metrics(&weir.metrics().await);
     assert_eq!(value(&s, "weir_config_rejected_objects", &[]), Some(0.0));
 
@@ -340,8 +226,7 @@ async fn rejected_objects_metric_counts_the_rejections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_apply_and_translate_times_are_observed_for_every_change() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir = TestWeir::start(&[("backends.yaml", &a_yaml)]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[]).await;
     let counts = |s: &[Sample]| {
         (
             value(s, "weir_config_apply_seconds_count", &[]).expect("weir_config_apply_seconds_count"),
@@ -395,14 +280,11 @@ endpoints:
         service("default", "a", 80, "http"),
         slice("a-live", live),
         slice("a-dead", dead),
-        "apiVersion: weir.dev/v1alpha1
-kind: BackendPolicy
-metadata: {namespace: default, name: a-health}
-spec:
-  targetRefs: [{kind: Service, name: a}]
-  healthCheck: {type: TCP, interval: 100ms, timeout: 100ms, unhealthyThreshold: 1}
-"
-        .to_string(),
+        backend_policy(
+            "a-health",
+            "a",
+            "healthCheck: {type: TCP, interval: 100ms, timeout: 100ms, unhealthyThreshold: 1}",
+        ),
     ])
 }
 
@@ -447,12 +329,13 @@ async fn endpoint_health_is_exported_per_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_lists_listeners_routes_pools_and_rejections() {
-    let (a, a_yaml) = backend("default", "a").await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &a_yaml),
-        ("ingress.yaml", &ingress("web", "a.example.com", "a")),
-        ("junk.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: apps}\n"),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[
+            ("ingress.yaml", &ingress("web", "a.example.com", "a")),
+            ("junk.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: apps}\n"),
+        ],
+    )
     .await;
     let dump = weir.config_dump().await;
 
@@ -484,7 +367,7 @@ async fn config_dump_lists_listeners_routes_pools_and_rejections() {
     assert_eq!(pools[0]["name"], "default/a:80");
     let endpoints = pools[0]["endpoints"].as_array().expect("endpoints array");
     assert_eq!(endpoints.len(), 1);
-    assert_eq!(endpoints[0]["addr"], a.addr().to_string());
+    assert_eq!(endpoints[0]["addr"], b.echo("a").addr().to_string());
     assert_eq!(endpoints[0]["healthy"], true);
 
     let rejections = dump["rejections"].as_array().expect("rejections array");
@@ -499,7 +382,6 @@ async fn config_dump_lists_listeners_routes_pools_and_rejections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_listener_that_cannot_bind_is_reported_and_binds_once_the_port_is_free() {
-    let (_a, a_yaml) = backend("default", "a").await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
     let port = taken.local_addr().unwrap().port();
     let route = String::from(
@@ -512,8 +394,8 @@ spec:
   - backendRefs: [{name: a, port: 80}]
 ",
     );
-    let gw = docs(&[gateway_class(), gateway("default", "gw", port), route]);
-    let weir = TestWeir::start(&[("backends.yaml", &a_yaml), ("gateway.yaml", &gw)]).await;
+    let gw = docs(&[class_and_gateway("default", "gw", port), route]);
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("gateway.yaml", &gw)]).await;
 
     let dump = weir.config_dump().await;
     let listener = dump["listeners"]

@@ -11,27 +11,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An Ingress `default/<name>` of class `weir`: `host`, path `/` Prefix → Service `service`:80.
-fn ingress(name: &str, host: &str, service: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  namespace: default
-  name: {name}
-spec:
-  ingressClassName: weir
-  rules:
-  - host: {host}
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"
-    )
-}
-
 /// The rejections whose `file` ends with `/<file>` and whose reason contains every fragment.
 fn rejections_of<'a>(rejections: &'a [Value], file: &str, fragments: &[&str]) -> Vec<&'a Value> {
     rejections
@@ -56,12 +35,13 @@ fn expect_file_rejection(rejections: &[Value], file: &str, fragments: &[&str]) -
 /// Two echo backends `a` and `b`, with Ingress `web` (a.example.com → a, in routes.yaml) and
 /// Ingress `other` (b.example.com → b, in other.yaml).
 async fn two_ingresses() -> (Backends, TestWeir) {
-    let b = backends("default", &["a", "b"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("routes.yaml", &ingress("web", "a.example.com", "a")),
-        ("other.yaml", &ingress("other", "b.example.com", "b")),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[
+            ("routes.yaml", &ingress("web", "a.example.com", "a")),
+            ("other.yaml", &ingress("other", "b.example.com", "b")),
+        ],
+    )
     .await;
     weir.get("a.example.com", "/").await.assert_served_by("a");
     weir.get("b.example.com", "/").await.assert_served_by("b");
@@ -204,9 +184,7 @@ async fn new_ingress_to_a_missing_service_is_rejected_and_answers_404() {
 /// (on purpose); the operator must still be able to see why the edit did not apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_that_leaves_no_valid_route_keeps_serving_and_still_reports_why() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
     weir.get("a.example.com", "/").await.assert_served_by("a");
 
     weir.write("routes.yaml", &ingress("web", "a.example.com", "ghost"));
@@ -224,8 +202,7 @@ async fn an_edit_that_leaves_no_valid_route_keeps_serving_and_still_reports_why(
 /// `/other` → `other`.
 fn gateway_and_route(port: u16, other: &str) -> String {
     docs(&[
-        gateway_class(),
-        gateway("default", "gw", port),
+        class_and_gateway("default", "gw", port),
         format!(
             "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -267,10 +244,8 @@ fn assert_unavailable_backend(dump: &Value, addr: SocketAddr, route: &str, backe
 /// get 500 and the other rules serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_with_a_missing_backend_answers_500_for_that_rule_only() {
-    let (_a, a_yaml) = backend("default", "a").await;
     let port = free_port();
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("gateway.yaml", &gateway_and_route(port, "ghost"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("gateway.yaml", &gateway_and_route(port, "ghost"))]).await;
     let gw = local(port);
     wait_listening(gw).await;
 
@@ -287,9 +262,8 @@ async fn httproute_with_a_missing_backend_answers_500_for_that_rule_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_backend_edited_to_a_missing_service_answers_500_and_is_explained() {
-    let b = backends("default", &["a", "b"]).await;
     let port = free_port();
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("gateway.yaml", &gateway_and_route(port, "b"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a", "b"], &[("gateway.yaml", &gateway_and_route(port, "b"))]).await;
     let gw = local(port);
     wait_listening(gw).await;
     get(gw, "shop.example.com", "/other").await.assert_served_by("b");
@@ -312,7 +286,6 @@ async fn httproute_backend_edited_to_a_missing_service_answers_500_and_is_explai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_httproute_with_one_missing_backend_fails_only_that_backends_share() {
-    let (_a, a_yaml) = backend("default", "a").await;
     let port = free_port();
     let route = String::from(
         "apiVersion: gateway.networking.k8s.io/v1
@@ -324,11 +297,10 @@ spec:
   - backendRefs: [{name: a, port: 80, weight: 1}, {name: ghost, port: 80, weight: 1}]
 ",
     );
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &a_yaml),
-        ("gateway.yaml", &docs(&[gateway_class(), gateway("default", "gw", port)])),
-        ("route.yaml", &route),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[("gateway.yaml", &class_and_gateway("default", "gw", port)), ("route.yaml", &route)],
+    )
     .await;
     let gw = local(port);
     wait_listening(gw).await;
@@ -420,13 +392,11 @@ fn assert_refused(what: &str, outcome: &Outcome) {
 /// it gets a 4xx or a closed connection, never reaches the upstream, and that weir serves the next
 /// request normally.
 async fn check_hostile(what: &str, bytes: &[u8], close_write: bool) {
-    let (a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (b, weir) = TestWeir::with_backends(&["a"], &[("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
 
     let outcome = raw(weir.http, bytes, close_write).await;
     assert_refused(what, &outcome);
-    assert_eq!(a.requests(), 0, "{what} must not reach the upstream ({outcome:?})");
+    assert_eq!(b.echo("a").requests(), 0, "{what} must not reach the upstream ({outcome:?})");
     let next = weir.get("a.example.com", "/").await;
     assert!(
         next.status == 200 && next.echo_name() == Some("a"),
@@ -450,9 +420,7 @@ async fn short_malformed_request_line_is_refused() {
 /// answered like any other; it is shorter than the 24-byte HTTP/2 preface.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_http10_request_without_host_is_answered() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
     let outcome = raw(weir.http, b"GET / HTTP/1.0\r\n\r\n", false).await;
     match &outcome {
         Outcome::Status(code, _) if (400..500).contains(code) => {}
@@ -502,9 +470,7 @@ async fn request_cut_off_in_its_headers_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_on_the_tls_listener_is_refused_and_tls_listener_keeps_accepting() {
-    let (_a, a_yaml) = backend("default", "a").await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("routes.yaml", &ingress("web", "a.example.com", "a"))]).await;
 
     let outcome = raw(weir.https, b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n", false).await;
     // a TLS alert or a closed connection; never an HTTP response
@@ -527,7 +493,6 @@ async fn plaintext_on_the_tls_listener_is_refused_and_tls_listener_keeps_accepti
 /// serves its HTTP listener, and the rejection names the listener that cannot be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_with_an_unsupported_listener_still_serves_its_other_listeners() {
-    let (_a, a_yaml) = backend("default", "a").await;
     let port = free_port();
     let gateway = format!(
         "apiVersion: gateway.networking.k8s.io/v1
@@ -548,9 +513,8 @@ spec:
   - backendRefs: [{{name: a, port: 80}}]
 "
     );
-    let weir =
-        TestWeir::start(&[("backends.yaml", &a_yaml), ("class.yaml", &gateway_class()), ("gateway.yaml", &gateway)])
-            .await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["a"], &[("class.yaml", &gateway_class()), ("gateway.yaml", &gateway)]).await;
 
     let r = weir.expect_rejection("Gateway", "default", "gw").await;
     let reason = r["reason"].as_str().unwrap();

@@ -19,10 +19,21 @@ struct Edge {
 
 impl Edge {
     async fn start(backend_names: &[&str], routes: &[&str]) -> Edge {
-        let backends = backends("default", backend_names).await;
+        Edge::start_with("default", backend_names, |port| gateway("default", "edge", port), routes).await
+    }
+
+    /// Like [`Edge::start`], with the backends in namespace `ns` and the Gateway `default/edge`
+    /// that `gateway` makes for the listener's port.
+    async fn start_with(
+        ns: &str,
+        backend_names: &[&str],
+        gateway: impl FnOnce(u16) -> String,
+        routes: &[&str],
+    ) -> Edge {
+        let backends = backends(ns, backend_names).await;
         let port = free_port();
         let mut files = vec![
-            ("gateway.yaml".to_string(), docs(&[gateway_class(), gateway("default", "edge", port)])),
+            ("gateway.yaml".to_string(), docs(&[gateway_class(), gateway(port)])),
             ("backends.yaml".to_string(), backends.yaml.clone()),
         ];
         for (i, route) in routes.iter().enumerate() {
@@ -106,7 +117,6 @@ async fn route_attached_to_a_weir_gateway_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_of_another_controller_is_ignored() {
-    let b = backends("default", &["ours", "theirs"]).await;
     let ports = free_ports(2);
     let (our_port, their_port) = (ports[0], ports[1]);
     let their_gateway = format!(
@@ -128,13 +138,15 @@ spec:
           rules:
           - backendRefs: [{name: theirs, port: 80}]
     "#;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ours.yaml", &docs(&[gateway_class(), gateway("default", "edge", our_port)])),
-        ("ours-route.yaml", &catch_all_route("ours", "ours")),
-        ("theirs.yaml", &docs(&[gateway_class_for("other", "example.com/other-controller"), their_gateway])),
-        ("theirs-route.yaml", their_route),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["ours", "theirs"],
+        &[
+            ("ours.yaml", &class_and_gateway("default", "edge", our_port)),
+            ("ours-route.yaml", &catch_all_route("ours", "ours")),
+            ("theirs.yaml", &docs(&[gateway_class_for("other", "example.com/other-controller"), their_gateway])),
+            ("theirs-route.yaml", their_route),
+        ],
+    )
     .await;
 
     // weir's own Gateway is up (so the configuration was read) ...
@@ -156,56 +168,31 @@ const OTHER_NAMESPACE_ROUTE: &str = r#"
       - backendRefs: [{name: guest, port: 80}]
 "#;
 
+/// Gateway `default/edge` with one HTTP listener on `port` admitting routes from every namespace.
+fn open_gateway(port: u16) -> String {
+    format!("{}    allowedRoutes:\n      namespaces: {{from: All}}\n", gateway("default", "edge", port))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_from_another_namespace_is_rejected_by_default() {
-    let guest = backends("other", &["guest"]).await;
-    let port = free_port();
-    let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), gateway("default", "edge", port)])),
-        ("guest-backend.yaml", &guest.yaml),
-        ("guest-route.yaml", OTHER_NAMESPACE_ROUTE),
-    ])
-    .await;
-    let gateway = weir.gateway_listener(port).await;
+    let edge =
+        Edge::start_with("other", &["guest"], |port| gateway("default", "edge", port), &[OTHER_NAMESPACE_ROUTE]).await;
 
-    get(gateway, "foo.example.com", "/").await.assert_status(404);
-    weir.expect_rejection("HTTPRoute", "other", "guest").await;
-    assert_eq!(guest.echo("guest").requests(), 0);
+    edge.get("foo.example.com", "/").await.assert_status(404);
+    edge.weir.expect_rejection("HTTPRoute", "other", "guest").await;
+    assert_eq!(edge.echo("guest").requests(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_routes_from_all_admits_other_namespaces() {
-    let guest = backends("other", &["guest"]).await;
-    let port = free_port();
-    let open_gateway = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{namespace: default, name: edge}}
-spec:
-  gatewayClassName: weir
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: {port}
-    allowedRoutes:
-      namespaces: {{from: All}}
-"
-    );
-    let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), open_gateway])),
-        ("guest-backend.yaml", &guest.yaml),
-        ("guest-route.yaml", OTHER_NAMESPACE_ROUTE),
-    ])
-    .await;
-    let gateway = weir.gateway_listener(port).await;
+    let edge = Edge::start_with("other", &["guest"], open_gateway, &[OTHER_NAMESPACE_ROUTE]).await;
 
-    get(gateway, "foo.example.com", "/").await.assert_served_by("guest");
-    assert!(weir.rejection("HTTPRoute", "other", "guest").await.is_none());
+    edge.get("foo.example.com", "/").await.assert_served_by("guest");
+    assert!(edge.weir.rejection("HTTPRoute", "other", "guest").await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn section_name_attaches_a_route_to_one_listener() {
-    let b = backends("default", &["a"]).await;
     let ports = free_ports(2);
     let (port_one, port_two) = (ports[0], ports[1]);
     let two_listeners = format!(
@@ -228,11 +215,10 @@ spec:
           rules:
           - backendRefs: [{name: a, port: 80}]
     "#;
-    let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), two_listeners])),
-        ("backends.yaml", &b.yaml),
-        ("route.yaml", route),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[("gateway.yaml", &docs(&[gateway_class(), two_listeners])), ("route.yaml", route)],
+    )
     .await;
     let one = weir.gateway_listener(port_one).await;
     let two = weir.gateway_listener(port_two).await;
@@ -282,25 +268,11 @@ async fn wildcard_route_hostname_matches_any_number_of_extra_labels() {
 
 /// Gateway `default/edge` with one HTTP listener on `port` restricted to `hostname`.
 fn gateway_with_hostname(port: u16, hostname: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{namespace: default, name: edge}}
-spec:
-  gatewayClassName: weir
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: {port}
-    hostname: \"{hostname}\"
-"
-    )
+    format!("{}    hostname: \"{hostname}\"\n", gateway("default", "edge", port))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_listener_hostname_keeps_only_the_route_hostnames_it_covers() {
-    let b = backends("default", &["a"]).await;
-    let port = free_port();
     let route = r#"
         apiVersion: gateway.networking.k8s.io/v1
         kind: HTTPRoute
@@ -311,32 +283,24 @@ async fn wildcard_listener_hostname_keeps_only_the_route_hostnames_it_covers() {
           rules:
           - backendRefs: [{name: a, port: 80}]
     "#;
-    let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), gateway_with_hostname(port, "*.example.com")])),
-        ("backends.yaml", &b.yaml),
-        ("route.yaml", route),
-    ])
-    .await;
-    let gateway = weir.gateway_listener(port).await;
+    let edge = Edge::start_with("default", &["a"], |port| gateway_with_hostname(port, "*.example.com"), &[route]).await;
 
-    get(gateway, "foo.example.com", "/").await.assert_served_by("a");
-    get(gateway, "foo.other.com", "/").await.assert_status(404);
+    edge.get("foo.example.com", "/").await.assert_served_by("a");
+    edge.get("foo.other.com", "/").await.assert_status(404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_listener_hostname_narrows_a_wildcard_route_hostname() {
-    let b = backends("default", &["a"]).await;
-    let port = free_port();
-    let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), gateway_with_hostname(port, "foo.example.com")])),
-        ("backends.yaml", &b.yaml),
-        ("route.yaml", &host_route("r", "*.example.com", "a")),
-    ])
+    let edge = Edge::start_with(
+        "default",
+        &["a"],
+        |port| gateway_with_hostname(port, "foo.example.com"),
+        &[&host_route("r", "*.example.com", "a")],
+    )
     .await;
-    let gateway = weir.gateway_listener(port).await;
 
-    get(gateway, "foo.example.com", "/").await.assert_served_by("a");
-    get(gateway, "bar.example.com", "/").await.assert_status(404);
+    edge.get("foo.example.com", "/").await.assert_served_by("a");
+    edge.get("bar.example.com", "/").await.assert_status(404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -759,23 +723,9 @@ async fn namespace_is_compared_before_name_in_a_tie() {
     let in_a = backends("a-ns", &["in-a-ns"]).await;
     let in_b = backends("b-ns", &["in-b-ns"]).await;
     let port = free_port();
-    let open_gateway = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{namespace: default, name: edge}}
-spec:
-  gatewayClassName: weir
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: {port}
-    allowedRoutes:
-      namespaces: {{from: All}}
-"
-    );
     let created = "2024-01-01T00:00:00Z";
     let weir = TestWeir::start(&[
-        ("gateway.yaml", &docs(&[gateway_class(), open_gateway])),
+        ("gateway.yaml", &docs(&[gateway_class(), open_gateway(port)])),
         ("backends-a.yaml", &in_a.yaml),
         ("backends-b.yaml", &in_b.yaml),
         // b-ns/aaa sorts first by name, a-ns/zzz first by namespace/name.

@@ -6,53 +6,18 @@ mod common;
 
 use common::*;
 
-/// An Ingress `default/<name>` of class `weir`; `spec` is the YAML under `spec:`.
-fn ingress(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  namespace: default
-  name: {name}
-spec:
-  ingressClassName: weir
-{}",
-        indent(spec, 2)
-    )
-}
-
-/// One rule: `host` (or any host when empty), path `/` Prefix → Service `service` port 80.
-fn simple_ingress(name: &str, host: &str, service: &str) -> String {
-    let host_line = if host.is_empty() { String::new() } else { format!("host: {host}\n  ") };
-    ingress(
-        name,
-        &format!(
-            "rules:
-- {host_line}http:
-    paths:
-    - path: /
-      pathType: Prefix
-      backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"
-        ),
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Ingress class
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_with_class_name_weir_is_served() {
-    let b = backends("default", &["a"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &simple_ingress("web", "foo.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "foo.com", "a"))]).await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_with_another_class_name_is_ignored() {
-    let b = backends("default", &["a", "other"]).await;
     let theirs = r#"
         apiVersion: networking.k8s.io/v1
         kind: Ingress
@@ -67,11 +32,10 @@ async fn ingress_with_another_class_name_is_ignored() {
               paths:
               - {path: /, pathType: Prefix, backend: {service: {name: other, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ours.yaml", &simple_ingress("ours", "foo.com", "a")),
-        ("theirs.yaml", theirs),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["a", "other"],
+        &[("ours.yaml", &ingress("ours", "foo.com", "a")), ("theirs.yaml", theirs)],
+    )
     .await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
@@ -81,7 +45,6 @@ async fn ingress_with_another_class_name_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_class_annotation_weir_is_served() {
-    let b = backends("default", &["a"]).await;
     let annotated = r#"
         apiVersion: networking.k8s.io/v1
         kind: Ingress
@@ -97,14 +60,13 @@ async fn ingress_class_annotation_weir_is_served() {
               paths:
               - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", annotated)]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", annotated)]).await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_class_annotation_for_another_class_is_ignored() {
-    let b = backends("default", &["a", "other"]).await;
     let annotated = r#"
         apiVersion: networking.k8s.io/v1
         kind: Ingress
@@ -120,11 +82,10 @@ async fn ingress_class_annotation_for_another_class_is_ignored() {
               paths:
               - {path: /, pathType: Prefix, backend: {service: {name: other, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ours.yaml", &simple_ingress("ours", "foo.com", "a")),
-        ("theirs.yaml", annotated),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "other"],
+        &[("ours.yaml", &ingress("ours", "foo.com", "a")), ("theirs.yaml", annotated)],
+    )
     .await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
@@ -147,12 +108,10 @@ const NO_CLASS_INGRESS: &str = r#"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_without_class_is_ignored_by_default() {
-    let b = backends("default", &["a", "c"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ours.yaml", &simple_ingress("ours", "foo.com", "a")),
-        ("classless.yaml", NO_CLASS_INGRESS),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "c"],
+        &[("ours.yaml", &ingress("ours", "foo.com", "a")), ("classless.yaml", NO_CLASS_INGRESS)],
+    )
     .await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
@@ -175,9 +134,7 @@ async fn ingress_without_class_is_served_when_watching_ingresses_without_class()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reaches_backend_with_its_method_host_path_and_query() {
-    let b = backends("default", &["a"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &simple_ingress("web", "foo.com", "a"))]).await;
+    let (b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "foo.com", "a"))]).await;
 
     let resp = weir
         .request()
@@ -199,9 +156,7 @@ async fn request_reaches_backend_with_its_method_host_path_and_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_host_rule_serves_only_that_host() {
-    let b = backends("default", &["a"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &simple_ingress("web", "foo.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "foo.com", "a"))]).await;
 
     weir.get("foo.com", "/").await.assert_served_by("a");
     weir.get("bar.com", "/").await.assert_status(404);
@@ -210,9 +165,7 @@ async fn exact_host_rule_serves_only_that_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_match_ignores_case_and_port() {
-    let b = backends("default", &["a"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &simple_ingress("web", "foo.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "foo.com", "a"))]).await;
 
     weir.get("FOO.Com", "/").await.assert_served_by("a");
     weir.get("foo.com:8080", "/").await.assert_served_by("a");
@@ -221,12 +174,8 @@ async fn host_match_ignores_case_and_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_host_matches_exactly_one_extra_label() {
-    let b = backends("default", &["wild"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ingress.yaml", &simple_ingress("web", "\"*.foo.com\"", "wild")),
-    ])
-    .await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["wild"], &[("ingress.yaml", &ingress("web", "\"*.foo.com\"", "wild"))]).await;
 
     weir.get("bar.foo.com", "/").await.assert_served_by("wild");
     weir.get("BAR.foo.com:8080", "/").await.assert_served_by("wild");
@@ -236,7 +185,6 @@ async fn wildcard_host_matches_exactly_one_extra_label() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_without_host_serves_hosts_no_host_rule_matches() {
-    let b = backends("default", &["foo", "any"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -247,7 +195,8 @@ async fn rule_without_host_serves_hosts_no_host_rule_matches() {
             paths:
             - {path: /, pathType: Prefix, backend: {service: {name: any, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["foo", "any"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/x").await.assert_served_by("foo");
     weir.get("bar.com", "/x").await.assert_served_by("any");
@@ -256,7 +205,6 @@ async fn rule_without_host_serves_hosts_no_host_rule_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_matched_by_a_host_rule_does_not_fall_back_to_the_rule_without_host() {
-    let b = backends("default", &["api", "any"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -267,7 +215,8 @@ async fn host_matched_by_a_host_rule_does_not_fall_back_to_the_rule_without_host
             paths:
             - {path: /, pathType: Prefix, backend: {service: {name: any, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["api", "any"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/api/x").await.assert_served_by("api");
     weir.get("foo.com", "/other").await.assert_status(404);
@@ -276,8 +225,7 @@ async fn host_matched_by_a_host_rule_does_not_fall_back_to_the_rule_without_host
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_for_the_same_host_merge_across_ingresses() {
-    let b = backends("default", &["shop", "blog"]).await;
-    let shop = ingress(
+    let shop = ingress_with_spec(
         "shop",
         r#"
         rules:
@@ -287,7 +235,7 @@ async fn rules_for_the_same_host_merge_across_ingresses() {
             - {path: /shop, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}
         "#,
     );
-    let blog = ingress(
+    let blog = ingress_with_spec(
         "blog",
         r#"
         rules:
@@ -297,7 +245,7 @@ async fn rules_for_the_same_host_merge_across_ingresses() {
             - {path: /blog, pathType: Prefix, backend: {service: {name: blog, port: {number: 80}}}}
         "#,
     );
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("shop.yaml", &shop), ("blog.yaml", &blog)]).await;
+    let (_b, weir) = TestWeir::with_backends(&["shop", "blog"], &[("shop.yaml", &shop), ("blog.yaml", &blog)]).await;
 
     weir.get("foo.com", "/shop/cart").await.assert_served_by("shop");
     weir.get("foo.com", "/blog/post").await.assert_served_by("blog");
@@ -309,7 +257,6 @@ async fn rules_for_the_same_host_merge_across_ingresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_path_matches_only_that_path() {
-    let b = backends("default", &["exact"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -317,7 +264,7 @@ async fn exact_path_matches_only_that_path() {
             paths:
             - {path: /foo, pathType: Exact, backend: {service: {name: exact, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["exact"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/foo").await.assert_served_by("exact");
     weir.get("foo.com", "/foo?q=1").await.assert_served_by("exact");
@@ -329,7 +276,6 @@ async fn exact_path_matches_only_that_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_path_matches_whole_path_elements() {
-    let b = backends("default", &["prefix"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -337,7 +283,7 @@ async fn prefix_path_matches_whole_path_elements() {
             paths:
             - {path: /foo, pathType: Prefix, backend: {service: {name: prefix, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["prefix"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/foo").await.assert_served_by("prefix");
     weir.get("foo.com", "/foo/").await.assert_served_by("prefix");
@@ -350,7 +296,6 @@ async fn prefix_path_matches_whole_path_elements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_trailing_slash_is_ignored() {
-    let b = backends("default", &["prefix"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -358,7 +303,7 @@ async fn prefix_trailing_slash_is_ignored() {
             paths:
             - {path: /foo/, pathType: Prefix, backend: {service: {name: prefix, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["prefix"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/foo").await.assert_served_by("prefix");
     weir.get("foo.com", "/foo/").await.assert_served_by("prefix");
@@ -368,7 +313,6 @@ async fn prefix_trailing_slash_is_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implementation_specific_path_is_treated_as_prefix() {
-    let b = backends("default", &["impl"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -376,7 +320,7 @@ async fn implementation_specific_path_is_treated_as_prefix() {
             paths:
             - {path: /foo, pathType: ImplementationSpecific, backend: {service: {name: impl, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["impl"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/foo").await.assert_served_by("impl");
     weir.get("foo.com", "/foo/bar").await.assert_served_by("impl");
@@ -385,7 +329,6 @@ async fn implementation_specific_path_is_treated_as_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_matching_path_wins() {
-    let b = backends("default", &["root", "foo", "foobar"]).await;
     // Listed shortest last on purpose: order in the manifest must not matter.
     let spec = r#"
         rules:
@@ -396,7 +339,8 @@ async fn longest_matching_path_wins() {
             - {path: /foo/bar, pathType: Prefix, backend: {service: {name: foobar, port: {number: 80}}}}
             - {path: /, pathType: Prefix, backend: {service: {name: root, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["root", "foo", "foobar"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/").await.assert_served_by("root");
     weir.get("foo.com", "/other").await.assert_served_by("root");
@@ -409,8 +353,7 @@ async fn longest_matching_path_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_matching_path_wins_across_ingresses() {
-    let b = backends("default", &["short", "long"]).await;
-    let short = ingress(
+    let short = ingress_with_spec(
         "short",
         r#"
         rules:
@@ -420,7 +363,7 @@ async fn longest_matching_path_wins_across_ingresses() {
             - {path: /api, pathType: Prefix, backend: {service: {name: short, port: {number: 80}}}}
         "#,
     );
-    let long = ingress(
+    let long = ingress_with_spec(
         "long",
         r#"
         rules:
@@ -430,7 +373,7 @@ async fn longest_matching_path_wins_across_ingresses() {
             - {path: /api/v2, pathType: Prefix, backend: {service: {name: long, port: {number: 80}}}}
         "#,
     );
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("short.yaml", &short), ("long.yaml", &long)]).await;
+    let (_b, weir) = TestWeir::with_backends(&["short", "long"], &[("short.yaml", &short), ("long.yaml", &long)]).await;
 
     weir.get("foo.com", "/api/v1/x").await.assert_served_by("short");
     weir.get("foo.com", "/api/v2/x").await.assert_served_by("long");
@@ -438,7 +381,6 @@ async fn longest_matching_path_wins_across_ingresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_path_beats_prefix_of_equal_length() {
-    let b = backends("default", &["exact", "prefix"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -447,7 +389,8 @@ async fn exact_path_beats_prefix_of_equal_length() {
             - {path: /foo, pathType: Prefix, backend: {service: {name: prefix, port: {number: 80}}}}
             - {path: /foo, pathType: Exact, backend: {service: {name: exact, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (_b, weir) =
+        TestWeir::with_backends(&["exact", "prefix"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     weir.get("foo.com", "/foo").await.assert_served_by("exact");
     weir.get("foo.com", "/foo/x").await.assert_served_by("prefix");
@@ -481,13 +424,14 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_ingress_wins_a_tie() {
-    let b = backends("default", &["newer", "older"]).await;
     // The newer Ingress comes first by name, so only the timestamp can make "older" win.
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("a.yaml", &dated_ingress("default", "aaa", "2024-06-01T00:00:00Z", "newer")),
-        ("z.yaml", &dated_ingress("default", "zzz", "2023-01-01T00:00:00Z", "older")),
-    ])
+    let (b, weir) = TestWeir::with_backends(
+        &["newer", "older"],
+        &[
+            ("a.yaml", &dated_ingress("default", "aaa", "2024-06-01T00:00:00Z", "newer")),
+            ("z.yaml", &dated_ingress("default", "zzz", "2023-01-01T00:00:00Z", "older")),
+        ],
+    )
     .await;
 
     weir.get("foo.com", "/app").await.assert_served_by("older");
@@ -497,14 +441,15 @@ async fn older_ingress_wins_a_tie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_order_breaks_a_tie_between_equally_old_ingresses() {
-    let b = backends("default", &["alpha", "beta"]).await;
     let created = "2024-01-01T00:00:00Z";
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        // File names in the opposite order, so file order cannot be what decides.
-        ("1-beta.yaml", &dated_ingress("default", "beta", created, "beta")),
-        ("2-alpha.yaml", &dated_ingress("default", "alpha", created, "alpha")),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["alpha", "beta"],
+        &[
+            // File names in the opposite order, so file order cannot be what decides.
+            ("1-beta.yaml", &dated_ingress("default", "beta", created, "beta")),
+            ("2-alpha.yaml", &dated_ingress("default", "alpha", created, "alpha")),
+        ],
+    )
     .await;
 
     weir.get("foo.com", "/app").await.assert_served_by("alpha");
@@ -541,9 +486,11 @@ const WITH_DEFAULT_BACKEND: &str = r#"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_backend_serves_paths_of_the_ingress_hosts_that_match_no_rule() {
-    let b = backends("default", &["api", "fallback"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", WITH_DEFAULT_BACKEND))]).await;
+    let (_b, weir) = TestWeir::with_backends(
+        &["api", "fallback"],
+        &[("ingress.yaml", &ingress_with_spec("web", WITH_DEFAULT_BACKEND))],
+    )
+    .await;
 
     weir.get("foo.com", "/api/users").await.assert_served_by("api");
     let resp = weir.get("foo.com", "/elsewhere?x=1").await;
@@ -553,9 +500,11 @@ async fn default_backend_serves_paths_of_the_ingress_hosts_that_match_no_rule() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_backend_serves_hosts_that_no_rule_matches() {
-    let b = backends("default", &["api", "fallback"]).await;
-    let weir =
-        TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", WITH_DEFAULT_BACKEND))]).await;
+    let (_b, weir) = TestWeir::with_backends(
+        &["api", "fallback"],
+        &[("ingress.yaml", &ingress_with_spec("web", WITH_DEFAULT_BACKEND))],
+    )
+    .await;
 
     let resp = weir.get("unknown.com", "/api/users").await;
     resp.assert_served_by("fallback");
@@ -564,7 +513,6 @@ async fn default_backend_serves_hosts_that_no_rule_matches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_matching_nothing_gets_404() {
-    let b = backends("default", &["api"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -572,7 +520,7 @@ async fn request_matching_nothing_gets_404() {
             paths:
             - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", spec))]).await;
+    let (b, weir) = TestWeir::with_backends(&["api"], &[("ingress.yaml", &ingress_with_spec("web", spec))]).await;
 
     let wrong_path = weir.get("foo.com", "/web").await;
     wrong_path.assert_status(404);
@@ -584,8 +532,10 @@ async fn request_matching_nothing_gets_404() {
 // ---------------------------------------------------------------------------------------------
 // TLS redirect
 
-fn tls_ingress(annotations: &str) -> String {
-    format!(
+/// Ingress `default/secure` with `annotations` (YAML lines under `metadata`): secure.com (TLS from
+/// Secret `secure-tls`) and plain.com, both → `a`. Returns weir serving it and backend `a`.
+async fn start_tls_redirect(annotations: &str) -> (Backends, TestWeir) {
+    let ingress = format!(
         "apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
@@ -606,18 +556,17 @@ metadata:
       paths:
       - {{path: /, pathType: Prefix, backend: {{service: {{name: a, port: {{number: 80}}}}}}}}
 "
+    );
+    TestWeir::with_backends(
+        &["a"],
+        &[("secret.yaml", &tls_secret("default", "secure-tls", &["secure.com"])), ("ingress.yaml", &ingress)],
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_request_for_a_tls_host_is_redirected_to_https_with_308() {
-    let b = backends("default", &["a"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret("default", "secure-tls", &["secure.com"])),
-        ("ingress.yaml", &tls_ingress("")),
-    ])
-    .await;
+    let (b, weir) = start_tls_redirect("").await;
 
     let resp = weir.get("secure.com", "/path/page?q=1&r=2").await;
     resp.assert_status(308);
@@ -628,27 +577,15 @@ async fn plain_http_request_for_a_tls_host_is_redirected_to_https_with_308() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_not_listed_under_tls_is_not_redirected() {
-    let b = backends("default", &["a"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret("default", "secure-tls", &["secure.com"])),
-        ("ingress.yaml", &tls_ingress("")),
-    ])
-    .await;
+    let (_b, weir) = start_tls_redirect("").await;
 
     weir.get("plain.com", "/path").await.assert_served_by("a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssl_redirect_false_annotation_disables_the_redirect() {
-    let b = backends("default", &["a"]).await;
-    let annotations = "  annotations:\n    nginx.ingress.kubernetes.io/ssl-redirect: \"false\"\n";
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret("default", "secure-tls", &["secure.com"])),
-        ("ingress.yaml", &tls_ingress(annotations)),
-    ])
-    .await;
+    let (_b, weir) =
+        start_tls_redirect("  annotations:\n    nginx.ingress.kubernetes.io/ssl-redirect: \"false\"\n").await;
 
     let resp = weir.get("secure.com", "/path?q=1").await;
     resp.assert_served_by("a");
@@ -660,7 +597,6 @@ async fn ssl_redirect_false_annotation_disables_the_redirect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_service_port_can_be_referenced_by_name() {
-    let b = backends("default", &["named"]).await;
     let spec = format!(
         "rules:
 - host: foo.com
@@ -669,14 +605,13 @@ async fn backend_service_port_can_be_referenced_by_name() {
     - {{path: /, pathType: Prefix, backend: {{service: {{name: named, port: {{name: {SERVICE_PORT_NAME}}}}}}}}}
 "
     );
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("ingress.yaml", &ingress("web", &spec))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["named"], &[("ingress.yaml", &ingress_with_spec("web", &spec))]).await;
 
     weir.get("foo.com", "/").await.assert_served_by("named");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_with_a_missing_backend_service_is_rejected_and_not_served() {
-    let b = backends("default", &["a"]).await;
     let spec = r#"
         rules:
         - host: foo.com
@@ -685,11 +620,10 @@ async fn ingress_with_a_missing_backend_service_is_rejected_and_not_served() {
             - {path: /ok, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
             - {path: /missing, pathType: Prefix, backend: {service: {name: no-such-service, port: {number: 80}}}}
     "#;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("broken.yaml", &ingress("broken", spec)),
-        ("good.yaml", &simple_ingress("good", "good.com", "a")),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[("broken.yaml", &ingress_with_spec("broken", spec)), ("good.yaml", &ingress("good", "good.com", "a"))],
+    )
     .await;
 
     // The whole Ingress is left out, including its path whose Service exists...
@@ -717,11 +651,9 @@ async fn service_without_ready_endpoints_answers_503() {
         service_with_target_port("default", "unready", 80, "http", port),
         endpoint_slice("default", "unready", "http", port, &[(echo.addr(), false)]),
     ]);
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &manifests),
-        ("ingress.yaml", &simple_ingress("web", "foo.com", "unready")),
-    ])
-    .await;
+    let weir =
+        TestWeir::start(&[("backends.yaml", &manifests), ("ingress.yaml", &ingress("web", "foo.com", "unready"))])
+            .await;
 
     weir.get("foo.com", "/").await.assert_status(503);
     assert_eq!(echo.requests(), 0);
@@ -731,7 +663,7 @@ async fn service_without_ready_endpoints_answers_503() {
 async fn service_without_any_endpoint_slice_answers_503() {
     let weir = TestWeir::start(&[
         ("service.yaml", &service("default", "empty", 80, "http")),
-        ("ingress.yaml", &simple_ingress("web", "foo.com", "empty")),
+        ("ingress.yaml", &ingress("web", "foo.com", "empty")),
     ])
     .await;
 
@@ -744,11 +676,10 @@ async fn service_without_any_endpoint_slice_answers_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_ingress_file_is_served_without_restart() {
-    let b = backends("default", &["a", "b"]).await;
-    let weir = TestWeir::start(&[("backends.yaml", &b.yaml), ("a.yaml", &simple_ingress("a", "a.com", "a"))]).await;
+    let (_b, weir) = TestWeir::with_backends(&["a", "b"], &[("a.yaml", &ingress("a", "a.com", "a"))]).await;
     weir.get("b.com", "/").await.assert_status(404);
 
-    weir.apply("b.yaml", &simple_ingress("b", "b.com", "b")).await;
+    weir.apply("b.yaml", &ingress("b", "b.com", "b")).await;
 
     weir.get("b.com", "/").await.assert_served_by("b");
     weir.get("a.com", "/").await.assert_served_by("a");
@@ -756,12 +687,10 @@ async fn added_ingress_file_is_served_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_ingress_file_is_no_longer_served() {
-    let b = backends("default", &["a", "b"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("a.yaml", &simple_ingress("a", "a.com", "a")),
-        ("b.yaml", &simple_ingress("b", "b.com", "b")),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[("a.yaml", &ingress("a", "a.com", "a")), ("b.yaml", &ingress("b", "b.com", "b"))],
+    )
     .await;
     weir.get("b.com", "/").await.assert_served_by("b");
 
@@ -774,18 +703,12 @@ async fn removed_ingress_file_is_no_longer_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_endpoints_are_followed_without_restart() {
     let (first, first_yaml) = backend("default", "svc").await;
-    let weir =
-        TestWeir::start(&[("svc.yaml", &first_yaml), ("ingress.yaml", &simple_ingress("web", "foo.com", "svc"))]).await;
+    let weir = TestWeir::start(&[("svc.yaml", &first_yaml), ("ingress.yaml", &ingress("web", "foo.com", "svc"))]).await;
     weir.get("foo.com", "/").await.assert_served_by("svc");
 
     // The Service's pod moves: a new echo server (named differently) takes over.
     let second = weir::echo::EchoServer::start("svc-moved", "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let port = second.addr().port();
-    let moved = docs(&[
-        service_with_target_port("default", "svc", 80, "http", port),
-        endpoints("default", "svc", "http", port, &[second.addr()]),
-    ]);
-    weir.apply("svc.yaml", &moved).await;
+    weir.apply("svc.yaml", &service_at("default", "svc", &[second.addr()])).await;
     first.stop();
 
     weir.get("foo.com", "/").await.assert_served_by("svc-moved");

@@ -43,7 +43,7 @@ struct Edge {
 impl Edge {
     async fn start(files: &[(&str, &str)]) -> Edge {
         let port = free_port();
-        let gateway_yaml = docs(&[gateway_class(), gateway(NS, "edge", port)]);
+        let gateway_yaml = class_and_gateway(NS, "edge", port);
         let mut all: Vec<(&str, &str)> = vec![("gateway.yaml", gateway_yaml.as_str())];
         all.extend_from_slice(files);
         let weir = TestWeir::start(&all).await;
@@ -52,6 +52,16 @@ impl Edge {
         let gateway = local(port);
         wait_listening(gateway).await;
         Edge { weir, gateway, sent: AtomicUsize::new(0) }
+    }
+
+    /// [`Edge::start`] with Service `app` (`app_yaml`), optionally a BackendPolicy (`policy`), and
+    /// HTTPRoute `app` sending every request to Service `app`.
+    async fn start_app(app_yaml: &str, policy: Option<&str>) -> Edge {
+        let route = weighted_route("app", "edge", &[], &[("app", 1)]);
+        let mut files = vec![("app.yaml", app_yaml)];
+        files.extend(policy.map(|p| ("policy.yaml", p)));
+        files.push(("route.yaml", &route));
+        Edge::start(&files).await
     }
 
     /// `GET /` through the Gateway listener; panics on a transport error.
@@ -109,44 +119,6 @@ impl Edge {
     }
 }
 
-/// An HTTPRoute `default/<name>` on Gateway `edge` for any host with one rule splitting traffic
-/// between `backends` (Service name, weight), all on port 80.
-fn weighted_route(name: &str, backends: &[(&str, u32)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{namespace: {NS}, name: {name}}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules:
-  - backendRefs:
-"
-    );
-    for (service, weight) in backends {
-        yaml.push_str(&format!("    - {{name: {service}, port: 80, weight: {weight}}}\n"));
-    }
-    yaml
-}
-
-/// An HTTPRoute `default/<name>` sending every request to `service` port 80.
-fn route_to(name: &str, service: &str) -> String {
-    weighted_route(name, &[(service, 1)])
-}
-
-/// A BackendPolicy `default/<name>` targeting Service `service`; `spec` is the rest of its spec
-/// (YAML at the indentation of `targetRefs`).
-fn policy(name: &str, service: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1
-kind: BackendPolicy
-metadata: {{namespace: {NS}, name: {name}}}
-spec:
-  targetRefs: [{{kind: Service, name: {service}}}]
-{}",
-        indent(spec, 2)
-    )
-}
-
 /// Name of the pool of Service `service` port 80 (the `pool` label of the endpoint metrics).
 fn pool_name(service: &str) -> String {
     format!("{NS}/{service}:80")
@@ -163,71 +135,12 @@ fn backend_label(service: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prometheus text
-
-/// Labels of one sample line, or `None` when the line is not a sample of `name`.
-fn parse_sample(line: &str, name: &str) -> Option<(Vec<(String, String)>, f64)> {
-    let rest = line.strip_prefix(name)?;
-    let (labels, value) = if let Some(inner) = rest.strip_prefix('{') {
-        let end = inner.rfind('}')?;
-        (parse_labels(&inner[..end]), inner[end + 1..].trim())
-    } else if rest.starts_with(' ') {
-        (vec![], rest.trim())
-    } else {
-        return None; // another metric whose name starts with `name`
-    };
-    let value = value.split_whitespace().next()?.parse().ok()?;
-    Some((labels, value))
-}
-
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut out = vec![];
-    let mut chars = text.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            return out;
-        }
-        if chars.next() != Some('"') {
-            return out;
-        }
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(other) => value.push(other),
-                    None => break,
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        out.push((key.trim().to_string(), value));
-    }
-}
-
-/// Sum of every sample of `name` whose labels include `labels` (0 when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text, name, labels).iter().map(|(_, v)| v).sum()
-}
-
-/// Every sample of `name` whose labels include `labels`.
-fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(Vec<(String, String)>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| parse_sample(l, name))
-        .filter(|(have, _)| labels.iter().all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v)))
-        .collect()
-}
+// Metrics and /config_dump
 
 /// `weir_endpoint_healthy` of one endpoint, `None` when weir does not report it.
 fn endpoint_healthy(text: &str, endpoint: SocketAddr) -> Option<f64> {
-    let found = samples(text, "weir_endpoint_healthy", &[("endpoint", &endpoint.to_string())]);
-    found.first().map(|(_, v)| *v)
+    let samples = parse_metrics(text);
+    select(&samples, "weir_endpoint_healthy", &[("endpoint", &endpoint.to_string())]).first().map(|s| s.value)
 }
 
 /// `weir_endpoint_ejections_total` of one endpoint (0 when not reported).
@@ -235,12 +148,16 @@ fn ejections(text: &str, endpoint: SocketAddr) -> f64 {
     metric(text, "weir_endpoint_ejections_total", &[("endpoint", &endpoint.to_string())])
 }
 
-/// The endpoint objects of pool `pool` in `/config_dump`.
-async fn dumped_endpoints(weir: &TestWeir, pool: &str) -> Vec<serde_json::Value> {
+/// The endpoint `addr` of pool `pool` in `/config_dump`.
+async fn dumped_endpoint(weir: &TestWeir, pool: &str, addr: SocketAddr) -> serde_json::Value {
     let dump = weir.config_dump().await;
     let pools = dump["pools"].as_array().cloned().unwrap_or_default();
     let found = pools.iter().find(|p| p["name"] == pool).unwrap_or_else(|| panic!("no pool {pool} in {dump:#}"));
-    found["endpoints"].as_array().cloned().unwrap_or_default()
+    let endpoints = found["endpoints"].as_array().cloned().unwrap_or_default();
+    endpoints
+        .into_iter()
+        .find(|e| e["addr"] == addr.to_string())
+        .unwrap_or_else(|| panic!("no endpoint {addr} in pool {pool} in {dump:#}"))
 }
 
 fn names(echoes: &[EchoServer]) -> Vec<String> {
@@ -250,28 +167,6 @@ fn names(echoes: &[EchoServer]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Hand-made loopback endpoints, for what an echo server cannot do: record the health probes it
 // gets, never answer, or answer slowly.
-
-/// Binds `count` endpoints on 127.0.0.2, 127.0.0.3, … with one port (an EndpointSlice has one
-/// port list). `start(i, addr)` starts endpoint `i` on `addr` and returns it with its address.
-async fn on_one_port<T, F, Fut>(count: usize, mut start: F) -> Vec<(T, SocketAddr)>
-where
-    F: FnMut(usize, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<(T, SocketAddr)>>,
-{
-    'attempt: for _ in 0..20 {
-        let first = start(0, "127.0.0.2:0".parse().unwrap()).await.expect("bind on 127.0.0.2");
-        let port = first.1.port();
-        let mut all = vec![first];
-        for i in 1..count {
-            match start(i, SocketAddr::from(([127, 0, 0, i as u8 + 2], port))).await {
-                Ok(e) => all.push(e),
-                Err(_) => continue 'attempt,
-            }
-        }
-        return all;
-    }
-    panic!("could not bind {count} endpoints on one port");
-}
 
 /// A bare HTTP/1.1 endpoint: answers every request with `answer` (or never, when `None`,
 /// holding the connection open) and records every request head it receives.
@@ -381,22 +276,23 @@ impl SlowRelay {
     }
 }
 
-/// A Service `name` (port 80 → `addrs`' port) with every address of `addrs` ready.
-fn service_at(name: &str, addrs: &[SocketAddr]) -> String {
-    let port = addrs[0].port();
-    docs(&[service_with_target_port(NS, name, 80, "http", port), endpoints(NS, name, "http", port, addrs)])
-}
-
 // ---------------------------------------------------------------------------------------------
 // Weighted splits between Services (HTTPRoute backendRefs weights)
+
+/// An [`Edge`] with one backend per Service of `weights` and the route `split` splitting traffic
+/// between them by `weights`.
+async fn start_split(weights: &[(&str, u32)]) -> (Backends, Edge) {
+    let services: Vec<&str> = weights.iter().map(|(s, _)| *s).collect();
+    let b = backends(NS, &services).await;
+    let route = weighted_route("split", "edge", &[], weights);
+    let edge = Edge::start(&[("backends.yaml", &b.yaml), ("route.yaml", &route)]).await;
+    (b, edge)
+}
 
 /// Sends 1000 requests over a route splitting between `weights` and checks every Service gets
 /// its share within ±5 percentage points, in the responses and in `weir_requests_total`.
 async fn check_split(weights: &[(&str, u32)]) {
-    let services: Vec<&str> = weights.iter().map(|(s, _)| *s).collect();
-    let b = backends(NS, &services).await;
-    let route = weighted_route("split", weights);
-    let edge = Edge::start(&[("backends.yaml", &b.yaml), ("route.yaml", &route)]).await;
+    let (b, edge) = start_split(weights).await;
 
     const N: usize = 1000;
     let counts = edge.spread(N).await;
@@ -445,9 +341,7 @@ async fn weighted_split_three_ways() {
 async fn smooth_weighted_split_interleaves_the_minority() {
     // Smooth weighted round robin never sends two requests in a row to the 10% backend, and
     // every block of 10 consecutive requests holds exactly one of them.
-    let b = backends(NS, &["blue", "green"]).await;
-    let route = weighted_route("split", &[("blue", 90), ("green", 10)]);
-    let edge = Edge::start(&[("backends.yaml", &b.yaml), ("route.yaml", &route)]).await;
+    let (_b, edge) = start_split(&[("blue", 90), ("green", 10)]).await;
 
     let mut order = Vec::new();
     for _ in 0..100 {
@@ -468,8 +362,7 @@ async fn smooth_weighted_split_interleaves_the_minority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly_across_replicas() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, None).await;
 
     const N: usize = 300;
     let counts = edge.spread(N).await;
@@ -507,7 +400,7 @@ async fn answered_by(edge: &Edge, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_health_check_takes_a_failing_replica_out_and_back() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let hc = policy(
+    let hc = backend_policy(
         "app-health",
         "app",
         "
@@ -519,8 +412,7 @@ async fn http_health_check_takes_a_failing_replica_out_and_back() {
              unhealthyThreshold: 2
              healthyThreshold: 1",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &hc), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&hc)).await;
     let sick = &echoes[0];
     let sick_name = sick.name().to_string();
 
@@ -544,8 +436,7 @@ async fn http_health_check_takes_a_failing_replica_out_and_back() {
     let answers = answered_by(&edge, 30).await;
     assert!(!answers.contains(&sick_name), "{answers:?}");
     assert!(answers.contains(&echoes[1].name().to_string()) && answers.contains(&echoes[2].name().to_string()));
-    let dumped = dumped_endpoints(&edge.weir, &pool_name("app")).await;
-    let entry = dumped.iter().find(|e| e["addr"] == sick.addr().to_string()).expect("sick endpoint in config_dump");
+    let entry = dumped_endpoint(&edge.weir, &pool_name("app"), sick.addr()).await;
     assert_eq!(entry["healthy"], false, "{entry}");
     assert_eq!(entry["ejected"], false, "an active check failure is not an ejection: {entry}");
 
@@ -561,7 +452,7 @@ async fn http_health_check_takes_a_failing_replica_out_and_back() {
 async fn tcp_health_check_marks_a_stopped_replica_unhealthy() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
     // Ejection is off (maxEjectionPercent 0), so only the active check can take it out.
-    let hc = policy(
+    let hc = backend_policy(
         "app-health",
         "app",
         "
@@ -574,8 +465,7 @@ async fn tcp_health_check_marks_a_stopped_replica_unhealthy() {
            outlierDetection:
              maxEjectionPercent: 0",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &hc), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&hc)).await;
     let stopped = &echoes[1];
     answered_by(&edge, 9).await;
 
@@ -584,8 +474,7 @@ async fn tcp_health_check_marks_a_stopped_replica_unhealthy() {
         endpoint_healthy(&edge.metrics().await, stopped.addr()) == Some(0.0)
     })
     .await;
-    let dumped = dumped_endpoints(&edge.weir, &pool_name("app")).await;
-    let entry = dumped.iter().find(|e| e["addr"] == stopped.addr().to_string()).expect("endpoint in config_dump");
+    let entry = dumped_endpoint(&edge.weir, &pool_name("app"), stopped.addr()).await;
     assert_eq!((entry["healthy"].clone(), entry["ejected"].clone()), (false.into(), false.into()), "{entry}");
     let metrics = edge.metrics().await;
     for other in [&echoes[0], &echoes[2]] {
@@ -625,12 +514,12 @@ async fn http_health_check_sends_the_configured_host_or_else_the_endpoint_addres
              interval: 100ms"
         )
     };
-    let services = docs(&[service_at("plain", &[plain.1]), service_at("named", &[named.1])]);
+    let services = docs(&[service_at(NS, "plain", &[plain.1]), service_at(NS, "named", &[named.1])]);
     let policies = docs(&[
-        policy("plain-health", "plain", &check("")),
-        policy("named-health", "named", &check(", host: probe.internal")),
+        backend_policy("plain-health", "plain", &check("")),
+        backend_policy("named-health", "named", &check(", host: probe.internal")),
     ]);
-    let route = weighted_route("r", &[("plain", 1), ("named", 1)]);
+    let route = weighted_route("r", "edge", &[], &[("plain", 1), ("named", 1)]);
     let _edge = Edge::start(&[("svc.yaml", &services), ("policy.yaml", &policies), ("route.yaml", &route)]).await;
 
     wait_until("both endpoints got a health probe", WAIT, || async {
@@ -666,7 +555,7 @@ async fn http_health_check_timeout_fails_an_endpoint_that_never_answers() {
         }
     }
     let (silent, silent_addr, echo) = pair.expect("bind two endpoints on one port");
-    let hc = policy(
+    let hc = backend_policy(
         "app-health",
         "app",
         "
@@ -677,9 +566,7 @@ async fn http_health_check_timeout_fails_an_endpoint_that_never_answers() {
              timeout: 300ms
              unhealthyThreshold: 1",
     );
-    let route = route_to("app", "app");
-    let services = service_at("app", &[silent_addr, echo.addr()]);
-    let edge = Edge::start(&[("app.yaml", &services), ("policy.yaml", &hc), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&service_at(NS, "app", &[silent_addr, echo.addr()]), Some(&hc)).await;
 
     // No traffic before the check has spoken: a request to the silent endpoint would hang.
     wait_until("the endpoint that never answers is reported unhealthy", WAIT, || async {
@@ -701,7 +588,7 @@ async fn http_health_check_timeout_fails_an_endpoint_that_never_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_replica_is_ejected_then_readmitted() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let outlier = policy(
+    let outlier = backend_policy(
         "app-outlier",
         "app",
         "
@@ -710,8 +597,7 @@ async fn failing_replica_is_ejected_then_readmitted() {
              baseEjectionTime: 1s
              maxEjectionPercent: 50",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &outlier), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&outlier)).await;
     let bad = &echoes[0];
     let bad_name = bad.name().to_string();
     const BASE_EJECTION: Duration = Duration::from_secs(1);
@@ -753,8 +639,7 @@ async fn failing_replica_is_ejected_then_readmitted() {
         while_ejected += 1;
     }
     assert!(while_ejected >= 5, "only {while_ejected} requests fitted in the ejection time; the machine is too slow");
-    let dumped = dumped_endpoints(&edge.weir, &pool_name("app")).await;
-    let entry = dumped.iter().find(|e| e["addr"] == bad.addr().to_string()).expect("endpoint in config_dump");
+    let entry = dumped_endpoint(&edge.weir, &pool_name("app"), bad.addr()).await;
     assert!(entry["ejections"].as_u64() >= Some(1), "{entry}");
 
     // Restored, it is re-admitted once the ejection time is over.
@@ -776,8 +661,7 @@ async fn failing_replica_is_ejected_then_readmitted() {
 async fn outlier_detection_is_on_by_default() {
     // No BackendPolicy: 5 consecutive failures eject for 30s.
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, None).await;
     let bad = &echoes[0];
     bad.set_status(503);
     let mut failures = 0;
@@ -804,7 +688,7 @@ async fn outlier_detection_is_on_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_ejection_percent_zero_never_ejects() {
     let (echoes, yaml) = replicas(NS, "app", 2).await;
-    let outlier = policy(
+    let outlier = backend_policy(
         "app-outlier",
         "app",
         "
@@ -812,8 +696,7 @@ async fn max_ejection_percent_zero_never_ejects() {
              consecutiveFailures: 1
              maxEjectionPercent: 0",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &outlier), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&outlier)).await;
     let bad = &echoes[0];
     bad.set_status(503);
     let mut statuses = Vec::new();
@@ -833,7 +716,7 @@ async fn max_ejection_percent_zero_never_ejects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_ejection_lasts_twice_the_base_ejection_time() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let outlier = policy(
+    let outlier = backend_policy(
         "app-outlier",
         "app",
         "
@@ -842,8 +725,7 @@ async fn second_ejection_lasts_twice_the_base_ejection_time() {
              baseEjectionTime: 1s
              maxEjectionTime: 10s",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &outlier), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&outlier)).await;
     let bad = &echoes[0];
     bad.set_status(503);
     const BASE: Duration = Duration::from_secs(1);
@@ -896,7 +778,7 @@ async fn second_ejection_lasts_twice_the_base_ejection_time() {
 /// threshold, and returns weir, the replicas and the endpoints weir reports ejected.
 async fn eject_all_failing(count: usize) -> (Edge, Vec<EchoServer>, Vec<SocketAddr>) {
     let (echoes, yaml) = replicas(NS, "app", count).await;
-    let outlier = policy(
+    let outlier = backend_policy(
         "app-outlier",
         "app",
         "
@@ -905,8 +787,7 @@ async fn eject_all_failing(count: usize) -> (Edge, Vec<EchoServer>, Vec<SocketAd
              baseEjectionTime: 60s
              maxEjectionPercent: 50",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &outlier), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&outlier)).await;
     for e in &echoes {
         e.set_status(503);
     }
@@ -948,8 +829,7 @@ async fn max_ejection_percent_caps_ejections_of_four_failing_replicas_at_two() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_retried_on_another_replica() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, None).await;
     // Warm up: weir now holds idle connections to every replica.
     answered_by(&edge, 9).await;
 
@@ -988,8 +868,7 @@ async fn refused_connection_is_retried_on_another_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_down_answers_an_error_quickly() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, None).await;
     answered_by(&edge, 3).await;
     for e in &echoes {
         e.stop();
@@ -1012,7 +891,7 @@ async fn all_endpoints_down_answers_an_error_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_failing_their_health_check_answer_503() {
     let (echoes, yaml) = replicas(NS, "app", 2).await;
-    let hc = policy(
+    let hc = backend_policy(
         "app-health",
         "app",
         "
@@ -1022,8 +901,7 @@ async fn all_endpoints_failing_their_health_check_answer_503() {
              interval: 100ms
              unhealthyThreshold: 1",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &hc), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&hc)).await;
     edge.get().await.assert_status(200);
     for e in &echoes {
         e.set_health_status(500);
@@ -1046,7 +924,7 @@ async fn all_endpoints_failing_their_health_check_answer_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_on_a_header_keeps_each_user_on_one_replica() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let lb = policy(
+    let lb = backend_policy(
         "app-lb",
         "app",
         "
@@ -1054,8 +932,7 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_replica() {
              algorithm: ConsistentHash
              hash: {header: x-user}",
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &lb), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&yaml, Some(&lb)).await;
 
     let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
     let mut home: BTreeMap<String, String> = BTreeMap::new();
@@ -1075,9 +952,8 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_latency_serves_every_request_across_replicas() {
     let (echoes, yaml) = replicas(NS, "app", 3).await;
-    let lb = policy("app-lb", "app", "loadBalancer: {algorithm: LeastLatency}");
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &yaml), ("policy.yaml", &lb), ("route.yaml", &route)]).await;
+    let lb = backend_policy("app-lb", "app", "loadBalancer: {algorithm: LeastLatency}");
+    let edge = Edge::start_app(&yaml, Some(&lb)).await;
 
     let dump = edge.weir.config_dump().await;
     assert!(dump["pools"][0]["algorithm"].as_str().is_some_and(|a| a.contains("LeastLatency")), "{dump:#}");
@@ -1098,10 +974,8 @@ async fn least_latency_avoids_a_slow_replica() {
         [(fast1.addr(), Duration::ZERO), (fast2.addr(), Duration::ZERO), (slow.addr(), Duration::from_millis(50))];
     let relays = on_one_port(3, |i, a| SlowRelay::start(a, targets[i].0, targets[i].1)).await;
     let addrs: Vec<SocketAddr> = relays.iter().map(|(_, a)| *a).collect();
-    let lb = policy("app-lb", "app", "loadBalancer: {algorithm: LeastLatency}");
-    let route = route_to("app", "app");
-    let edge =
-        Edge::start(&[("app.yaml", &service_at("app", &addrs)), ("policy.yaml", &lb), ("route.yaml", &route)]).await;
+    let lb = backend_policy("app-lb", "app", "loadBalancer: {algorithm: LeastLatency}");
+    let edge = Edge::start_app(&service_at(NS, "app", &addrs), Some(&lb)).await;
 
     const N: usize = 200;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -1118,37 +992,11 @@ async fn least_latency_avoids_a_slow_replica() {
 
 /// A Service `app` (port 80 → `port`) and one EndpointSlice whose endpoints have the given
 /// conditions (ready, serving, terminating; `None` leaves a condition out).
-fn app_with_conditions(port: u16, endpoints: &[(SocketAddr, bool, Option<bool>, Option<bool>)]) -> String {
-    let mut slice = format!(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  namespace: {NS}
-  name: app-slice
-  labels:
-    kubernetes.io/service-name: app
-addressType: IPv4
-ports:
-- name: http
-  port: {port}
-  protocol: TCP
-"
-    );
-    if endpoints.is_empty() {
-        slice.push_str("endpoints: []\n");
-    } else {
-        slice.push_str("endpoints:\n");
-        for (addr, ready, serving, terminating) in endpoints {
-            slice.push_str(&format!("- addresses: [\"{}\"]\n  conditions:\n    ready: {ready}\n", addr.ip()));
-            if let Some(s) = serving {
-                slice.push_str(&format!("    serving: {s}\n"));
-            }
-            if let Some(t) = terminating {
-                slice.push_str(&format!("    terminating: {t}\n"));
-            }
-        }
-    }
-    docs(&[service_with_target_port(NS, "app", 80, "http", port), slice])
+fn app_with_conditions(port: u16, endpoints: &[EndpointConditions]) -> String {
+    docs(&[
+        service_with_target_port(NS, "app", 80, "http", port),
+        endpoint_slice_with_conditions(NS, "app", "http", port, endpoints),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1159,8 +1007,7 @@ async fn service_without_ready_endpoints_answers_503() {
         port,
         &[(echoes[0].addr(), false, None, None), (echoes[1].addr(), false, Some(false), None)],
     );
-    let route = route_to("app", "app");
-    let edge = Edge::start(&[("app.yaml", &not_ready), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&not_ready, None).await;
 
     let resp = edge.get().await;
     resp.assert_status(503);
@@ -1186,10 +1033,9 @@ async fn serving_terminating_endpoints_take_traffic_only_when_none_is_ready() {
     let (echoes, _) = replicas(NS, "app", 2).await;
     let port = echoes[0].addr().port();
     let (ready, terminating) = (&echoes[0], &echoes[1]);
-    let route = route_to("app", "app");
     // Only a terminating endpoint that still serves: it gets the traffic.
     let only_terminating = app_with_conditions(port, &[(terminating.addr(), false, Some(true), Some(true))]);
-    let edge = Edge::start(&[("app.yaml", &only_terminating), ("route.yaml", &route)]).await;
+    let edge = Edge::start_app(&only_terminating, None).await;
     for _ in 0..5 {
         edge.get().await.assert_served_by(terminating.name());
     }

@@ -6,10 +6,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 
-use boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use boring::x509::X509;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -17,76 +14,20 @@ use http::{HeaderMap, Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::tls::tokio_ssl::SslStream;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weir::echo::EchoServer;
 
 // ---------------------------------------------------------------------------------------------
-// Certificates and manifests
+// Manifests
 
-/// A test CA and one leaf it signed, for `hosts`.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pki(hosts: &[&str]) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.distinguished_name.push(DnType::CommonName, "weir protocols test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
-    let mut params =
-        CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).expect("leaf params");
-    params.distinguished_name.push(DnType::CommonName, hosts[0]);
-    let key = KeyPair::generate().expect("leaf key");
-    let cert = params.signed_by(&key, &ca).expect("sign leaf");
-    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
-}
-
-/// `kubernetes.io/tls` Secret `default/<name>` holding the leaf of `pki`.
-fn tls_secret_for(name: &str, pki: &Pki) -> String {
-    let block = |pem: &str| pem.trim_end().lines().map(|l| format!("    {l}\n")).collect::<String>();
-    format!(
-        "apiVersion: v1
-kind: Secret
-metadata:
-  namespace: default
-  name: {name}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-{}  tls.key: |
-{}",
-        block(&pki.cert_pem),
-        block(&pki.key_pem)
-    )
-}
-
-/// An Ingress `default/<name>` of class `weir`: `host` path `/` Prefix → `service` port 80, with
-/// TLS from Secret `tls_secret` when given.
-fn ingress(name: &str, host: &str, service: &str, tls_secret: Option<&str>) -> String {
-    let tls = match tls_secret {
-        Some(s) => format!("  tls:\n  - hosts: [{host}]\n    secretName: {s}\n"),
-        None => String::new(),
-    };
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  namespace: default
-  name: {name}
-spec:
-  ingressClassName: weir
-{tls}  rules:
-  - host: {host}
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}
-"
-    )
+/// A test CA, and the manifests serving `host` over TLS with a leaf it signed: Secret
+/// `default/<name>-tls` and Ingress `default/<name>` (`host` → Service `service` port 80).
+fn tls_host(name: &str, host: &str, service: &str) -> (Ca, String) {
+    let ca = Ca::new();
+    let secret = format!("{name}-tls");
+    let leaf = ca.leaf(host, &[host]);
+    (ca, docs(&[leaf_secret(&secret, &leaf), ingress_with_tls(name, host, service, &secret)]))
 }
 
 /// An echo server with a Service `default/<name>` whose port 80 has
@@ -103,26 +44,9 @@ async fn h2c_backend(name: &str) -> (EchoServer, String) {
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-/// TLS handshake with `addr`, SNI `host`, offering `alpn`, trusting only the test CA.
-async fn tls_connect(addr: SocketAddr, host: &str, pki: &Pki, alpn: &[&str]) -> SslStream<TcpStream> {
-    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-    b.cert_store_mut().add_cert(X509::from_pem(pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    b.set_verify(SslVerifyMode::PEER);
-    let mut wire = vec![];
-    for p in alpn {
-        wire.push(p.len() as u8);
-        wire.extend_from_slice(p.as_bytes());
-    }
-    b.set_alpn_protos(&wire).unwrap();
-    let ssl = b.build().configure().unwrap().into_ssl(host).unwrap();
-    let tcp = TcpStream::connect(addr).await.expect("connect to weir");
-    tcp.set_nodelay(true).unwrap();
-    let mut stream = SslStream::new(ssl, tcp).unwrap();
-    tokio::time::timeout(REQUEST_TIMEOUT, Pin::new(&mut stream).connect())
-        .await
-        .expect("TLS handshake in time")
-        .unwrap_or_else(|e| panic!("TLS handshake with {addr} for {host} failed: {e}"));
-    stream
+/// TLS handshake with `addr`, SNI `host`, offering `alpn`, trusting only `ca`.
+async fn tls_connect(addr: SocketAddr, host: &str, ca: &Ca, alpn: &[&'static str]) -> SslStream<TcpStream> {
+    TlsClient::new(addr, host, ca).alpn(alpn).connect().await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// An HTTP/2 connection (over TLS or cleartext), for several requests.
@@ -229,16 +153,10 @@ fn assert_grpc_ok(answer: &Answer, message: &[u8], echo: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_over_tls_is_negotiated_by_alpn() {
-    let pki = pki(&["h2.example.com"]);
-    let b = backends("default", &["app"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret_for("h2-tls", &pki)),
-        ("ingress.yaml", &ingress("h2", "h2.example.com", "app", Some("h2-tls"))),
-    ])
-    .await;
+    let (ca, tls_yaml) = tls_host("h2", "h2.example.com", "app");
+    let (b, weir) = TestWeir::with_backends(&["app"], &[("ingress.yaml", &tls_yaml)]).await;
 
-    let stream = tls_connect(weir.https, "h2.example.com", &pki, &["h2", "http/1.1"]).await;
+    let stream = tls_connect(weir.https, "h2.example.com", &ca, &["h2", "http/1.1"]).await;
     assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]), "weir did not pick h2 by ALPN");
     let h2 = H2::over(stream, "https").await;
     let resp = h2.get("h2.example.com", "/over/h2?x=1").await;
@@ -250,24 +168,17 @@ async fn http2_over_tls_is_negotiated_by_alpn() {
     assert_eq!(b.echo("app").requests(), 1, "the echo upstream did not see the request");
 
     // a client offering only HTTP/1.1 gets HTTP/1.1
-    let stream = tls_connect(weir.https, "h2.example.com", &pki, &["http/1.1"]).await;
+    let stream = tls_connect(weir.https, "h2.example.com", &ca, &["http/1.1"]).await;
     assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/over/h1").header("host", "h2.example.com").body(Full::<Bytes>::default()).unwrap();
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await.expect("in time").unwrap();
-    assert_eq!((resp.status().as_u16(), resp.version()), (200, Version::HTTP_11));
+    let resp = H1::over(stream).await.unwrap().get("h2.example.com", "/over/h1").await.unwrap();
+    assert_eq!((resp.status, resp.version), (200, Version::HTTP_11));
     assert_eq!(b.echo("app").requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_is_served_on_the_plain_listener() {
-    let b = backends("default", &["app"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ingress.yaml", &ingress("h2c", "h2c.example.com", "app", None)),
-    ])
-    .await;
+    let (b, weir) =
+        TestWeir::with_backends(&["app"], &[("ingress.yaml", &ingress("h2c", "h2c.example.com", "app"))]).await;
 
     let resp = get_h2c(weir.http, "h2c.example.com", "/prior?k=v").await;
     assert_eq!(resp.version, Version::HTTP_2);
@@ -286,18 +197,15 @@ async fn h2c_with_prior_knowledge_is_served_on_the_plain_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_h2_streams_share_one_connection() {
     const STREAMS: usize = 64;
-    let pki = pki(&["many.example.com"]);
-    let b = backends("default", &["app"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret_for("many-tls", &pki)),
-        ("ingress.yaml", &ingress("many", "many.example.com", "app", Some("many-tls"))),
-        ("plain.yaml", &ingress("many-plain", "plain.example.com", "app", None)),
-    ])
+    let (ca, tls_yaml) = tls_host("many", "many.example.com", "app");
+    let (b, weir) = TestWeir::with_backends(
+        &["app"],
+        &[("ingress.yaml", &tls_yaml), ("plain.yaml", &ingress("many-plain", "plain.example.com", "app"))],
+    )
     .await;
 
     for (h2, host) in [
-        (H2::over(tls_connect(weir.https, "many.example.com", &pki, &["h2"]).await, "https").await, "many.example.com"),
+        (H2::over(tls_connect(weir.https, "many.example.com", &ca, &["h2"]).await, "https").await, "many.example.com"),
         (H2::h2c(weir.http).await, "plain.example.com"),
     ] {
         let before = b.echo("app").requests();
@@ -360,12 +268,8 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_through_an_ingress() {
-    let b = backends("default", &["chat"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("ingress.yaml", &ingress("ws", "ws.example.com", "chat", None)),
-    ])
-    .await;
+    let (b, weir) =
+        TestWeir::with_backends(&["chat"], &[("ingress.yaml", &ingress("ws", "ws.example.com", "chat"))]).await;
 
     for session in 0..WS_SESSIONS {
         let tcp = TcpStream::connect(weir.http).await.unwrap();
@@ -377,7 +281,6 @@ async fn websocket_upgrade_through_an_ingress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_through_an_httproute() {
-    let b = backends("default", &["chat"]).await;
     let port = free_port();
     let route = "
         apiVersion: gateway.networking.k8s.io/v1
@@ -395,12 +298,10 @@ async fn websocket_upgrade_through_an_httproute() {
             backendRefs:
             - {name: chat, port: 80}
     ";
-    let _weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("class.yaml", &gateway_class()),
-        ("gateway.yaml", &gateway("default", "edge", port)),
-        ("route.yaml", route),
-    ])
+    let (_b, _weir) = TestWeir::with_backends(
+        &["chat"],
+        &[("gateway.yaml", &class_and_gateway("default", "edge", port)), ("route.yaml", route)],
+    )
     .await;
     wait_listening(local(port)).await;
 
@@ -413,17 +314,11 @@ async fn websocket_upgrade_through_an_httproute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_over_tls() {
-    let pki = pki(&["wss.example.com"]);
-    let b = backends("default", &["chat"]).await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("secret.yaml", &tls_secret_for("wss-tls", &pki)),
-        ("ingress.yaml", &ingress("wss", "wss.example.com", "chat", Some("wss-tls"))),
-    ])
-    .await;
+    let (ca, tls_yaml) = tls_host("wss", "wss.example.com", "chat");
+    let (_b, weir) = TestWeir::with_backends(&["chat"], &[("ingress.yaml", &tls_yaml)]).await;
 
     for session in 0..WS_SESSIONS {
-        let stream = tls_connect(weir.https, "wss.example.com", &pki, &["http/1.1"]).await;
+        let stream = tls_connect(weir.https, "wss.example.com", &ca, &["http/1.1"]).await;
         let mut ws = open_ws("wss://wss.example.com/live", stream, "chat").await;
         chat(&mut ws, "chat", session).await;
     }
@@ -438,8 +333,8 @@ async fn h2c_app_protocol_service_receives_http2_from_weir() {
     let b = backends("default", &["plain"]).await;
     let weir = TestWeir::start(&[
         ("backends.yaml", &docs(&[grpc_yaml.as_str(), b.yaml.as_str()])),
-        ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc", None)),
-        ("plain.yaml", &ingress("plain", "plain.example.com", "plain", None)),
+        ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc")),
+        ("plain.yaml", &ingress("plain", "plain.example.com", "plain")),
     ])
     .await;
 
@@ -458,11 +353,9 @@ async fn h2c_app_protocol_service_receives_http2_from_weir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_over_h2c_echoes_the_message_and_trailers() {
     let (grpc, grpc_yaml) = h2c_backend("grpc").await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &grpc_yaml),
-        ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc", None)),
-    ])
-    .await;
+    let weir =
+        TestWeir::start(&[("backends.yaml", &grpc_yaml), ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc"))])
+            .await;
 
     let h2 = H2::h2c(weir.http).await;
     for message in [&b"hello gRPC"[..], &[7u8; 3000][..], &b""[..]] {
@@ -474,16 +367,11 @@ async fn grpc_unary_over_h2c_echoes_the_message_and_trailers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_over_tls_h2_echoes_the_message_and_trailers() {
-    let pki = pki(&["grpcs.example.com"]);
+    let (ca, tls_yaml) = tls_host("grpcs", "grpcs.example.com", "grpc");
     let (grpc, grpc_yaml) = h2c_backend("grpc").await;
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &grpc_yaml),
-        ("secret.yaml", &tls_secret_for("grpcs-tls", &pki)),
-        ("grpc.yaml", &ingress("grpcs", "grpcs.example.com", "grpc", Some("grpcs-tls"))),
-    ])
-    .await;
+    let weir = TestWeir::start(&[("backends.yaml", &grpc_yaml), ("grpc.yaml", &tls_yaml)]).await;
 
-    let stream = tls_connect(weir.https, "grpcs.example.com", &pki, &["h2"]).await;
+    let stream = tls_connect(weir.https, "grpcs.example.com", &ca, &["h2"]).await;
     assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
     let h2 = H2::over(stream, "https").await;
     let message = b"\x0a\x05hello over TLS";

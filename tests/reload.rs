@@ -13,113 +13,32 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use weir::echo::{EchoServer, ECHO_NAME_HEADER};
+use weir::echo::EchoServer;
 
 const NS: &str = "default";
 
 // ---------------------------------------------------------------------------------------------
 // Manifests
 
-/// GatewayClass `weir` and Gateway `default/<name>` with one HTTP listener on `port`.
-fn gateway_yaml(name: &str, port: u16) -> String {
-    docs(&[gateway_class(), gateway(NS, name, port)])
-}
-
-/// An HTTPRoute `default/<name>` on Gateway `<parent>` for `hostname` with one rule splitting
-/// between `backends` (Service, weight), all on port 80.
-fn route(name: &str, parent: &str, hostname: &str, backends: &[(&str, u32)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{namespace: {NS}, name: {name}}}
-spec:
-  parentRefs: [{{name: {parent}}}]
-  hostnames: [\"{hostname}\"]
-  rules:
-  - backendRefs:
-"
-    );
-    for (service, weight) in backends {
-        yaml.push_str(&format!("    - {{name: {service}, port: 80, weight: {weight}}}\n"));
-    }
-    yaml
-}
-
 /// Service `default/<name>` (port 80 named `http`) with an EndpointSlice listing `endpoints`
 /// (all on one port) as ready.
 fn service_with(name: &str, endpoints: &[&EchoServer]) -> String {
-    let port = endpoints[0].addr().port();
     let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr()).collect();
-    docs(&[service_with_target_port(NS, name, 80, "http", port), common::endpoints(NS, name, "http", port, &addrs)])
+    service_at(NS, name, &addrs)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Clients and metrics
 
-/// One HTTP/1.1 connection kept open across requests. A request fails if the connection was
-/// closed: it is never silently reopened.
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl KeepAlive {
-    async fn connect(addr: SocketAddr) -> KeepAlive {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        KeepAlive { sender }
+/// `GET http://<host><path>` on the keep-alive connection `conn`: the echo server that answered
+/// 200; panics on anything else.
+async fn served_by(conn: &mut H1, host: &str, path: &str) -> String {
+    let resp = conn.get(host, path).await.unwrap_or_else(|e| panic!("keep-alive GET http://{host}{path}: {e:#}"));
+    match (resp.status, resp.echo_name()) {
+        (200, Some(name)) => name.to_string(),
+        _ => panic!("keep-alive GET http://{host}{path}: expected a 200 from an echo server, got {resp}"),
     }
-
-    /// `GET <path>` with `Host: <host>` on this connection: (status, x-echo-name).
-    async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, Option<String>)> {
-        let exchange = async {
-            self.sender.ready().await?;
-            let req = http::Request::get(path).header(http::header::HOST, host).body(Full::new(Bytes::new()))?;
-            let resp = self.sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let name = resp.headers().get(ECHO_NAME_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-            resp.into_body().collect().await?;
-            anyhow::Ok((status, name))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| anyhow::anyhow!("no response within {REQUEST_TIMEOUT:?}"))?
-    }
-
-    /// Like [`KeepAlive::get`], panicking on failure; returns the echo server that answered 200.
-    async fn served_by(&mut self, host: &str, path: &str) -> String {
-        match self.get(host, path).await {
-            Ok((200, Some(name))) => name,
-            other => panic!("keep-alive GET http://{host}{path}: expected a 200 from an echo server, got {other:?}"),
-        }
-    }
-}
-
-/// Sum of every sample of `name` whose labels include all of `labels` (0 when none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(inner) => match inner.rfind('}') {
-                Some(end) => (&inner[..end], &inner[end + 1..]),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        if labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\""))) {
-            total += value.trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    total
 }
 
 /// The echo server that answered `GET http://<host>/` on `addr` over a fresh connection, or the
@@ -153,9 +72,9 @@ struct LoadLog {
 }
 
 impl LoadLog {
-    fn record(&self, client: &str, outcome: anyhow::Result<(u16, Option<String>)>) {
+    fn record(&self, client: &str, outcome: anyhow::Result<Resp>) {
         let n = self.sent.fetch_add(1, Ordering::SeqCst);
-        match outcome {
+        match outcome.map(|r| (r.status, r.echo_name().map(str::to_string))) {
             Ok((200, Some(name))) if name.starts_with("blue") || name == "green" => {
                 *self.served.lock().unwrap().entry(name).or_default() += 1;
             }
@@ -182,11 +101,11 @@ async fn config_changes_under_load_fail_no_request() {
     let gateway = local(port);
     const HOST: &str = "load.test";
     let weir = TestWeir::start(&[
-        ("gateway.yaml", &gateway_yaml("edge", port)),
+        ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
         ("blue.yaml", &service_with("blue", &[&blues[0]])),
         ("green.yaml", &green_yaml),
         ("extra.yaml", &extra_yaml),
-        ("route.yaml", &route("main", "edge", HOST, &[("blue", 50), ("green", 50)])),
+        ("route.yaml", &weighted_route("main", "edge", &[HOST], &[("blue", 50), ("green", 50)])),
     ])
     .await;
     wait_listening(gateway).await;
@@ -201,10 +120,7 @@ async fn config_changes_under_load_fail_no_request() {
             let mut mine = 0;
             while keep_loading(&log, &done, mine) {
                 let outcome = request(gateway).host(HOST).path("/").try_send().await;
-                log.record(
-                    &format!("fresh-connection client {c}"),
-                    outcome.map(|r| (r.status, r.echo_name().map(str::to_string))),
-                );
+                log.record(&format!("fresh-connection client {c}"), outcome);
                 mine += 1;
             }
         }));
@@ -212,7 +128,7 @@ async fn config_changes_under_load_fail_no_request() {
     {
         let (log, done) = (log.clone(), done.clone());
         clients.push(tokio::spawn(async move {
-            let mut conn = KeepAlive::connect(gateway).await;
+            let mut conn = H1::connect(gateway).await.unwrap_or_else(|e| panic!("connect to {gateway}: {e}"));
             let mut mine = 0;
             while keep_loading(&log, &done, mine) {
                 log.record("keep-alive client", conn.get(HOST, "/").await);
@@ -232,7 +148,7 @@ async fn config_changes_under_load_fail_no_request() {
         cycles += 1;
         let at = |step: &str| format!("cycle {cycles}: {step}");
         // 1. All traffic to blue (one replica).
-        weir.apply("route.yaml", &route("main", "edge", HOST, &[("blue", 100), ("green", 0)])).await;
+        weir.apply("route.yaml", &weighted_route("main", "edge", &[HOST], &[("blue", 100), ("green", 0)])).await;
         for r in answers(gateway, HOST, 5).await {
             assert_eq!(r, Ok("blue-1".to_string()), "{}", at("after moving all traffic to blue"));
         }
@@ -243,10 +159,10 @@ async fn config_changes_under_load_fail_no_request() {
         })
         .await;
         // 3. A new route on another host.
-        weir.apply("extra-route.yaml", &route("extra", "edge", "extra.test", &[("extra", 1)])).await;
+        weir.apply("extra-route.yaml", &weighted_route("extra", "edge", &["extra.test"], &[("extra", 1)])).await;
         assert_eq!(who(gateway, "extra.test").await, Ok("extra".to_string()), "{}", at("new route"));
         // 4. All traffic to green.
-        weir.apply("route.yaml", &route("main", "edge", HOST, &[("blue", 0), ("green", 100)])).await;
+        weir.apply("route.yaml", &weighted_route("main", "edge", &[HOST], &[("blue", 0), ("green", 100)])).await;
         let green_before = green.requests();
         for r in answers(gateway, HOST, 5).await {
             assert_eq!(r, Ok("green".to_string()), "{}", at("after moving all traffic to green"));
@@ -256,7 +172,7 @@ async fn config_changes_under_load_fail_no_request() {
         //    finish).
         weir.apply("blue.yaml", &service_with("blue", &[&blues[1]])).await;
         // 6. Back to blue, now only blue-2.
-        weir.apply("route.yaml", &route("main", "edge", HOST, &[("blue", 100), ("green", 0)])).await;
+        weir.apply("route.yaml", &weighted_route("main", "edge", &[HOST], &[("blue", 100), ("green", 0)])).await;
         let blue1_before = blues[0].requests();
         for r in answers(gateway, HOST, 10).await {
             assert_eq!(r, Ok("blue-2".to_string()), "{}", at("after removing blue-1 from the EndpointSlice"));
@@ -267,7 +183,7 @@ async fn config_changes_under_load_fail_no_request() {
         assert_eq!(blues[0].requests(), blue1_before, "{}", at("blue-1 got requests after leaving the EndpointSlice"));
         // 8. Back to the start: blue-1 only, split 50/50 with green.
         weir.write("blue.yaml", &service_with("blue", &[&blues[0]]));
-        weir.apply("route.yaml", &route("main", "edge", HOST, &[("blue", 50), ("green", 50)])).await;
+        weir.apply("route.yaml", &weighted_route("main", "edge", &[HOST], &[("blue", 50), ("green", 50)])).await;
         wait_until(&at("blue-1 and green share the traffic again"), WAIT, || async {
             let seen = answers(gateway, HOST, 4).await;
             seen.contains(&Ok("blue-1".to_string())) && seen.contains(&Ok("green".to_string()))
@@ -309,32 +225,33 @@ async fn config_changes_under_load_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_listener_comes_and_goes_without_a_restart() {
-    let b = backends(NS, &["first", "second"]).await;
     let ports = free_ports(2);
     let (first, second) = (local(ports[0]), local(ports[1]));
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("gateway.yaml", &gateway_yaml("one", ports[0])),
-        ("route-one.yaml", &route("one", "one", "one.test", &[("first", 1)])),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["first", "second"],
+        &[
+            ("gateway.yaml", &class_and_gateway(NS, "one", ports[0])),
+            ("route-one.yaml", &weighted_route("one", "one", &["one.test"], &[("first", 1)])),
+        ],
+    )
     .await;
     wait_listening(first).await;
     let admin_before = weir.admin;
     assert!(tokio::net::TcpStream::connect(second).await.is_err(), "nothing listens on {second} yet");
 
-    let mut kept = KeepAlive::connect(first).await;
-    assert_eq!(kept.served_by("one.test", "/").await, "first");
+    let mut kept = H1::connect(first).await.unwrap_or_else(|e| panic!("connect to {first}: {e}"));
+    assert_eq!(served_by(&mut kept, "one.test", "/").await, "first");
 
     // A second Gateway on a new port.
     let gateway_two = gateway(NS, "two", ports[1]);
-    let route_two = route("two", "two", "two.test", &[("second", 1)]);
+    let route_two = weighted_route("two", "two", &["two.test"], &[("second", 1)]);
     weir.apply("gateway-two.yaml", &docs(&[gateway_two, route_two])).await;
     wait_until(&format!("the new listener on {second} serves its route"), WAIT, || async move {
         matches!(request(second).host("two.test").path("/").try_send().await, Ok(r) if r.status == 200 && r.echo_name() == Some("second"))
     })
     .await;
     // The connection opened before the change still works, and so do new ones.
-    assert_eq!(kept.served_by("one.test", "/").await, "first");
+    assert_eq!(served_by(&mut kept, "one.test", "/").await, "first");
     get(first, "one.test", "/").await.assert_served_by("first");
     // Each listener serves only its own Gateway's routes.
     get(second, "one.test", "/").await.assert_status(404);
@@ -346,7 +263,7 @@ async fn gateway_listener_comes_and_goes_without_a_restart() {
         matches!(tokio::net::TcpStream::connect(second).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
     })
     .await;
-    assert_eq!(kept.served_by("one.test", "/").await, "first");
+    assert_eq!(served_by(&mut kept, "one.test", "/").await, "first");
     get(first, "one.test", "/").await.assert_served_by("first");
     assert_eq!(weir.admin, admin_before);
     let dump = weir.config_dump().await;
@@ -361,15 +278,16 @@ async fn gateway_listener_comes_and_goes_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_file_is_applied_within_one_second() {
-    let b = backends(NS, &["a", "b"]).await;
     let port = free_port();
     let gateway = local(port);
     const HOST: &str = "fast.test";
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("gateway.yaml", &gateway_yaml("edge", port)),
-        ("route.yaml", &route("r", "edge", HOST, &[("a", 1)])),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[
+            ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
+            ("route.yaml", &weighted_route("r", "edge", &[HOST], &[("a", 1)])),
+        ],
+    )
     .await;
     wait_listening(gateway).await;
     assert_eq!(who(gateway, HOST).await, Ok("a".to_string()));
@@ -380,7 +298,7 @@ async fn changed_file_is_applied_within_one_second() {
     for (i, target) in ["b", "a", "b"].into_iter().enumerate() {
         let before = weir.generation().await;
         let written = Instant::now();
-        weir.write("route.yaml", &route("r", "edge", HOST, &[(target, 1)]));
+        weir.write("route.yaml", &weighted_route("r", "edge", &[HOST], &[(target, 1)]));
         // Poll every few milliseconds; give up well after the bound to report how long it took.
         let elapsed = loop {
             if who(gateway, HOST).await.as_deref() == Ok(target) {
@@ -413,11 +331,11 @@ async fn deleting_a_file_removes_its_routes_and_recreating_it_restores_them() {
     let b = backends(NS, &["a", "b"]).await;
     let port = free_port();
     let gateway = local(port);
-    let route_a = route("ra", "edge", "a.test", &[("a", 1)]);
-    let route_b = route("rb", "edge", "b.test", &[("b", 1)]);
+    let route_a = weighted_route("ra", "edge", &["a.test"], &[("a", 1)]);
+    let route_b = weighted_route("rb", "edge", &["b.test"], &[("b", 1)]);
     let weir = TestWeir::start(&[
         ("backends.yaml", &b.yaml),
-        ("gateway.yaml", &gateway_yaml("edge", port)),
+        ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
         ("route-a.yaml", &route_a),
         ("route-b.yaml", &route_b),
     ])
@@ -456,26 +374,22 @@ async fn endpoint_churn_keeps_health_state() {
     // A slow check: were A's health reset by the change, it would take traffic for a good while
     // before the next probes found it failing again.
     let policy = |interval: &str| {
-        format!(
-            "apiVersion: weir.dev/v1alpha1
-kind: BackendPolicy
-metadata: {{namespace: {NS}, name: app-health}}
-spec:
-  targetRefs: [{{kind: Service, name: app}}]
-  healthCheck:
-    type: HTTP
-    http: {{path: /healthz}}
-    interval: {interval}
-    unhealthyThreshold: 2
-    healthyThreshold: 1
+        let health_check = format!(
+            "healthCheck:
+  type: HTTP
+  http: {{path: /healthz}}
+  interval: {interval}
+  unhealthyThreshold: 2
+  healthyThreshold: 1
 "
-        )
+        );
+        backend_policy("app-health", "app", &health_check)
     };
     let weir = TestWeir::start(&[
-        ("gateway.yaml", &gateway_yaml("edge", port)),
+        ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
         ("app.yaml", &service_with("app", &[a, b])),
         ("policy.yaml", &policy("1s")),
-        ("route.yaml", &route("r", "edge", HOST, &[("app", 1)])),
+        ("route.yaml", &weighted_route("r", "edge", &[HOST], &[("app", 1)])),
     ])
     .await;
     wait_listening(gateway).await;
@@ -522,20 +436,8 @@ spec:
 // ---------------------------------------------------------------------------------------------
 // Passive ejections across configuration changes
 
-/// A BackendPolicy `default/app-policy` for Service `app`; `spec` is the rest of its spec (YAML
-/// lines indented like `targetRefs`).
-fn app_policy(spec: &str) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1
-kind: BackendPolicy
-metadata: {{namespace: {NS}, name: app-policy}}
-spec:
-  targetRefs: [{{kind: Service, name: app}}]
-{spec}"
-    )
-}
-
-const LONG_EJECTION: &str = "  outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 60s}\n";
+/// The spec of BackendPolicy `default/app-policy` (for Service `app`): 60s ejections.
+const LONG_EJECTION: &str = "outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 60s}\n";
 
 /// Starts weir with Service `app` on A, B (`echoes[0..2]`; a third replica stays out of the
 /// EndpointSlice), a 60s ejection time and a route for `churn.test`; makes A answer 503 and
@@ -544,10 +446,10 @@ async fn with_a_ejected(echoes: &[EchoServer]) -> (TestWeir, SocketAddr) {
     let port = free_port();
     let gateway = local(port);
     let weir = TestWeir::start(&[
-        ("gateway.yaml", &gateway_yaml("edge", port)),
+        ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
         ("app.yaml", &service_with("app", &[&echoes[0], &echoes[1]])),
-        ("policy.yaml", &app_policy(LONG_EJECTION)),
-        ("route.yaml", &route("r", "edge", "churn.test", &[("app", 1)])),
+        ("policy.yaml", &backend_policy("app-policy", "app", LONG_EJECTION)),
+        ("route.yaml", &weighted_route("r", "edge", &["churn.test"], &[("app", 1)])),
     ])
     .await;
     wait_listening(gateway).await;
@@ -588,14 +490,15 @@ async fn policy_change_keeps_an_ejected_endpoint_out() {
 
     // A change that keeps the algorithm: A stays out.
     let a_before = a.requests();
-    weir.apply("policy.yaml", &app_policy(&format!("{LONG_EJECTION}  connectTimeout: 1s\n"))).await;
+    weir.apply("policy.yaml", &backend_policy("app-policy", "app", &format!("{LONG_EJECTION}connectTimeout: 1s\n")))
+        .await;
     let seen = answers(gateway, "churn.test", 20).await;
     assert_eq!(a.requests(), a_before, "the ejected endpoint got traffic after connectTimeout changed: {seen:?}");
 
     // A change of algorithm: A stays out too (its ejection lasts 60s). Consistent hashing on a
     // header, with many keys, would send about half of them to A if it were back.
-    let hashed = "  loadBalancer: {algorithm: ConsistentHash, hash: {header: x-user}}\n";
-    weir.apply("policy.yaml", &app_policy(&format!("{LONG_EJECTION}{hashed}"))).await;
+    let hashed = "loadBalancer: {algorithm: ConsistentHash, hash: {header: x-user}}\n";
+    weir.apply("policy.yaml", &backend_policy("app-policy", "app", &format!("{LONG_EJECTION}{hashed}"))).await;
     let dump = weir.config_dump().await;
     assert!(dump["pools"][0]["algorithm"].as_str().is_some_and(|s| s.contains("ConsistentHash")), "{dump:#}");
     let mut seen = Vec::new();
@@ -619,14 +522,15 @@ async fn policy_change_keeps_an_ejected_endpoint_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_stops_parsing_keeps_serving_its_last_good_routes() {
-    let b = backends(NS, &["a", "b"]).await;
     let port = free_port();
     let gateway = local(port);
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("gateway.yaml", &gateway_yaml("edge", port)),
-        ("route.yaml", &route("r", "edge", "good.test", &[("a", 1)])),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[
+            ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
+            ("route.yaml", &weighted_route("r", "edge", &["good.test"], &[("a", 1)])),
+        ],
+    )
     .await;
     wait_listening(gateway).await;
 
@@ -639,26 +543,27 @@ async fn a_file_that_stops_parsing_keeps_serving_its_last_good_routes() {
     );
 
     // Fixed, with a change: the new version serves and the error is gone.
-    weir.apply("route.yaml", &route("r", "edge", "good.test", &[("b", 1)])).await;
+    weir.apply("route.yaml", &weighted_route("r", "edge", &["good.test"], &[("b", 1)])).await;
     assert_eq!(who(gateway, "good.test").await, Ok("b".to_string()));
     assert!(weir.rejections().await.is_empty(), "{:#?}", weir.rejections().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_port_change_moves_its_listener() {
-    let b = backends(NS, &["a"]).await;
     let ports = free_ports(2);
     let (old, new) = (local(ports[0]), local(ports[1]));
-    let weir = TestWeir::start(&[
-        ("backends.yaml", &b.yaml),
-        ("gateway.yaml", &gateway_yaml("edge", ports[0])),
-        ("route.yaml", &route("r", "edge", "move.test", &[("a", 1)])),
-    ])
+    let (_b, weir) = TestWeir::with_backends(
+        &["a"],
+        &[
+            ("gateway.yaml", &class_and_gateway(NS, "edge", ports[0])),
+            ("route.yaml", &weighted_route("r", "edge", &["move.test"], &[("a", 1)])),
+        ],
+    )
     .await;
     wait_listening(old).await;
     assert_eq!(who(old, "move.test").await, Ok("a".to_string()));
 
-    weir.apply("gateway.yaml", &gateway_yaml("edge", ports[1])).await;
+    weir.apply("gateway.yaml", &class_and_gateway(NS, "edge", ports[1])).await;
     wait_until(&format!("the route is served on the new port {new}"), WAIT, || async move {
         matches!(request(new).host("move.test").path("/").try_send().await, Ok(r) if r.status == 200)
     })

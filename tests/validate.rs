@@ -4,10 +4,12 @@
 //! a line naming the bad file with a reason that says what to fix, and still translate the rest
 //! (its summary line keeps counting the good listeners and routes).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use base64::Engine as _;
+use common::{dedent, docs, ingress_with_tls, secret};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -131,18 +133,6 @@ impl Dir {
     }
 }
 
-/// Removes the indentation common to all non-blank lines (manifests are indented raw strings).
-fn dedent(text: &str) -> String {
-    let indent =
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
-    let mut out = String::new();
-    for line in text.lines() {
-        out.push_str(line.get(indent..).unwrap_or("").trim_end());
-        out.push('\n');
-    }
-    out.trim_start_matches('\n').to_string()
-}
-
 /// A good configuration: Service `default/web` (port 80 `http`) with an endpoint, an Ingress
 /// `web` for web.example.com, a Gateway `gw` with an HTTP listener on 8081 and an HTTPRoute
 /// `shop` for shop.example.com, all routed to `web`.
@@ -228,48 +218,16 @@ fn check_bad(bad: &str, fragments: &[&str], extra_routes: usize) -> (Run, String
     (out, line, summary)
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
+/// A fresh self-signed certificate for secure.example.com and its key (PEM).
+fn secure_cert() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).expect("certificate");
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
-/// A Secret `default/<name>` of `type_` holding `crt` and `key` (PEM).
-fn secret(name: &str, type_: &str, crt: &str, key: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Secret
-metadata: {{name: {name}, namespace: default}}
-type: {type_}
-data:
-  tls.crt: {}
-  tls.key: {}
-",
-        b64(crt),
-        b64(key)
-    )
-}
-
-/// An Ingress `default/secure` for secure.example.com → web, terminating TLS with Secret `secret`.
-fn tls_ingress(secret: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: secure, namespace: default}}
-spec:
-  ingressClassName: weir
-  tls:
-    - hosts: [secure.example.com]
-      secretName: {secret}
-  rules:
-    - host: secure.example.com
-      http:
-        paths:
-          - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
-"
-    )
-}
-
-fn join(docs: &[&str]) -> String {
-    docs.iter().map(|d| dedent(d).trim_end().to_string()).collect::<Vec<_>>().join("\n---\n") + "\n"
+/// A Secret `default/<name>` of `type_` holding `crt` and `key` (PEM), and an Ingress
+/// `default/secure` for secure.example.com → web terminating TLS with it.
+fn secure_ingress(name: &str, type_: &str, crt: &str, key: &str) -> String {
+    docs(&[secret("default", name, type_, crt, key), ingress_with_tls("secure", "secure.example.com", "web", name)])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,12 +455,9 @@ fn httproute_to_a_service_port_that_does_not_exist_is_reported() {
 
 #[test]
 fn secret_whose_key_does_not_match_its_certificate_is_rejected() {
-    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).expect("certificate");
+    let (cert, _) = secure_cert();
     let other_key = rcgen::KeyPair::generate().expect("key pair");
-    let bad = join(&[
-        &secret("mismatch", "kubernetes.io/tls", &cert.cert.pem(), &other_key.serialize_pem()),
-        &tls_ingress("mismatch"),
-    ]);
+    let bad = secure_ingress("mismatch", "kubernetes.io/tls", &cert, &other_key.serialize_pem());
     // the Ingress itself is served (its host falls back to the default certificate)
     check_bad(&bad, &["Secret default/mismatch", "tls.key does not match the certificate in tls.crt"], 2);
 }
@@ -514,34 +469,21 @@ fn secret_with_an_expired_certificate_is_rejected_with_the_date() {
     params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     let key = rcgen::KeyPair::generate().expect("key pair");
     let cert = params.self_signed(&key).expect("self-signed certificate");
-    let bad =
-        join(&[&secret("expired", "kubernetes.io/tls", &cert.pem(), &key.serialize_pem()), &tls_ingress("expired")]);
+    let bad = secure_ingress("expired", "kubernetes.io/tls", &cert.pem(), &key.serialize_pem());
     check_bad(&bad, &["Secret default/expired", "expired", "2021"], 2);
 }
 
 #[test]
 fn secret_of_the_wrong_type_is_rejected_naming_the_right_type() {
-    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).expect("certificate");
-    let bad = join(&[
-        &secret("opaque", "Opaque", &cert.cert.pem(), &cert.signing_key.serialize_pem()),
-        &tls_ingress("opaque"),
-    ]);
+    let (cert, key) = secure_cert();
+    let bad = secure_ingress("opaque", "Opaque", &cert, &key);
     check_bad(&bad, &["Secret default/opaque", "\"Opaque\"", "kubernetes.io/tls"], 2);
 }
 
 #[test]
 fn a_valid_tls_secret_is_not_reported() {
-    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".to_string()]).expect("certificate");
-    let dir = Dir::new(&[
-        ("good.yaml", GOOD),
-        (
-            "tls.yaml",
-            &join(&[
-                &secret("fine", "kubernetes.io/tls", &cert.cert.pem(), &cert.signing_key.serialize_pem()),
-                &tls_ingress("fine"),
-            ]),
-        ),
-    ]);
+    let (cert, key) = secure_cert();
+    let dir = Dir::new(&[("good.yaml", GOOD), ("tls.yaml", &secure_ingress("fine", "kubernetes.io/tls", &cert, &key))]);
     let out = validate(&[dir.path()]);
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(out.summary(dir.path()).routes, GOOD_SUMMARY.routes + 2, "{out}");

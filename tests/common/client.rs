@@ -1,5 +1,6 @@
 //! A small HTTP client over real TCP: HTTP/1.1, or h2c with prior knowledge. Every request uses a
-//! fresh connection, so no state carries over between requests of a test.
+//! fresh connection, so no state carries over between requests of a test; [`H1`] keeps one
+//! HTTP/1.1 connection (TCP or TLS) open across requests when a test needs that.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -126,12 +127,7 @@ impl RequestBuilder {
             tokio::spawn(conn);
             sender.send_request(req).await?
         };
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let headers = resp.headers().clone();
-        let collected = resp.into_body().collect().await?;
-        let trailers = collected.trailers().cloned();
-        Ok(Resp { status, version, headers, body: collected.to_bytes(), trailers })
+        Resp::read(resp).await
     }
 }
 
@@ -140,6 +136,44 @@ impl fmt::Display for RequestBuilder {
         let host = self.host.as_deref().unwrap_or("<addr>");
         let proto = if self.h2c { "h2c" } else { "HTTP/1.1" };
         write!(f, "{} http://{host}{} ({proto} to {})", self.method, self.path, self.addr)
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection over any stream (TCP, TLS). Requests go one after another on
+/// it; a request fails if the connection was closed: it is never silently reopened.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The task driving the connection; finished once the connection is closed.
+    pub conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl H1 {
+    /// A TCP connection to `addr`.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<H1> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        H1::over(stream).await
+    }
+
+    /// HTTP/1.1 over an established `stream`.
+    pub async fn over<S>(stream: S) -> anyhow::Result<H1>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        Ok(H1 { sender, conn: tokio::spawn(conn) })
+    }
+
+    /// `GET <path>` with `Host: <host>` on this connection (bounded by [`REQUEST_TIMEOUT`]).
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Resp> {
+        let req = Request::get(path).header(http::header::HOST, host).body(Full::<Bytes>::default())?;
+        let exchange = async {
+            self.sender.ready().await?;
+            Resp::read(self.sender.send_request(req).await?).await
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("no complete response to GET {host}{path} within {REQUEST_TIMEOUT:?}"))?
     }
 }
 
@@ -154,6 +188,16 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Read the whole of `resp` (body and trailers).
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Resp> {
+        let status = resp.status().as_u16();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok(Resp { status, version, headers, body: collected.to_bytes(), trailers })
+    }
+
     /// The body as (lossy) UTF-8.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()

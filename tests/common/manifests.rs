@@ -1,5 +1,6 @@
-//! Builders for the Kubernetes manifests the tests feed weir, as YAML strings, and echo backends
-//! with the Service + EndpointSlice that point at them.
+//! Builders for the Kubernetes manifests the tests feed weir (Services and EndpointSlices,
+//! Secrets, Ingresses, GatewayClass and Gateways, HTTPRoutes, BackendPolicies), as YAML strings,
+//! and echo backends with the Service + EndpointSlice that point at them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -75,7 +76,24 @@ pub fn endpoints(ns: &str, service: &str, port_name: &str, port: u16, addrs: &[S
 /// An EndpointSlice whose endpoints have an explicit `ready` condition; an empty list gives a
 /// Service with no endpoints at all.
 pub fn endpoint_slice(ns: &str, service: &str, port_name: &str, port: u16, endpoints: &[(SocketAddr, bool)]) -> String {
-    for (addr, _) in endpoints {
+    let endpoints: Vec<EndpointConditions> =
+        endpoints.iter().map(|(addr, ready)| (*addr, *ready, None, None)).collect();
+    endpoint_slice_with_conditions(ns, service, port_name, port, &endpoints)
+}
+
+/// An endpoint and its conditions: address, ready, serving, terminating (`None` leaves the
+/// condition out).
+pub type EndpointConditions = (SocketAddr, bool, Option<bool>, Option<bool>);
+
+/// Like [`endpoint_slice`], with every condition of each endpoint given.
+pub fn endpoint_slice_with_conditions(
+    ns: &str,
+    service: &str,
+    port_name: &str,
+    port: u16,
+    endpoints: &[EndpointConditions],
+) -> String {
+    for (addr, ..) in endpoints {
         assert_eq!(
             addr.port(),
             port,
@@ -102,8 +120,14 @@ ports:
         yaml.push_str("endpoints: []\n");
     } else {
         yaml.push_str("endpoints:\n");
-        for (addr, ready) in endpoints {
+        for (addr, ready, serving, terminating) in endpoints {
             yaml.push_str(&format!("- addresses: [\"{}\"]\n  conditions:\n    ready: {ready}\n", addr.ip()));
+            if let Some(serving) = serving {
+                yaml.push_str(&format!("    serving: {serving}\n"));
+            }
+            if let Some(terminating) = terminating {
+                yaml.push_str(&format!("    terminating: {terminating}\n"));
+            }
         }
     }
     yaml
@@ -121,7 +145,7 @@ pub fn docs<S: AsRef<str>>(manifests: &[S]) -> String {
 /// stops it.
 pub async fn backend(ns: &str, name: &str) -> (EchoServer, String) {
     let echo = EchoServer::start(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("start echo server");
-    let yaml = service_yaml_for(ns, name, &[echo.addr()]);
+    let yaml = service_at(ns, name, &[echo.addr()]);
     (echo, yaml)
 }
 
@@ -154,28 +178,47 @@ impl Backends {
 /// 127.0.0.2, 127.0.0.3, … with the same port, in one EndpointSlice.
 pub async fn replicas(ns: &str, name: &str, count: usize) -> (Vec<EchoServer>, String) {
     assert!((1..=200).contains(&count));
+    let echoes: Vec<EchoServer> = on_one_port(count, |i, addr| async move {
+        let echo = EchoServer::start(&format!("{name}-{}", i + 1), addr).await?;
+        let addr = echo.addr();
+        Ok((echo, addr))
+    })
+    .await
+    .into_iter()
+    .map(|(echo, _)| echo)
+    .collect();
+    let addrs: Vec<SocketAddr> = echoes.iter().map(|e| e.addr()).collect();
+    let yaml = service_at(ns, name, &addrs);
+    (echoes, yaml)
+}
+
+/// Binds `count` endpoints on 127.0.0.2, 127.0.0.3, … with one port (an EndpointSlice has one
+/// port list). `start(i, addr)` starts endpoint `i` on `addr` and returns it with its address;
+/// when an address is taken, every endpoint is started again on a new port.
+pub async fn on_one_port<T, F, Fut>(count: usize, mut start: F) -> Vec<(T, SocketAddr)>
+where
+    F: FnMut(usize, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(T, SocketAddr)>>,
+{
     'attempt: for _ in 0..20 {
-        let first = EchoServer::start(&format!("{name}-1"), "127.0.0.2:0".parse().unwrap())
-            .await
-            .expect("start echo server on 127.0.0.2");
-        let port = first.addr().port();
-        let mut echoes = vec![first];
-        for i in 2..=count {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1));
+        let first = start(0, "127.0.0.2:0".parse().unwrap()).await.expect("bind on 127.0.0.2");
+        let port = first.1.port();
+        let mut all = vec![first];
+        for i in 1..count {
             // The port may be taken on that IP by someone else: try again with a new one.
-            match EchoServer::start(&format!("{name}-{i}"), SocketAddr::new(ip, port)).await {
-                Ok(echo) => echoes.push(echo),
+            match start(i, SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 2)), port)).await {
+                Ok(e) => all.push(e),
                 Err(_) => continue 'attempt,
             }
         }
-        let addrs: Vec<SocketAddr> = echoes.iter().map(|e| e.addr()).collect();
-        let yaml = service_yaml_for(ns, name, &addrs);
-        return (echoes, yaml);
+        return all;
     }
-    panic!("could not bind {count} echo servers of {ns}/{name} on one port");
+    panic!("could not bind {count} endpoints on one port");
 }
 
-fn service_yaml_for(ns: &str, name: &str, addrs: &[SocketAddr]) -> String {
+/// A Service `ns/name` (port 80 named `http`, targeting the port of `addrs`) and its
+/// EndpointSlice listing every address of `addrs` as ready (all on one port).
+pub fn service_at(ns: &str, name: &str, addrs: &[SocketAddr]) -> String {
     let port = addrs[0].port();
     docs(&[
         service_with_target_port(ns, name, SERVICE_PORT, SERVICE_PORT_NAME, port),
@@ -183,25 +226,72 @@ fn service_yaml_for(ns: &str, name: &str, addrs: &[SocketAddr]) -> String {
     ])
 }
 
-/// A `kubernetes.io/tls` Secret holding a fresh self-signed certificate for `hosts`.
-pub fn tls_secret(ns: &str, name: &str, hosts: &[&str]) -> String {
+/// A Secret `ns/name` of type `type_` (e.g. `kubernetes.io/tls`) with `tls.crt` and `tls.key`
+/// (PEM, base64-encoded in `data`).
+pub fn secret(ns: &str, name: &str, type_: &str, crt: &str, key: &str) -> String {
     use base64::Engine as _;
-    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-    let key = rcgen::generate_simple_self_signed(names).expect("self-signed certificate");
-    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
         "apiVersion: v1
 kind: Secret
 metadata:
   namespace: {ns}
   name: {name}
-type: kubernetes.io/tls
+type: {type_}
 data:
   tls.crt: {}
   tls.key: {}
 ",
-        b64(key.cert.pem()),
-        b64(key.signing_key.serialize_pem())
+        b64(crt),
+        b64(key)
+    )
+}
+
+/// A `kubernetes.io/tls` Secret holding a fresh self-signed certificate for `hosts`.
+pub fn tls_secret(ns: &str, name: &str, hosts: &[&str]) -> String {
+    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let key = rcgen::generate_simple_self_signed(names).expect("self-signed certificate");
+    secret(ns, name, "kubernetes.io/tls", &key.cert.pem(), &key.signing_key.serialize_pem())
+}
+
+/// An Ingress `default/<name>` of class `weir`; `spec` is the rest of its spec, below
+/// `ingressClassName` (indented YAML is dedented first, see [`indent`]).
+pub fn ingress_with_spec(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  namespace: default
+  name: {name}
+spec:
+  ingressClassName: weir
+{}",
+        indent(spec, 2)
+    )
+}
+
+/// An Ingress `default/<name>` of class `weir` with one rule: `host` (any host when empty), path
+/// `/` Prefix → Service `service` port 80.
+pub fn ingress(name: &str, host: &str, service: &str) -> String {
+    ingress_with_spec(name, &ingress_rule(host, service))
+}
+
+/// Like [`ingress`], terminating TLS for `host` with the Secret `default/<tls_secret>`.
+pub fn ingress_with_tls(name: &str, host: &str, service: &str, tls_secret: &str) -> String {
+    let tls = format!("tls:\n- hosts: [{host}]\n  secretName: {tls_secret}\n");
+    ingress_with_spec(name, &(tls + &ingress_rule(host, service)))
+}
+
+fn ingress_rule(host: &str, service: &str) -> String {
+    let host_line = if host.is_empty() { String::new() } else { format!("host: {host}\n  ") };
+    format!(
+        "rules:
+- {host_line}http:
+    paths:
+    - path: /
+      pathType: Prefix
+      backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
+"
     )
 }
 
@@ -224,7 +314,8 @@ spec:
 }
 
 /// A Gateway of class `weir` with one HTTP listener named `http` on `port`, admitting routes from
-/// its own namespace (the default).
+/// its own namespace (the default). The YAML ends with the listener: more of its fields can be
+/// appended, indented by 4 spaces.
 pub fn gateway(ns: &str, name: &str, port: u16) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
@@ -239,5 +330,46 @@ spec:
     protocol: HTTP
     port: {port}
 "
+    )
+}
+
+/// [`gateway_class`] and [`gateway`] `ns/name` (one HTTP listener on `port`), as one YAML.
+pub fn class_and_gateway(ns: &str, name: &str, port: u16) -> String {
+    docs(&[gateway_class(), gateway(ns, name, port)])
+}
+
+/// An HTTPRoute `default/<name>` on Gateway `default/<parent>` for `hostnames` (any host when
+/// empty) with one rule splitting traffic between `backends` (Service, weight), all on port 80.
+pub fn weighted_route(name: &str, parent: &str, hostnames: &[&str], backends: &[(&str, u32)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{namespace: default, name: {name}}}
+spec:
+  parentRefs: [{{name: {parent}}}]
+"
+    );
+    if !hostnames.is_empty() {
+        let quoted: Vec<String> = hostnames.iter().map(|h| format!("\"{h}\"")).collect();
+        yaml.push_str(&format!("  hostnames: [{}]\n", quoted.join(", ")));
+    }
+    yaml.push_str("  rules:\n  - backendRefs:\n");
+    for (service, weight) in backends {
+        yaml.push_str(&format!("    - {{name: {service}, port: 80, weight: {weight}}}\n"));
+    }
+    yaml
+}
+
+/// A BackendPolicy `default/<name>` targeting Service `service`; `spec` is the rest of its spec,
+/// below `targetRefs` (indented YAML is dedented first, see [`indent`]).
+pub fn backend_policy(name: &str, service: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{namespace: default, name: {name}}}
+spec:
+  targetRefs: [{{kind: Service, name: {service}}}]
+{}",
+        indent(spec, 2)
     )
 }

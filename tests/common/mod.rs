@@ -1,6 +1,8 @@
 //! Shared harness for weir's integration tests: a real weir ([`TestWeir`]) reading manifests from
-//! a temporary directory, real echo upstreams ([`backend`]), a real HTTP client ([`get`],
-//! [`request`]) and a bounded polling helper ([`wait_until`]).
+//! a temporary directory, real echo upstreams ([`backend`]), manifest builders ([`ingress`],
+//! [`weighted_route`], …), a real HTTP client ([`get`], [`request`], [`H1`]), a TLS client and
+//! test certificates ([`TlsClient`], [`Ca`]), a `/metrics` reader ([`parse_metrics`], [`metric`])
+//! and a bounded polling helper ([`wait_until`]).
 //!
 //! Tests need a multi-thread runtime:
 //!
@@ -16,9 +18,18 @@
 
 mod client;
 mod manifests;
+mod metrics;
+mod tls;
 
+// Each test binary uses a part of the harness.
+#[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
 pub use manifests::*;
+#[allow(unused_imports)]
+pub use metrics::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -130,6 +141,16 @@ impl TestWeir {
     /// [`EdgeOptions::local`], and wait until `/ready` answers 200.
     pub async fn start(files: &[(&str, &str)]) -> TestWeir {
         Self::start_with(files, |_| {}).await
+    }
+
+    /// Start echo servers `names` with their Services in `default` ([`backends`], written to
+    /// `backends.yaml`) and weir on them plus `files`.
+    pub async fn with_backends(names: &[&str], files: &[(&str, &str)]) -> (Backends, TestWeir) {
+        let backends = backends("default", names).await;
+        let mut all = vec![("backends.yaml", backends.yaml.as_str())];
+        all.extend_from_slice(files);
+        let weir = TestWeir::start(&all).await;
+        (backends, weir)
     }
 
     /// Like [`TestWeir::start`], letting `configure` change the options first.
