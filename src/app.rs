@@ -82,6 +82,7 @@ pub struct EdgeHandle {
     proxy_listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     admin_listeners: Arc<Listeners<AdminApp>>,
     config_task: JoinHandle<()>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl EdgeHandle {
@@ -102,16 +103,18 @@ impl EdgeHandle {
         self.admin_listeners.close_all();
     }
 
-    /// Stops accepting, then waits for open connections to finish (keep-alive connections
-    /// close after their current request), at most `grace`. Returns the connections still open.
+    /// Stops accepting, then waits for the requests in flight to finish, at most `grace`.
+    /// Responses sent meanwhile say `Connection: close`; idle keep-alive connections close
+    /// when the process exits, as nginx's graceful shutdown does. Returns the requests still
+    /// in flight.
     pub async fn drain(self, grace: std::time::Duration) -> usize {
-        let listeners = self.proxy_listeners.clone();
+        let in_flight = self.in_flight.clone();
         self.shutdown().await;
         let deadline = tokio::time::Instant::now() + grace;
-        while listeners.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        while in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        listeners.open_connections()
+        in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -142,11 +145,14 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let conf = Arc::new(ServerConf::default());
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let edge_app = |h2c: bool| {
-        let mut proxy = HttpProxy::new(
-            EdgeProxy { snapshot: snapshot.clone(), access_log: opts.access_log.is_some() },
-            conf.clone(),
-        );
+        let edge = EdgeProxy {
+            snapshot: snapshot.clone(),
+            access_log: opts.access_log.is_some(),
+            in_flight: in_flight.clone(),
+        };
+        let mut proxy = HttpProxy::new(edge, conf.clone());
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = h2c;
         proxy.server_options = Some(server_options);
@@ -191,6 +197,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         proxy_listeners,
         admin_listeners,
         config_task,
+        in_flight,
     })
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -987,4 +988,57 @@ async fn changed_route_is_applied_without_restart() {
     edge.weir.apply("route-0.yaml", &catch_all_route("r", "b")).await;
 
     edge.get("h.test", "/").await.assert_served_by("b");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+
+/// A catch-all route to `service` whose rule has `timeouts` (YAML flow map).
+fn timeout_route(service: &str, timeouts: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{namespace: default, name: slow}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - timeouts: {timeouts}
+    backendRefs: [{{name: {service}, port: 80}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_answers_504_when_the_backend_is_too_slow() {
+    let edge = Edge::start(&["a"], &[&timeout_route("a", "{request: 300ms}")]).await;
+    edge.echo("a").set_delay(Duration::from_secs(3));
+
+    let started = Instant::now();
+    let resp = edge.get("h.test", "/").await;
+
+    resp.assert_status(504);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    // a fast enough backend is served as usual
+    edge.echo("a").set_delay(Duration::from_millis(0));
+    edge.get("h.test", "/").await.assert_served_by("a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_request_timeout_takes_precedence_over_request_timeout() {
+    let edge = Edge::start(&["a"], &[&timeout_route("a", "{request: 10s, backendRequest: 300ms}")]).await;
+    edge.echo("a").set_delay(Duration::from_secs(3));
+
+    let started = Instant::now();
+    edge.get("h.test", "/").await.assert_status(504);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_timeout_rejects_the_route_with_a_reason() {
+    let edge = Edge::start(&["a"], &[&timeout_route("a", "{request: 5 seconds}")]).await;
+
+    let r = edge.weir.expect_rejection("HTTPRoute", "default", "slow").await;
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("timeouts.request") && reason.contains("5 seconds"), "{r}");
+    edge.get("h.test", "/").await.assert_status(404);
 }

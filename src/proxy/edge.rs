@@ -5,6 +5,7 @@
 //! *different* endpoint; `logging` records metrics and passive health.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +40,22 @@ pub const UPSTREAM_H2_STREAMS: usize = 100;
 pub struct EdgeProxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub access_log: bool,
+    /// Requests being served, for draining at shutdown.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a request as in flight until its context is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Per-request state.
 pub struct EdgeCtx {
+    _in_flight: InFlight,
     started: Instant,
     snap: Option<Arc<Snapshot>>,
     port: u16,
@@ -189,7 +202,9 @@ impl ProxyHttp for EdgeProxy {
     type CTX = EdgeCtx;
 
     fn new_ctx(&self) -> EdgeCtx {
+        self.in_flight.fetch_add(1, Relaxed);
         EdgeCtx {
+            _in_flight: InFlight(self.in_flight.clone()),
             started: Instant::now(),
             snap: None,
             port: 0,

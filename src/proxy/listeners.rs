@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,8 +60,6 @@ pub struct Listeners<A> {
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
     bound: Mutex<HashMap<u16, Bound>>,
-    /// Connections open now, for draining at shutdown.
-    open: Arc<AtomicUsize>,
     /// Ports that could not be bound, with the reason (shown in `/config_dump`).
     pub bind_errors: Mutex<BTreeMap<u16, String>>,
 }
@@ -80,7 +77,6 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             metrics,
             shutdown,
             bound: Mutex::new(HashMap::new()),
-            open: Arc::new(AtomicUsize::new(0)),
             bind_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -108,7 +104,6 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             self.snapshot.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
-            self.open.clone(),
         ));
         let old = self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Bound { task, permanent });
         if let Some(old) = old {
@@ -157,11 +152,6 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             b.task.abort();
         }
     }
-
-    /// Connections currently open.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
 }
 
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
@@ -172,7 +162,6 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
-    open: Arc<AtomicUsize>,
 ) {
     loop {
         let mut stream = match listener.accept().await {
@@ -190,9 +179,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         let mut stream = stream;
         let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
-        let open = OpenConnection::new(open.clone());
         tokio::spawn(async move {
-            let _open = open;
             let mut app = &apps.http1;
             let stream: Stream = match tls {
                 Some((true, name)) => {
@@ -222,22 +209,6 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 next = app.process_new(reused, &shutdown).await;
             }
         });
-    }
-}
-
-/// Counts a connection as open until dropped (also when its task is cancelled).
-struct OpenConnection(Arc<AtomicUsize>);
-
-impl OpenConnection {
-    fn new(counter: Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(counter)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

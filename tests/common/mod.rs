@@ -286,6 +286,15 @@ impl TestWeir {
             edge.shutdown().await;
         }
     }
+
+    /// Stop accepting and wait up to `grace` for open connections to finish, as on SIGTERM;
+    /// returns the connections still open then.
+    pub async fn drain(mut self, grace: Duration) -> usize {
+        match self.edge.take() {
+            Some(edge) => edge.drain(grace).await,
+            None => 0,
+        }
+    }
 }
 
 impl Drop for TestWeir {
