@@ -90,6 +90,12 @@ spec:
 
 /// A route `default/<name>` (any host) with one rule: `matches` (YAML flow list) → `service`.
 fn match_route(name: &str, matches: &str, service: &str) -> String {
+    rule_route(name, &format!("matches: {matches}"), service)
+}
+
+/// A route `default/<name>` (any host) with one rule to `service` with extra rule fields
+/// (`field: value`, YAML).
+fn rule_route(name: &str, fields: &str, service: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -97,7 +103,7 @@ metadata: {{namespace: default, name: {name}}}
 spec:
   parentRefs: [{{name: edge}}]
   rules:
-  - matches: {matches}
+  - {fields}
     backendRefs: [{{name: {service}, port: 80}}]
 "
     )
@@ -993,19 +999,9 @@ async fn changed_route_is_applied_without_restart() {
 // ---------------------------------------------------------------------------------------------
 // Timeouts
 
-/// A catch-all route to `service` whose rule has `timeouts` (YAML flow map).
+/// A catch-all route `default/slow` to `service` whose rule has `timeouts` (YAML flow map).
 fn timeout_route(service: &str, timeouts: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{namespace: default, name: slow}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules:
-  - timeouts: {timeouts}
-    backendRefs: [{{name: {service}, port: 80}}]
-"
-    )
+    rule_route("slow", &format!("timeouts: {timeouts}"), service)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
