@@ -274,6 +274,7 @@ impl ConfigLoop {
         let generation = current.generation + 1;
         let snap = Arc::new(compile(&model, generation, &self.pools, &self.metrics));
         self.snapshot.store(snap.clone());
+        self.metrics.retire_unused_targets();
         self.listeners.reconcile(&snap).await;
         self.metrics.config_generation.set(generation as i64);
         self.metrics.rejected_objects.set(model.rejections.len() as i64);

@@ -186,6 +186,27 @@ async fn redirects_are_counted_under_their_route() {
 // ---------------------------------------------------------------------------------------------
 // Configuration metrics
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_a_removed_route_are_dropped() {
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[("web.yaml", &ingress("web", "a.example.com", "a")), ("old.yaml", &ingress("old", "b.example.com", "b"))],
+    )
+    .await;
+    weir.get("b.example.com", "/").await.assert_served_by("b");
+    let has_old =
+        |s: &[Sample]| s.iter().any(|x| x.labels.get("route").map(String::as_str) == Some("ingress/default/old"));
+    metrics_when(&weir, "the old route is counted", |s| has_old(s)).await;
+
+    weir.delete("old.yaml").await;
+
+    let after = metrics_when(&weir, "the old route's series are gone", |s| !has_old(s)).await;
+    assert!(
+        after.iter().any(|x| x.labels.get("route").map(String::as_str) == Some("ingress/default/web")),
+        "the remaining route keeps its series"
+    );
+}
+
 fn generation_metric(s: &[Sample]) -> f64 {
     value(s, "weir_config_generation", &[]).expect("weir_config_generation")
 }
