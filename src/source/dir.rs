@@ -14,8 +14,9 @@ use super::manifest::parse_manifests;
 use crate::store::{Object, Rejection, Store};
 
 /// How long to wait after a file event for the burst of events an editor or `kubectl cp`
-/// makes to settle, before reloading.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// makes to settle, before reloading. Short: config-change-to-serving latency is a headline
+/// number, and a file caught half-written keeps its last good objects anyway.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// A loaded store and the moment the change that produced it was first seen.
 #[derive(Clone, Debug)]
