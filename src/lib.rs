@@ -14,6 +14,7 @@ pub mod echo;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod resilience;
 pub mod routing;
 pub mod snapshot;
 pub mod source;

@@ -889,6 +889,29 @@ async fn all_endpoints_down_answers_an_error_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_stops_a_retry_storm_when_every_endpoint_refuses() {
+    let (echoes, yaml) = replicas(NS, "app", 3).await;
+    // no ejection, so every request finds endpoints to retry on
+    let policy = backend_policy("app-no-ejection", "app", "outlierDetection: {maxEjectionPercent: 0}");
+    let edge = Edge::start_app(&yaml, Some(&policy)).await;
+    answered_by(&edge, 3).await;
+    for e in &echoes {
+        e.stop();
+    }
+    let requests = 300.0;
+    for _ in 0..requests as usize {
+        let resp = edge.get().await;
+        assert!(resp.status == 502 || resp.status == 503, "expected 502 or 503, got {resp}");
+    }
+    let metrics = edge.metrics().await;
+    let retries = metric(&metrics, "weir_upstream_retries_total", &[("backend", &backend_label("app"))]);
+    // 2 retries per request without a budget (600); the budget allows 20% of the requests
+    // plus 10 per second over 10 s
+    assert!(retries > 0.0, "{metrics}");
+    assert!(retries <= 0.2 * requests + 100.0, "{retries} retries for {requests} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_endpoints_failing_their_health_check_answer_503() {
     let (echoes, yaml) = replicas(NS, "app", 2).await;
     let hc = backend_policy(

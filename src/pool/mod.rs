@@ -23,6 +23,7 @@ use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::{Backend, Backends, Extensions, HealthRegistry};
 use serde::Serialize;
 
+use crate::resilience::RetryBudget;
 use crate::translate::{PoolKey, PoolSpec};
 pub use select::{EndpointStats, Selector};
 
@@ -69,6 +70,8 @@ pub struct Pool {
     /// Stats by address, kept while the address stays in the pool. Config path only.
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
     health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Bounds retries to this pool (Linkerd's defaults), so a failing pool is not hammered.
+    pub retry_budget: RetryBudget,
 }
 
 fn address_key(b: &Backend) -> u64 {
@@ -100,6 +103,7 @@ impl Pool {
             check,
             stats: Mutex::new(HashMap::new()),
             health_task: Mutex::new(None),
+            retry_budget: RetryBudget::default(),
         });
         pool.apply(spec, true);
         pool

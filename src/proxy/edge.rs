@@ -303,6 +303,9 @@ impl ProxyHttp for EdgeProxy {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
         let addr = picked.addr;
+        if ctx.tried.as_slice().is_empty() {
+            pool.retry_budget.deposit();
+        }
         if let Some(previous) = ctx.endpoint.take() {
             // pingora retries a failed reused connection without `fail_to_connect`
             previous.inflight.fetch_sub(1, Relaxed);
@@ -397,8 +400,11 @@ impl ProxyHttp for EdgeProxy {
             ep.inflight.fetch_sub(1, Relaxed);
             pool.report(&ep, false);
         }
-        // retry only if another endpoint is there to take it
-        if ctx.retries < MAX_CONNECT_RETRIES && pool.select(&[], ctx.tried.as_slice()).is_some() {
+        // retry only if another endpoint is there to take it, within the pool's retry budget
+        if ctx.retries < MAX_CONNECT_RETRIES
+            && pool.select(&[], ctx.tried.as_slice()).is_some()
+            && pool.retry_budget.try_withdraw()
+        {
             ctx.retries += 1;
             target.metrics.retries.inc();
             e.set_retry(true);
