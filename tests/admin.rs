@@ -547,15 +547,16 @@ async fn access_log_writes_one_json_line_per_request_on_stdout() {
         .assert_served_by("a");
     request(edge.http).host("nope.example.com").path("/missing").send().await.assert_status(404);
 
-    // every stdout line is an access-log record; find the two requests
+    // every stdout line is an access-log record; find the two requests (a record is written
+    // after its response, so the two may arrive in either order)
     let mut records: Vec<Value> = vec![];
     let deadline = std::time::Instant::now() + WAIT;
-    while !records.iter().any(|r| r["path"] == "/missing") {
+    while !["/hello", "/missing"].iter().all(|p| records.iter().any(|r| r["path"] == *p)) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = edge
             .stdout
             .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no access-log line for /missing within {WAIT:?}; lines so far: {records:#?}"));
+            .unwrap_or_else(|_| panic!("no access-log lines for both requests within {WAIT:?}; so far: {records:#?}"));
         let record: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
         records.push(record);
