@@ -21,6 +21,7 @@ use pingora::server::ShutdownWatch;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::buffered::Buffered;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Metrics;
 use crate::translate::Protocol;
@@ -176,14 +177,13 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             }
         };
         let _ = stream.set_nodelay();
-        let mut stream = stream;
         let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut app = &apps.http1;
             let stream: Stream = match tls {
                 Some((true, name)) => {
-                    let handshake = pingora::protocols::tls::server::handshake(&acceptor, stream);
+                    let handshake = pingora::protocols::tls::server::handshake(&acceptor, Buffered::new(stream));
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
@@ -201,7 +201,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     if sniff_h2c(&mut stream).await {
                         app = &apps.h2c;
                     }
-                    Box::new(stream)
+                    Box::new(Buffered::new(stream))
                 }
             };
             let mut next = app.process_new(stream, &shutdown).await;

@@ -1,5 +1,6 @@
 //! The `ProxyHttp` implementations (edge today; mesh later) and the listeners feeding them.
 
+pub mod buffered;
 pub mod edge;
 pub mod listeners;
 pub mod rewrite;
