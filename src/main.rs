@@ -6,6 +6,7 @@ use clap::Parser;
 use weir::config::{Cli, Command};
 
 fn main() -> ExitCode {
+    weir::tls::skip_system_trust_store();
     let cli = Cli::parse();
     let access_log = match &cli.command {
         Command::Edge(a) => a.listen.access_log,
