@@ -176,6 +176,22 @@ async fn http2_over_tls_is_negotiated_by_alpn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_learns_the_client_address_as_ingress_nginx_tells_it() {
+    let (_b, weir) =
+        TestWeir::with_backends(&["app"], &[("ingress.yaml", &ingress("xff", "xff.example.com", "app"))]).await;
+
+    let resp = weir.get("xff.example.com", "/").await;
+    resp.assert_served_by("app");
+    assert_eq!(resp.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(resp.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
+
+    // a client behind another proxy: weir appends the address it sees
+    let resp = weir.request().host("xff.example.com").header("x-forwarded-for", "203.0.113.7").send().await;
+    assert_eq!(resp.upstream_header("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(resp.upstream_header("x-real-ip").as_deref(), Some("127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_is_served_on_the_plain_listener() {
     let (b, weir) =
         TestWeir::with_backends(&["app"], &[("ingress.yaml", &ingress("h2c", "h2c.example.com", "app"))]).await;

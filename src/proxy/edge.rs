@@ -36,6 +36,12 @@ pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams per upstream HTTP/2 connection.
 pub const UPSTREAM_H2_STREAMS: usize = 100;
 
+// The headers every proxied request gets, as ingress-nginx sets them. Names made once, not
+// parsed per request.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 /// The edge proxy. Shared state only; per-request state is in [`EdgeCtx`].
 pub struct EdgeProxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -163,6 +169,16 @@ fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
         headers.remove(n);
     }
     Ok(())
+}
+
+/// An IP address as a header value, formatted on the stack (one allocation: the value's own).
+fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 64]; // the longest IPv6 text is 45 bytes
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let n = 64 - w.len();
+    http::HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
 }
 
 fn local_port(session: &Session) -> u16 {
@@ -335,17 +351,19 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = client.ip().to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
+            let ip = ip_header_value(client.ip());
+            let xff = match upstream.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) => http::HeaderValue::try_from(format!("{prev}, {}", client.ip()))
+                    .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?,
                 None => ip.clone(),
             };
-            upstream.insert_header("x-forwarded-for", xff)?;
-            upstream.insert_header("x-real-ip", ip)?;
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            upstream.insert_header(X_REAL_IP, ip)?;
         }
         let https =
             ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port)).is_some_and(|l| l.protocol == Protocol::Https);
-        upstream.insert_header("x-forwarded-proto", if https { "https" } else { "http" })?;
+        let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
+        upstream.insert_header(X_FORWARDED_PROTO, proto)?;
         let Some(action) = ctx.action.clone() else { return Ok(()) };
         if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
             upstream.insert_header(http::header::HOST, host.as_str())?;
