@@ -2,7 +2,7 @@
 //! share counters); request-path handles are resolved when the snapshot is built, so a request
 //! only touches atomics.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,10 +37,16 @@ pub struct Metrics {
     pub listener_bind_failures: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
     pub tls_handshake_failures: IntCounterVec,
-    /// (listener, route, backend) label sets handed out for the snapshot being built, and for
-    /// the one serving: series of routes that are gone are removed, so config churn does not
-    /// grow the registry forever.
-    targets: Mutex<(BTreeSet<TargetLabels>, BTreeSet<TargetLabels>)>,
+    /// Handles by (listener, route, backend), for the snapshot being built and for the one
+    /// serving: a target kept across a change reuses its handles, and series of routes that are
+    /// gone are removed, so config churn does not grow the registry forever.
+    targets: Mutex<Targets>,
+}
+
+#[derive(Default)]
+struct Targets {
+    building: HashMap<TargetLabels, TargetMetrics>,
+    serving: HashMap<TargetLabels, TargetMetrics>,
 }
 
 type TargetLabels = (String, String, String);
@@ -143,30 +149,42 @@ impl Metrics {
     /// Handles for one target; called when a snapshot is built, never per request.
     pub fn target(&self, listener: &str, route: &str, backend: &str) -> TargetMetrics {
         let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-        targets.0.insert((listener.to_string(), route.to_string(), backend.to_string()));
-        TargetMetrics {
-            requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[listener, route, backend, c])),
-            duration: STATUS_CLASSES.map(|c| self.duration.with_label_values(&[listener, route, backend, c])),
-            retries: self.retries.with_label_values(&[route, backend]),
-            connect_errors: self.connect_errors.with_label_values(&[route, backend]),
+        let key = (listener.to_string(), route.to_string(), backend.to_string());
+        if let Some(t) = targets.building.get(&key) {
+            return t.clone();
         }
+        let t = match targets.serving.get(&key) {
+            Some(t) => t.clone(),
+            None => TargetMetrics {
+                requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[listener, route, backend, c])),
+                duration: STATUS_CLASSES.map(|c| self.duration.with_label_values(&[listener, route, backend, c])),
+                retries: self.retries.with_label_values(&[route, backend]),
+                connect_errors: self.connect_errors.with_label_values(&[route, backend]),
+            },
+        };
+        targets.building.insert(key, t.clone());
+        t
     }
 
     /// Called once a snapshot is serving: removes the series of targets the previous snapshot
     /// had and this one does not.
     pub fn retire_unused_targets(&self) {
         let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-        let (building, serving) = &mut *targets;
-        for (listener, route, backend) in serving.difference(building) {
-            for class in STATUS_CLASSES {
-                let labels = [listener.as_str(), route.as_str(), backend.as_str(), class];
-                let _ = self.requests.remove_label_values(&labels);
-                let _ = self.duration.remove_label_values(&labels);
-            }
-            let still_used = building.iter().any(|(_, r, b)| r == route && b == backend);
-            if !still_used {
-                let _ = self.retries.remove_label_values(&[route, backend]);
-                let _ = self.connect_errors.remove_label_values(&[route, backend]);
+        let Targets { building, serving } = &mut *targets;
+        let gone: Vec<&TargetLabels> = serving.keys().filter(|k| !building.contains_key(*k)).collect();
+        if !gone.is_empty() {
+            let still_used: std::collections::HashSet<(&str, &str)> =
+                building.keys().map(|(_, r, b)| (r.as_str(), b.as_str())).collect();
+            for (listener, route, backend) in gone {
+                for class in STATUS_CLASSES {
+                    let labels = [listener.as_str(), route.as_str(), backend.as_str(), class];
+                    let _ = self.requests.remove_label_values(&labels);
+                    let _ = self.duration.remove_label_values(&labels);
+                }
+                if !still_used.contains(&(route.as_str(), backend.as_str())) {
+                    let _ = self.retries.remove_label_values(&[route, backend]);
+                    let _ = self.connect_errors.remove_label_values(&[route, backend]);
+                }
             }
         }
         *serving = std::mem::take(building);

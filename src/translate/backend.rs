@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
 use super::{reject, EndpointModel, PoolSpec, UpstreamProtocol};
@@ -44,6 +45,8 @@ pub struct Backends<'a> {
     store: &'a Store,
     /// (namespace, service) → policies targeting it
     policies: HashMap<(String, String), Vec<TargetedPolicy>>,
+    /// (namespace, service) → its EndpointSlices (by the `kubernetes.io/service-name` label)
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     pools: BTreeMap<PoolKey, PoolSpec>,
 }
 
@@ -71,7 +74,14 @@ impl<'a> Backends<'a> {
                     .push((target.section_name.clone(), model.clone()));
             }
         }
-        Backends { store, policies, pools: BTreeMap::new() }
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for ((ns, _), stored) in &store.endpoint_slices {
+            let owner = stored.object.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+            if let Some(owner) = owner {
+                slices.entry((ns.as_str(), owner.as_str())).or_default().push(&stored.object);
+            }
+        }
+        Backends { store, policies, slices, pools: BTreeMap::new() }
     }
 
     /// Resolves `ns/name` + port to a pool, creating its spec on first use.
@@ -79,12 +89,12 @@ impl<'a> Backends<'a> {
         let Some(stored) = self.store.services.get(&(ns.to_string(), name.to_string())) else {
             return Err(format!("Service {ns}/{name} does not exist"));
         };
-        let spec = stored.object.spec.clone().unwrap_or_default();
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let spec = stored.object.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return Err(format!("Service {ns}/{name} is of type ExternalName, which weir does not route to"));
         }
-        let ports = spec.ports.unwrap_or_default();
-        let svc_port = select_port(&ports, port).map_err(|e| format!("Service {ns}/{name}: {e}"))?;
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        let svc_port = select_port(ports, port).map_err(|e| format!("Service {ns}/{name}: {e}"))?;
         let key = PoolKey { namespace: ns.into(), service: name.into(), port: svc_port.port as u16 };
         if !self.pools.contains_key(&key) {
             let pool = PoolSpec {
@@ -115,12 +125,7 @@ impl<'a> Backends<'a> {
     fn endpoints(&self, ns: &str, name: &str, svc_port: &ServicePort) -> Vec<EndpointModel> {
         let mut out = vec![];
         let port_name = svc_port.name.clone().unwrap_or_default();
-        for ((slice_ns, _), stored) in &self.store.endpoint_slices {
-            let slice = &stored.object;
-            let owner = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
-            if slice_ns != ns || owner.map(String::as_str) != Some(name) {
-                continue;
-            }
+        for slice in self.slices.get(&(ns, name)).into_iter().flatten() {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                 continue;
             }
