@@ -890,8 +890,6 @@ def oha_run(ctx: dict, url: str, duration: float, sc: Scenario, host: str | None
     errors = dict(j.get("errorDistribution", {}))
     # requests cut off by the end of the run (-z) are not failures
     deadline_aborts = errors.pop("aborted due to deadline", 0)
-    ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
-    responses = sum(statuses.values())
     wall = j["summary"]["total"]
     pct = j.get("latencyPercentiles", {})
 
@@ -899,20 +897,36 @@ def oha_run(ctx: dict, url: str, duration: float, sc: Scenario, host: str | None
         v = pct.get(key)
         return round(v * 1000, 3) if isinstance(v, (int, float)) else None
 
+    return load_result(statuses, errors, wall, deadline_aborts, ms("p50"), ms("p99"), ms("p99.9")) | {
+        "oha_rps_stddev": j.get("rps", {}).get("stddev"),
+    }
+
+
+def load_result(
+    statuses: dict[int, int],
+    errors: dict[str, int],
+    wall: float,
+    deadline_aborts: int,
+    p50: float | None,
+    p99: float | None,
+    p999: float | None,
+) -> dict:
+    """One measurement's counts and latencies (ms), the same shape from every load generator."""
+    ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
+    non_2xx = {str(k): v for k, v in sorted(statuses.items()) if not 200 <= k < 300}
     return {
         "ok": ok,
-        "responses": responses,
+        "responses": sum(statuses.values()),
         "wall_s": wall,
         "rps": ok / wall if wall else 0.0,
         "status": {str(k): v for k, v in sorted(statuses.items())},
-        "non_2xx": {str(k): v for k, v in sorted(statuses.items()) if not 200 <= k < 300},
+        "non_2xx": non_2xx,
         "errors": errors,
-        "error_count": sum(errors.values()) + sum(v for k, v in statuses.items() if not 200 <= k < 300),
+        "error_count": sum(errors.values()) + sum(non_2xx.values()),
         "deadline_aborts": deadline_aborts,
-        "p50_ms": ms("p50"),
-        "p99_ms": ms("p99"),
-        "p999_ms": ms("p99.9"),
-        "oha_rps_stddev": j.get("rps", {}).get("stddev"),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
     }
 
 
@@ -975,25 +989,12 @@ def handshake_load(port: int, host: str, duration: float, threads: int) -> dict:
     for t in pool:
         t.join(timeout=duration + 30)
     wall = time.perf_counter() - start
-    ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
     lat = sorted(latencies)
 
     def pct(q: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else None
 
-    return {
-        "ok": ok,
-        "responses": sum(statuses.values()),
-        "wall_s": wall,
-        "rps": ok / wall if wall else 0.0,
-        "status": {str(k): v for k, v in sorted(statuses.items())},
-        "non_2xx": {str(k): v for k, v in sorted(statuses.items()) if not 200 <= k < 300},
-        "errors": errors,
-        "error_count": sum(errors.values()) + sum(v for k, v in statuses.items() if not 200 <= k < 300),
-        "deadline_aborts": 0,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999),
+    return load_result(statuses, errors, wall, 0, pct(0.50), pct(0.99), pct(0.999)) | {
         "resumed_handshakes": resumed[0],
     }
 
