@@ -36,12 +36,6 @@ pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams per upstream HTTP/2 connection.
 pub const UPSTREAM_H2_STREAMS: usize = 100;
 
-// The headers every proxied request gets, as ingress-nginx sets them. Names made once, not
-// parsed per request.
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-
 /// The edge proxy. Shared state only; per-request state is in [`EdgeCtx`].
 pub struct EdgeProxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -352,18 +346,20 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = ip_header_value(client.ip());
-            let xff = match upstream.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => http::HeaderValue::try_from(format!("{prev}, {}", client.ip()))
                     .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?,
                 None => ip.clone(),
             };
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
-            upstream.insert_header(X_REAL_IP, ip)?;
+            // names as `&'static str`: Pingora turns a `HeaderName` back into bytes and parses it
+            // again, where a static string costs it one allocation
+            upstream.insert_header("x-forwarded-for", xff)?;
+            upstream.insert_header("x-real-ip", ip)?;
         }
         let https =
             ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port)).is_some_and(|l| l.protocol == Protocol::Https);
         let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
-        upstream.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream.insert_header("x-forwarded-proto", proto)?;
         let Some(action) = ctx.action.clone() else { return Ok(()) };
         if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
             upstream.insert_header(http::header::HOST, host.as_str())?;
