@@ -165,18 +165,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     shutdown: ShutdownWatch,
 ) {
     loop {
-        let mut stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(port, error = %e, "accept failed");
-                if e.raw_os_error() == Some(24) {
-                    // out of file descriptors: let connections close before trying again
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay();
+        let mut stream = accept(&listener, port).await;
         let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -209,6 +198,25 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 next = app.process_new(reused, &shutdown).await;
             }
         });
+    }
+}
+
+/// The next connection on `listener`, with Nagle off. Accept errors are logged and retried;
+/// out of file descriptors, it waits for connections to close before trying again.
+pub async fn accept(listener: &L4Listener, port: u16) -> pingora::protocols::l4::stream::Stream {
+    loop {
+        match listener.accept().await {
+            Ok(mut stream) => {
+                let _ = stream.set_nodelay();
+                return stream;
+            }
+            Err(e) => {
+                tracing::warn!(port, error = %e, "accept failed");
+                if e.raw_os_error() == Some(24) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 

@@ -134,25 +134,12 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
     let mut loader = DirLoader::default();
     let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now() };
     let (tx, rx) = watch::channel(first);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if !event.kind.is_access() {
-                let _ = events_tx.send(Instant::now());
-            }
-        }
-    })
-    .map_err(std::io::Error::other)?;
-    watcher.watch(&dir, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
+    let mut changes = Changes::watch(&[&dir])?;
     tokio::spawn(async move {
-        let _watcher = watcher;
-        while let Some(first_event) = events.recv().await {
-            // let the burst settle, then take everything queued meanwhile
-            tokio::time::sleep(DEBOUNCE).await;
-            while events.try_recv().is_ok() {}
+        while let Some(changed_at) = changes.next().await {
             match loader.load(&dir) {
                 Ok(store) => {
-                    if tx.send(Loaded { store, changed_at: first_event }).is_err() {
+                    if tx.send(Loaded { store, changed_at }).is_err() {
                         return;
                     }
                 }
@@ -162,6 +149,41 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
         }
     });
     Ok(rx)
+}
+
+/// Changes to files under some paths (writes, creations, renames, removals; not reads), with
+/// each burst of events (an editor's save, a Secret volume's symlink swap) reported once, after
+/// it settles.
+pub struct Changes {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<Instant>,
+}
+
+impl Changes {
+    /// Watches `paths` (directories recursively).
+    pub fn watch(paths: &[&Path]) -> std::io::Result<Changes> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if !event.kind.is_access() {
+                    let _ = events_tx.send(Instant::now());
+                }
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        for path in paths {
+            watcher.watch(path, RecursiveMode::Recursive).map_err(std::io::Error::other)?;
+        }
+        Ok(Changes { _watcher: watcher, events })
+    }
+
+    /// Waits for the next burst of changes to settle; returns when its first event was seen.
+    pub async fn next(&mut self) -> Option<Instant> {
+        let first = self.events.recv().await?;
+        tokio::time::sleep(DEBOUNCE).await;
+        while self.events.try_recv().is_ok() {}
+        Some(first)
+    }
 }
 
 #[cfg(test)]
