@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod echo;
+pub mod mesh;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

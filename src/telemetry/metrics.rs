@@ -37,6 +37,10 @@ pub struct Metrics {
     pub listener_bind_failures: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
     pub tls_handshake_failures: IntCounterVec,
+    /// Failed mutual-TLS handshakes on the mesh inbound listener, by reason.
+    mesh_handshake_failures: IntCounterVec,
+    /// Reloads of the mesh identity, by result (`ok`, `refused`).
+    pub mesh_identity_reloads: IntCounterVec,
     /// Handles by (listener, route, backend), for the snapshot being built and for the one
     /// serving: a target kept across a change reuses its handles, and series of routes that are
     /// gone are removed, so config churn does not grow the registry forever.
@@ -115,8 +119,21 @@ impl Metrics {
             Opts::new("tls_handshake_failures_total", "Failed downstream TLS handshakes"),
             &["listener"],
         ));
+        let mesh_handshake_failures = must(IntCounterVec::new(
+            Opts::new(
+                "mesh_tls_handshake_failures_total",
+                "Refused mutual-TLS handshakes on the mesh inbound listener",
+            ),
+            &["reason"],
+        ));
+        let mesh_identity_reloads = must(IntCounterVec::new(
+            Opts::new("mesh_identity_reloads_total", "Reloads of the mesh identity files, by result"),
+            &["result"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn Collector>,
+            Box::new(mesh_handshake_failures.clone()),
+            Box::new(mesh_identity_reloads.clone()),
             Box::new(duration.clone()),
             Box::new(retries.clone()),
             Box::new(connect_errors.clone()),
@@ -142,8 +159,16 @@ impl Metrics {
             config_apply_seconds,
             listener_bind_failures,
             tls_handshake_failures,
+            mesh_handshake_failures,
+            mesh_identity_reloads,
             targets: Mutex::new(Default::default()),
         })
+    }
+
+    /// Counts a refused mesh handshake (`reason`: a [`crate::mesh::identity::Refusal`] name,
+    /// or `timeout`).
+    pub fn mesh_handshake_failure(&self, reason: &str) {
+        self.mesh_handshake_failures.with_label_values(&[reason]).inc();
     }
 
     /// Handles for one target; called when a snapshot is built, never per request.

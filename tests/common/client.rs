@@ -166,14 +166,19 @@ impl H1 {
 
     /// `GET <path>` with `Host: <host>` on this connection (bounded by [`REQUEST_TIMEOUT`]).
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Resp> {
-        let req = Request::get(path).header(http::header::HOST, host).body(Full::<Bytes>::default())?;
+        self.send(Request::get(path).header(http::header::HOST, host).body(Full::<Bytes>::default())?).await
+    }
+
+    /// Sends `req` on this connection and reads the whole response (bounded by [`REQUEST_TIMEOUT`]).
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<Resp> {
+        let what = format!("{} {}", req.method(), req.uri());
         let exchange = async {
             self.sender.ready().await?;
             Resp::read(self.sender.send_request(req).await?).await
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| anyhow::anyhow!("no complete response to GET {host}{path} within {REQUEST_TIMEOUT:?}"))?
+            .map_err(|_| anyhow::anyhow!("no complete response to {what} within {REQUEST_TIMEOUT:?}"))?
     }
 }
 

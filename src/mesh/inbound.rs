@@ -1,0 +1,181 @@
+//! The inbound side of a mesh gateway: terminates mutual TLS from other gateways, and forwards
+//! to the workload it fronts, only to the workload's own ports: never an open relay.
+//!
+//! Each connection is handshaken with the credentials current when it arrives (rotation never
+//! touches open connections). The caller's SPIFFE ID, taken from its verified certificate, rides
+//! on the connection's TLS digest to every request, and reaches the workload in
+//! `x-forwarded-client-cert` (Envoy's format), set here and never passed through from the caller.
+
+use std::any::Any;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::ServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::listeners::TlsAccept;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::listener::Listener as L4Listener;
+use pingora::protocols::tls::TlsRef;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType, Result};
+
+use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
+use crate::proxy::buffered::Buffered;
+use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
+use crate::telemetry::Metrics;
+
+/// The header the calling gateway names the workload port in.
+pub const TARGET_PORT: http::HeaderName = http::HeaderName::from_static("weir-target-port");
+/// The caller's identity, for the workload: `By=<our ID>;URI=<caller ID>` (Envoy's XFCC format).
+pub const CLIENT_CERT: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
+/// Why a request was refused (with a 403 or 421).
+pub const DENIED_REASON: http::HeaderName = http::HeaderName::from_static("weir-denied-reason");
+
+/// The workload behind this gateway.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Where the workload listens (the pod's own address; 127.0.0.1 in a pod).
+    pub address: IpAddr,
+    /// The only ports callers may reach.
+    pub ports: Vec<u16>,
+}
+
+/// Puts the caller's SPIFFE ID on the connection's TLS digest once the handshake is done.
+struct CallerIdentity;
+
+#[async_trait]
+impl TlsAccept for CallerIdentity {
+    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        let id = ssl.peer_certificate().and_then(|c| spiffe_id_of(&c).ok())?;
+        Some(Arc::new(id))
+    }
+}
+
+/// Accepts connections on `listener` for as long as the task runs: mutual TLS with the current
+/// credentials, then `app`. Failed handshakes are counted by reason.
+pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: L4Listener,
+    port: u16,
+    credentials: Arc<ArcSwap<Credentials>>,
+    app: Arc<A>,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+) {
+    loop {
+        let stream = accept(&listener, port).await;
+        let creds = credentials.load_full();
+        let (app, metrics, shutdown) = (app.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let handshake = pingora::protocols::tls::server::handshake_with_callback(
+                &creds.acceptor,
+                Buffered::new(stream),
+                &CallerIdentity,
+            );
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    // certificate problems were counted by the verify callback; what it never
+                    // saw is a client that sent no certificate (or a broken handshake)
+                    if format!("{e}").contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
+                        metrics.mesh_handshake_failure(Refusal::NoCertificate.as_str());
+                    }
+                    tracing::debug!(error = %e, "mesh inbound: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.mesh_handshake_failure("timeout");
+                    return;
+                }
+            };
+            let mut next = app.process_new(Box::new(stream), &shutdown).await;
+            while let Some(reused) = next {
+                next = app.process_new(reused, &shutdown).await;
+            }
+        });
+    }
+}
+
+/// The inbound `ProxyHttp`: checks the target port, names the caller, forwards to the workload.
+pub struct InboundProxy {
+    pub workload: Workload,
+    pub credentials: Arc<ArcSwap<Credentials>>,
+}
+
+/// Per-request state of the inbound proxy.
+pub struct InboundCtx {
+    caller: Option<SpiffeId>,
+    target: Option<SocketAddr>,
+}
+
+fn caller_of(session: &Session) -> Option<SpiffeId> {
+    let digest = session.digest()?.ssl_digest.as_ref()?;
+    digest.extension.get::<SpiffeId>().cloned()
+}
+
+async fn deny(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(DENIED_REASON, reason)?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    let body = Bytes::from(format!("{reason}\n"));
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for InboundProxy {
+    type CTX = InboundCtx;
+
+    fn new_ctx(&self) -> InboundCtx {
+        InboundCtx { caller: None, target: None }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
+        let Some(caller) = caller_of(session) else {
+            // the handshake requires a SPIFFE ID, so this is a bug, not a caller's mistake
+            return deny(session, 403, "the caller presented no SPIFFE identity").await;
+        };
+        let port = session.req_header().headers.get(&TARGET_PORT).and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+        let Some(port) = port else {
+            return deny(session, 421, "the request names no workload port (weir-target-port)").await;
+        };
+        if !self.workload.ports.contains(&port) {
+            let reason = format!("port {port} is not a port of this workload");
+            return deny(session, 403, &reason).await;
+        }
+        ctx.caller = Some(caller);
+        ctx.target = Some(SocketAddr::new(self.workload.address, port));
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> Result<Box<HttpPeer>> {
+        let Some(target) = ctx.target else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "no workload target");
+        };
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut InboundCtx,
+    ) -> Result<()> {
+        upstream.remove_header(&TARGET_PORT);
+        upstream.remove_header(&CLIENT_CERT);
+        if let Some(caller) = &ctx.caller {
+            let xfcc = format!("By={};URI={caller}", self.credentials.load().id);
+            upstream.insert_header(CLIENT_CERT, xfcc)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Where the mesh identity comes from: three PEM files (certificate chain, key, trust bundle),
+//! watched, as a Kubernetes Secret volume or cert-manager's csi-driver presents them.
+//!
+//! A change is loaded as one set; a set that fails to load (a half-written file, a key that does
+//! not match, an expired certificate) is reported and the last good set keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::identity::{Credentials, OnRefusal};
+use crate::source::dir::Changes;
+
+/// The files of one identity.
+#[derive(Clone, Debug)]
+pub struct IdentityFiles {
+    /// The SVID's certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA certificates of the trust domain (several during a CA rotation).
+    pub bundle: PathBuf,
+}
+
+impl IdentityFiles {
+    /// Reads and checks the three files.
+    pub fn load(&self, on_refusal: OnRefusal) -> Result<Credentials, String> {
+        let read =
+            |what: &str, p: &Path| std::fs::read(p).map_err(|e| format!("cannot read the {what} {}: {e}", p.display()));
+        let (cert, key, bundle) = (
+            read("identity certificate", &self.cert)?,
+            read("identity key", &self.key)?,
+            read("trust bundle", &self.bundle)?,
+        );
+        Credentials::from_pem(&cert, &key, &bundle, on_refusal)
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key, &self.bundle]
+            .iter()
+            .map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// Called after each reload attempt: the new identity's description, or why it was refused.
+pub type OnReload = Arc<dyn Fn(Result<&Credentials, &str>) + Send + Sync>;
+
+/// Loads the identity (failing if it cannot be loaded at start), then keeps it current: each
+/// change to the files' directories reloads the set.
+pub fn watch_identity(
+    files: IdentityFiles,
+    on_refusal: OnRefusal,
+    on_reload: OnReload,
+) -> Result<Arc<ArcSwap<Credentials>>, String> {
+    let first = files.load(on_refusal.clone())?;
+    let current = Arc::new(ArcSwap::from_pointee(first));
+    let dirs = files.dirs();
+    let mut changes = Changes::watch(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+        .map_err(|e| format!("cannot watch the identity files: {e}"))?;
+    let serving = current.clone();
+    tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            match files.load(on_refusal.clone()) {
+                Ok(creds) => {
+                    on_reload(Ok(&creds));
+                    serving.store(Arc::new(creds));
+                }
+                Err(e) => on_reload(Err(&e)),
+            }
+        }
+    });
+    Ok(current)
+}

@@ -1,0 +1,241 @@
+//! The mesh inbound listener: mutual TLS with SPIFFE identities in front of one workload.
+//! Real handshakes (BoringSSL on both sides) with certificates made per test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use boring::x509::X509;
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use pingora::tls::tokio_ssl::SslStream;
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use weir::echo::EchoServer;
+use weir::mesh::ca::{Ca, Issued, LeafSpec};
+use weir::mesh::inbound::Workload;
+use weir::mesh::source::IdentityFiles;
+use weir::mesh::{start_mesh, MeshHandle, MeshOptions};
+
+const DAY: Duration = Duration::from_secs(86_400);
+const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
+const CHECKOUT: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
+
+/// A payments workload (an echo server) behind its mesh gateway.
+struct Payments {
+    mesh: MeshHandle,
+    ca: Ca,
+    app: EchoServer,
+    _dir: TempDir,
+}
+
+async fn payments() -> Payments {
+    let ca = Ca::new("mesh CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issued = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+    let files = IdentityFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        bundle: dir.path().join("ca.crt"),
+    };
+    std::fs::write(&files.cert, &issued.chain_pem).unwrap();
+    std::fs::write(&files.key, &issued.key_pem).unwrap();
+    std::fs::write(&files.bundle, ca.bundle_pem()).unwrap();
+    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
+    let opts = MeshOptions { inbound: "127.0.0.1:0".parse().unwrap(), identity: files, workload };
+    let mesh = start_mesh(opts).await.unwrap();
+    Payments { mesh, ca, app, _dir: dir }
+}
+
+/// A caller gateway's side of the hop: trusts `bundle_pem`, presents `identity` if any.
+async fn connect(
+    addr: SocketAddr,
+    bundle_pem: &str,
+    identity: Option<&Issued>,
+) -> anyhow::Result<SslStream<TcpStream>> {
+    let mut b = SslConnector::builder(SslMethod::tls())?;
+    for ca in X509::stack_from_pem(bundle_pem.as_bytes())? {
+        b.cert_store_mut().add_cert(ca)?;
+    }
+    b.set_verify(SslVerifyMode::PEER);
+    if let Some(id) = identity {
+        let chain = X509::stack_from_pem(id.chain_pem.as_bytes())?;
+        b.set_certificate(&chain[0])?;
+        let key = boring::pkey::PKey::private_key_from_pem(id.key_pem.as_bytes())?;
+        b.set_private_key(&key)?;
+    }
+    b.set_alpn_protos(b"\x08http/1.1")?;
+    let mut config = b.build().configure()?;
+    config.set_verify_hostname(false); // the mesh verifies SPIFFE IDs, not names
+    let ssl = config.into_ssl("payments.shop.svc.cluster.local")?;
+    let tcp = TcpStream::connect(addr).await?;
+    let mut stream = SslStream::new(ssl, tcp)?;
+    tokio::time::timeout(REQUEST_TIMEOUT, Pin::new(&mut stream).connect()).await??;
+    Ok(stream)
+}
+
+/// `GET /` to workload port `port` through the inbound listener at `addr`, with extra headers.
+async fn call_via(
+    addr: SocketAddr,
+    bundle_pem: &str,
+    identity: Option<&Issued>,
+    port: u16,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Resp> {
+    let mut conn = H1::over(connect(addr, bundle_pem, identity).await?).await?;
+    let mut req = http::Request::get("/").header("host", "payments").header("weir-target-port", port.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    conn.send(req.body(Full::<Bytes>::default())?).await
+}
+
+/// [`call_via`] `p`'s gateway, trusting `p`'s CA.
+async fn call(p: &Payments, identity: Option<&Issued>, port: u16, headers: &[(&str, &str)]) -> anyhow::Result<Resp> {
+    call_via(p.mesh.inbound_addr, &p.ca.bundle_pem(), identity, port, headers).await
+}
+
+fn refusals(p: &Payments, reason: &str) -> f64 {
+    metric(&p.mesh.metrics.encode(), "weir_mesh_tls_handshake_failures_total", &[("reason", reason)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_valid_svid_reaches_the_workload_which_learns_who_called() {
+    let p = payments().await;
+    let checkout = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    // the caller tries to pass itself off as someone else; the header is replaced
+    let spoof = (
+        "x-forwarded-client-cert",
+        "By=spiffe://cluster.local/ns/shop/sa/payments;URI=spiffe://cluster.local/ns/admin/sa/root",
+    );
+    let resp = call(&p, Some(&checkout), p.app.addr().port(), &[spoof]).await.unwrap();
+    assert_eq!(resp.status, 200, "{resp}");
+    assert_eq!(resp.echo_name(), Some("payments"));
+    assert_eq!(
+        resp.upstream_header("x-forwarded-client-cert").as_deref(),
+        Some(format!("By={PAYMENTS};URI={CHECKOUT}").as_str())
+    );
+    assert_eq!(resp.upstream_header("weir-target-port"), None, "mesh plumbing stays out of the workload's view");
+    assert_eq!(p.app.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_valid_identity_fail_in_the_handshake_each_counted_by_reason() {
+    let p = payments().await;
+    let port = p.app.addr().port();
+    let other_ca = Ca::new("another CA").unwrap();
+    let svid = |spec: LeafSpec| p.ca.issue(&spec).unwrap();
+    let cases = [
+        ("no_certificate", None),
+        ("untrusted_chain", Some(other_ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap())),
+        ("expired", Some(svid(LeafSpec::svid(CHECKOUT, DAY).expired()))),
+        ("not_yet_valid", Some(svid(LeafSpec::svid(CHECKOUT, DAY).not_yet_valid()))),
+        ("other_trust_domain", Some(svid(LeafSpec::svid("spiffe://evil.example/ns/shop/sa/checkout", DAY)))),
+        ("no_spiffe_id", Some(svid(LeafSpec { uris: vec![], ..LeafSpec::svid(CHECKOUT, DAY) }))),
+    ];
+    for (reason, identity) in cases {
+        let before = refusals(&p, reason);
+        let result = call(&p, identity.as_ref(), port, &[]).await;
+        assert!(result.is_err(), "{reason}: the request went through: {:?}", result.map(|r| r.status));
+        assert_eq!(refusals(&p, reason), before + 1.0, "{reason}: counted once under its reason");
+    }
+    assert_eq!(p.app.requests(), 0, "nothing reached the workload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_workloads_own_ports_are_reachable() {
+    let p = payments().await;
+    let checkout = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    let other = EchoServer::start("not-fronted", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let resp = call(&p, Some(&checkout), other.addr().port(), &[]).await.unwrap();
+    assert_eq!(resp.status, 403);
+    assert!(resp.header("weir-denied-reason").unwrap().contains("not a port of this workload"), "{resp}");
+    assert_eq!(other.requests(), 0, "never an open relay");
+}
+
+/// Replaces `path`'s content in one step (write aside, rename), as a Secret volume update does.
+fn replace(path: &std::path::Path, content: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+async fn served_more(p: &Payments, n: u64) {
+    let before = p.app.requests();
+    wait_until(&format!("{n} more requests served"), WAIT, || async { p.app.requests() >= before + n }).await;
+}
+
+async fn reloads_reach(p: &Payments, n: f64) {
+    wait_until(&format!("{n} identity reloads"), WAIT, || async {
+        metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", "ok")]) >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_trust_bundle_rotate_under_load_without_a_failed_request() {
+    let p = payments().await;
+    let new_ca = Ca::new("next mesh CA").unwrap();
+    let both = format!("{}{}", p.ca.bundle_pem(), new_ca.bundle_pem());
+    let files = p.mesh.identity_files.clone();
+    let port = p.app.addr().port();
+    // the caller's side: its bundle and identity, rotated by the test in step with the server's
+    let caller = std::sync::Arc::new(std::sync::Mutex::new((
+        p.ca.bundle_pem(),
+        p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap(),
+    )));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (caller, stop, addr) = (caller.clone(), stop.clone(), p.mesh.inbound_addr);
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, vec![]);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (bundle, id) = caller.lock().unwrap().clone();
+                match call_via(addr, &bundle, Some(&id), port, &[]).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => failed.push(format!("{:?}", other.map(|r| r.status))),
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    // 1. both sides trust the old and the new CA
+    replace(&files.bundle, &both);
+    reloads_reach(&p, 1.0).await;
+    caller.lock().unwrap().0 = both.clone();
+    served_more(&p, 2).await; // the (sequential) load has moved on to the caller's new state
+                              // 2. both identities are re-issued by the new CA
+    let next = new_ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+    replace(&files.key, &next.key_pem);
+    replace(&files.cert, &next.chain_pem);
+    reloads_reach(&p, 2.0).await;
+    caller.lock().unwrap().1 = new_ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    served_more(&p, 2).await;
+    // 3. the old CA is retired
+    replace(&files.bundle, &new_ca.bundle_pem());
+    wait_until("the old CA retired", WAIT, || async {
+        p.mesh.credentials.load().bundle.len() == 1 && p.mesh.credentials.load().id.to_string() == PAYMENTS
+    })
+    .await;
+    caller.lock().unwrap().0 = new_ca.bundle_pem();
+    served_more(&p, 20).await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok >= 20, "the load kept going ({ok} requests)");
+    // a caller still holding the old CA's certificate is now refused
+    let stale = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    assert!(call_via(p.mesh.inbound_addr, &new_ca.bundle_pem(), Some(&stale), port, &[]).await.is_err());
+}
