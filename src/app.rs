@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use tokio::net::TcpListener;
@@ -146,20 +145,11 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
 
     let conf = Arc::new(ServerConf::default());
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let edge_app = |h2c: bool| {
-        let edge = EdgeProxy {
-            snapshot: snapshot.clone(),
-            access_log: opts.access_log.is_some(),
-            in_flight: in_flight.clone(),
-        };
-        let mut proxy = HttpProxy::new(edge, conf.clone());
-        let mut server_options = HttpServerOptions::default();
-        server_options.h2c = h2c;
-        proxy.server_options = Some(server_options);
-        proxy.handle_init_modules();
-        Arc::new(proxy)
-    };
-    let apps = Apps { http1: edge_app(false), h2c: edge_app(true) };
+    let apps = Apps::proxies(&conf, || EdgeProxy {
+        snapshot: snapshot.clone(),
+        access_log: opts.access_log.is_some(),
+        in_flight: in_flight.clone(),
+    });
     let proxy_listeners = Arc::new(Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
     let http_addr = proxy_listeners.adopt(http)?;
     let https_addr = proxy_listeners.adopt(https)?;

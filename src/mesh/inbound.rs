@@ -117,7 +117,8 @@ fn caller_of(session: &Session) -> Option<SpiffeId> {
     digest.extension.get::<SpiffeId>().cloned()
 }
 
-async fn deny(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
+/// Answers `status` with `reason` in the body and in `weir-denied-reason`; the request ends here.
+pub async fn deny(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header(DENIED_REASON, reason)?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;

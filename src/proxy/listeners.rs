@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use boring::ssl::SslAcceptor;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::l4::listener::Listener as L4Listener;
 use pingora::protocols::Stream;
+use pingora::proxy::{HttpProxy, ProxyHttp};
+use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -40,6 +42,24 @@ pub struct Apps<A> {
     pub http1: Arc<A>,
     /// Plaintext connections that opened with the HTTP/2 preface.
     pub h2c: Arc<A>,
+}
+
+impl<P: ProxyHttp + Send + Sync + 'static> Apps<HttpProxy<P>> {
+    /// The two Pingora apps of one `ProxyHttp`: `make` builds the proxy for each.
+    pub fn proxies(conf: &Arc<ServerConf>, make: impl Fn() -> P) -> Self
+    where
+        P::CTX: Send + Sync,
+    {
+        let app = |h2c: bool| {
+            let mut proxy = HttpProxy::new(make(), conf.clone());
+            let mut server_options = HttpServerOptions::default();
+            server_options.h2c = h2c;
+            proxy.server_options = Some(server_options);
+            proxy.handle_init_modules();
+            Arc::new(proxy)
+        };
+        Apps { http1: app(false), h2c: app(true) }
+    }
 }
 
 impl<A> Clone for Apps<A> {

@@ -1,5 +1,6 @@
-//! The mesh inbound listener: mutual TLS with SPIFFE identities in front of one workload.
-//! Real handshakes (BoringSSL on both sides) with certificates made per test.
+//! The mesh tier: the inbound listener (mutual TLS with SPIFFE identities in front of one
+//! workload) and the outbound listener (local HTTP to a Service, through the endpoints'
+//! gateways). Real handshakes (BoringSSL on both sides) with certificates made per test.
 
 mod common;
 
@@ -18,8 +19,9 @@ use tokio::net::TcpStream;
 use weir::echo::EchoServer;
 use weir::mesh::ca::{Ca, Issued, LeafSpec};
 use weir::mesh::inbound::Workload;
+use weir::mesh::outbound::OutboundSettings;
 use weir::mesh::source::IdentityFiles;
-use weir::mesh::{start_mesh, MeshHandle, MeshOptions};
+use weir::mesh::{start_mesh, MeshHandle, MeshOptions, OutboundOptions};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
@@ -36,20 +38,56 @@ struct Payments {
 async fn payments() -> Payments {
     let ca = Ca::new("mesh CA").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let issued = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
-    let files = IdentityFiles {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-        bundle: dir.path().join("ca.crt"),
-    };
+    let files = identity_files(dir.path(), &ca, PAYMENTS);
+    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
+    let opts = MeshOptions { inbound: "127.0.0.1:0".parse().unwrap(), identity: files, workload, outbound: None };
+    let mesh = start_mesh(opts).await.unwrap();
+    Payments { mesh, ca, app, _dir: dir }
+}
+
+/// Writes an identity issued by `ca` for `spiffe_id` into `dir`.
+fn identity_files(dir: &std::path::Path, ca: &Ca, spiffe_id: &str) -> IdentityFiles {
+    let issued = ca.issue(&LeafSpec::svid(spiffe_id, DAY)).unwrap();
+    let files = IdentityFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key"), bundle: dir.join("ca.crt") };
     std::fs::write(&files.cert, &issued.chain_pem).unwrap();
     std::fs::write(&files.key, &issued.key_pem).unwrap();
     std::fs::write(&files.bundle, ca.bundle_pem()).unwrap();
-    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
-    let opts = MeshOptions { inbound: "127.0.0.1:0".parse().unwrap(), identity: files, workload };
-    let mesh = start_mesh(opts).await.unwrap();
-    Payments { mesh, ca, app, _dir: dir }
+    files
+}
+
+/// checkout's gateway, whose outbound side knows the Service `shop/payments` (port 80, its
+/// endpoint the payments workload, reached through payments' gateway). `annotations` go on the
+/// Service's metadata.
+async fn checkout_gateway(p: &Payments, annotations: &str) -> (MeshHandle, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let app = p.app.addr();
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop, name: payments{annotations}}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {}}}]}}\n",
+        app.port()
+    );
+    std::fs::write(
+        config.join("payments.yaml"),
+        docs(&[service, endpoints("shop", "payments", "http", app.port(), &[app])]),
+    )
+    .unwrap();
+    let opts = MeshOptions {
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        identity: identity_files(dir.path(), &p.ca, CHECKOUT),
+        workload: Workload { address: "127.0.0.1".parse().unwrap(), ports: vec![] },
+        outbound: Some(OutboundOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            config_dir: config,
+            settings: OutboundSettings {
+                namespace: "shop".into(),
+                cluster_domain: "cluster.local".into(),
+                mesh_port: p.mesh.inbound_addr.port(),
+            },
+        }),
+    };
+    (start_mesh(opts).await.unwrap(), dir)
 }
 
 /// A caller gateway's side of the hop: trusts `bundle_pem`, presents `identity` if any.
@@ -238,4 +276,46 @@ async fn identity_and_trust_bundle_rotate_under_load_without_a_failed_request() 
     // a caller still holding the old CA's certificate is now refused
     let stale = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
     assert!(call_via(p.mesh.inbound_addr, &new_ca.bundle_pem(), Some(&stale), port, &[]).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_calls_payments_through_both_gateways_over_mutual_tls() {
+    let p = payments().await;
+    let (checkout, _dir) = checkout_gateway(&p, "").await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for (i, host) in ["payments", "payments.shop", "payments.shop.svc.cluster.local:80"].iter().enumerate() {
+        // the local app cannot pass itself off as another caller
+        let resp = request(outbound)
+            .host(host)
+            .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/admin/sa/root")
+            .send()
+            .await;
+        assert_eq!(resp.status, 200, "{host}: {resp}");
+        assert_eq!(resp.echo_name(), Some("payments"), "{host}");
+        assert_eq!(
+            resp.upstream_header("x-forwarded-client-cert").as_deref(),
+            Some(format!("By={PAYMENTS};URI={CHECKOUT}").as_str()),
+            "{host}: the workload learns the caller from the certificate"
+        );
+        assert_eq!(p.app.requests(), i as u64 + 1);
+    }
+    let resp = request(outbound).host("billing").send().await;
+    assert_eq!(resp.status, 404);
+    assert!(resp.header("weir-denied-reason").unwrap().contains("no Service shop/billing"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_services_expected_identity_gets_no_request() {
+    let p = payments().await;
+    let annotation = ", annotations: {weir.dev/identity: 'spiffe://cluster.local/ns/shop/sa/payments-v2'}";
+    let (checkout, _dir) = checkout_gateway(&p, annotation).await;
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+    assert_eq!(resp.status, 502, "{resp}");
+    assert_eq!(p.app.requests(), 0, "the impostor gateway never saw the request");
+
+    // the same Service expecting the identity payments really has
+    let annotation = format!(", annotations: {{weir.dev/identity: '{PAYMENTS}'}}");
+    let (checkout, _dir) = checkout_gateway(&p, &annotation).await;
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+    assert_eq!(resp.status, 200, "{resp}");
 }
