@@ -20,6 +20,12 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const DEFAULT_INGRESS_CLASS: &str = "weir";
 /// Default time open connections get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+/// Default mesh inbound (mutual TLS) listener.
+pub const DEFAULT_MESH_INBOUND: &str = "0.0.0.0:15008";
+/// Default mesh outbound listener (plain HTTP from the local workload).
+pub const DEFAULT_MESH_OUTBOUND: &str = "127.0.0.1:15001";
+/// Default port of the other gateways' inbound listeners.
+pub const DEFAULT_MESH_PORT: u16 = 15008;
 /// Default quickstart configuration of `weir demo`.
 pub const DEFAULT_DEMO_CONFIG: &str = "conf/quickstart";
 
@@ -38,8 +44,52 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run the quickstart on this machine: demo backends plus the edge, until Ctrl-C.
     Demo(DemoArgs),
+    /// Run a mesh gateway beside a workload: mutual TLS in front of it, and an outbound
+    /// listener for its calls to other Services.
+    Mesh(MeshArgs),
     /// Print weir's CustomResourceDefinitions as YAML.
     Crds,
+}
+
+#[derive(Args, Debug)]
+pub struct MeshArgs {
+    /// Directory of manifests (Services, EndpointSlices) the outbound side routes with, watched.
+    /// Without it, only the inbound side runs.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
+    #[arg(long)]
+    pub identity_cert: PathBuf,
+    /// The SVID's private key (PEM), watched and reloaded.
+    #[arg(long)]
+    pub identity_key: PathBuf,
+    /// CA certificates of the trust domain (PEM), watched and reloaded.
+    #[arg(long)]
+    pub trust_bundle: PathBuf,
+    /// Inbound listener: mutual TLS from other gateways.
+    #[arg(long, default_value = DEFAULT_MESH_INBOUND)]
+    pub inbound: SocketAddr,
+    /// Outbound listener: plain HTTP from the local workload.
+    #[arg(long, default_value = DEFAULT_MESH_OUTBOUND)]
+    pub outbound: SocketAddr,
+    /// Port of the other gateways' inbound listeners.
+    #[arg(long, default_value_t = DEFAULT_MESH_PORT)]
+    pub mesh_port: u16,
+    /// Where the workload listens (127.0.0.1 in a pod).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub workload_address: IpAddr,
+    /// A port of the workload that callers may reach; repeat for several. No other port is.
+    #[arg(long = "workload-port", required = true)]
+    pub workload_ports: Vec<u16>,
+    /// The workload's namespace, for short Service names (`payments`).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The cluster's DNS domain (`payments.shop.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Flags shared by `edge` and `demo`.

@@ -36,9 +36,6 @@ use crate::snapshot::Snapshot;
 use crate::source::dir::watch_dir;
 use crate::telemetry::Metrics;
 
-/// Default address of the inbound (mutual TLS) listener.
-pub const DEFAULT_INBOUND: &str = "0.0.0.0:15008";
-
 /// How to run a mesh gateway.
 #[derive(Clone, Debug)]
 pub struct MeshOptions {
@@ -47,6 +44,29 @@ pub struct MeshOptions {
     pub workload: Workload,
     /// The outbound side, for local applications calling other Services.
     pub outbound: Option<OutboundOptions>,
+}
+
+impl MeshOptions {
+    pub fn from_args(a: &crate::config::MeshArgs) -> Self {
+        MeshOptions {
+            inbound: a.inbound,
+            identity: IdentityFiles {
+                cert: a.identity_cert.clone(),
+                key: a.identity_key.clone(),
+                bundle: a.trust_bundle.clone(),
+            },
+            workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
+            outbound: a.config_dir.as_ref().map(|dir| OutboundOptions {
+                listen: a.outbound,
+                config_dir: dir.clone(),
+                settings: OutboundSettings {
+                    namespace: a.namespace.clone(),
+                    cluster_domain: a.cluster_domain.clone(),
+                    mesh_port: a.mesh_port,
+                },
+            }),
+        }
+    }
 }
 
 /// The outbound listener and where its Services come from.
