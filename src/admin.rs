@@ -10,6 +10,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::{Action, Snapshot};
 use crate::telemetry::Metrics;
 
@@ -19,6 +20,20 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     /// Listener ports that could not be bound, with why.
     pub bind_errors: Arc<dyn Fn() -> BTreeMap<u16, String> + Send + Sync>,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown`; returns the bound address and the
+/// listener set (to close it).
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    app: AdminApp,
+    shutdown: pingora::server::ShutdownWatch,
+) -> std::io::Result<(std::net::SocketAddr, Arc<Listeners<AdminApp>>)> {
+    let (snapshot, metrics) = (app.snapshot.clone(), app.metrics.clone());
+    let app = Arc::new(app);
+    let listeners = Arc::new(Listeners::new(Apps { http1: app.clone(), h2c: app }, snapshot, metrics, shutdown));
+    let addr = listeners.adopt(listener)?;
+    Ok((addr, listeners))
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {

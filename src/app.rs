@@ -173,10 +173,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         metrics: metrics.clone(),
         bind_errors: Arc::new(move || errors_from.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     };
-    let admin_app = Arc::new(admin_app);
-    let admin_apps = Apps { http1: admin_app.clone(), h2c: admin_app };
-    let admin_listeners = Arc::new(Listeners::new(admin_apps, snapshot.clone(), metrics, shutdown_rx));
-    let admin_addr = admin_listeners.adopt(admin)?;
+    let (admin_addr, admin_listeners) = crate::admin::serve(admin, admin_app, shutdown_rx)?;
     tracing::info!(%http_addr, %https_addr, %admin_addr, config_dir = %opts.config_dir.display(), "weir edge is serving");
     Ok(EdgeHandle {
         http_addr,

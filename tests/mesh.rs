@@ -41,7 +41,13 @@ async fn payments() -> Payments {
     let files = identity_files(dir.path(), &ca, PAYMENTS);
     let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
-    let opts = MeshOptions { inbound: "127.0.0.1:0".parse().unwrap(), identity: files, workload, outbound: None };
+    let opts = MeshOptions {
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        identity: files,
+        workload,
+        outbound: None,
+        admin: "127.0.0.1:0".parse().unwrap(),
+    };
     let mesh = start_mesh(opts).await.unwrap();
     Payments { mesh, ca, app, _dir: dir }
 }
@@ -77,6 +83,7 @@ async fn checkout_gateway(p: &Payments, annotations: &str) -> (MeshHandle, TempD
         inbound: "127.0.0.1:0".parse().unwrap(),
         identity: identity_files(dir.path(), &p.ca, CHECKOUT),
         workload: Workload { address: "127.0.0.1".parse().unwrap(), ports: vec![] },
+        admin: "127.0.0.1:0".parse().unwrap(),
         outbound: Some(OutboundOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             config_dir: config,
@@ -138,8 +145,10 @@ async fn call(p: &Payments, identity: Option<&Issued>, port: u16, headers: &[(&s
     call_via(p.mesh.inbound_addr, &p.ca.bundle_pem(), identity, port, headers).await
 }
 
-fn refusals(p: &Payments, reason: &str) -> f64 {
-    metric(&p.mesh.metrics.encode(), "weir_mesh_tls_handshake_failures_total", &[("reason", reason)])
+/// Refused handshakes under `reason`, read from the gateway's admin `/metrics` as a user would.
+async fn refusals(p: &Payments, reason: &str) -> f64 {
+    let text = get(p.mesh.admin_addr, "localhost", "/metrics").await.text();
+    metric(&text, "weir_mesh_tls_handshake_failures_total", &[("reason", reason)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,10 +186,10 @@ async fn callers_without_a_valid_identity_fail_in_the_handshake_each_counted_by_
         ("no_spiffe_id", Some(svid(LeafSpec { uris: vec![], ..LeafSpec::svid(CHECKOUT, DAY) }))),
     ];
     for (reason, identity) in cases {
-        let before = refusals(&p, reason);
+        let before = refusals(&p, reason).await;
         let result = call(&p, identity.as_ref(), port, &[]).await;
         assert!(result.is_err(), "{reason}: the request went through: {:?}", result.map(|r| r.status));
-        assert_eq!(refusals(&p, reason), before + 1.0, "{reason}: counted once under its reason");
+        assert_eq!(refusals(&p, reason).await, before + 1.0, "{reason}: counted once under its reason");
     }
     assert_eq!(p.app.requests(), 0, "nothing reached the workload");
 }

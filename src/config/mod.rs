@@ -24,6 +24,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 pub const DEFAULT_MESH_INBOUND: &str = "0.0.0.0:15008";
 /// Default mesh outbound listener (plain HTTP from the local workload).
 pub const DEFAULT_MESH_OUTBOUND: &str = "127.0.0.1:15001";
+/// Default admin listener of a mesh gateway (the edge's 9901 may run on the same host).
+pub const DEFAULT_MESH_ADMIN: &str = "127.0.0.1:15000";
 /// Default port of the other gateways' inbound listeners.
 pub const DEFAULT_MESH_PORT: u16 = 15008;
 /// Default quickstart configuration of `weir demo`.
@@ -87,6 +89,9 @@ pub struct MeshArgs {
     /// The cluster's DNS domain (`payments.shop.svc.<domain>`).
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Admin listener: /metrics, /ready, /live.
+    #[arg(long, default_value = DEFAULT_MESH_ADMIN)]
+    pub admin: SocketAddr,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,

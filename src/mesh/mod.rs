@@ -30,6 +30,7 @@ use self::identity::{Credentials, OnRefusal};
 use self::inbound::{InboundProxy, Workload};
 use self::outbound::{server_identity_hook, Directory, OutboundProxy, OutboundSettings};
 use self::source::{watch_identity, IdentityFiles, OnReload};
+use crate::admin::AdminApp;
 use crate::pool::PoolRegistry;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
@@ -44,6 +45,8 @@ pub struct MeshOptions {
     pub workload: Workload,
     /// The outbound side, for local applications calling other Services.
     pub outbound: Option<OutboundOptions>,
+    /// Admin listener: /metrics, /ready, /live.
+    pub admin: SocketAddr,
 }
 
 impl MeshOptions {
@@ -56,6 +59,7 @@ impl MeshOptions {
                 bundle: a.trust_bundle.clone(),
             },
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
+            admin: a.admin,
             outbound: a.config_dir.as_ref().map(|dir| OutboundOptions {
                 listen: a.outbound,
                 config_dir: dir.clone(),
@@ -83,18 +87,21 @@ pub struct OutboundOptions {
 pub struct MeshHandle {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
     pub identity_files: IdentityFiles,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<ArcSwap<Credentials>>,
     shutdown: watch::Sender<bool>,
     inbound_task: JoinHandle<()>,
     outbound: Option<(Arc<Listeners<HttpProxy<OutboundProxy>>>, JoinHandle<()>)>,
+    admin: Arc<Listeners<AdminApp>>,
 }
 
 impl MeshHandle {
     /// Stops accepting; connections already open finish on their own.
     pub fn shutdown(self) {
         self.inbound_task.abort();
+        self.admin.close_all();
         if let Some((listeners, config_task)) = self.outbound {
             listeners.close_all();
             config_task.abort();
@@ -129,6 +136,15 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     let inbound_addr = inbound.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_rx2 = shutdown_rx.clone();
+    let admin = TcpListener::bind(opts.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (the admin listener)", opts.admin))?;
+    let admin_app = AdminApp {
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+        metrics: metrics.clone(),
+        bind_errors: Arc::new(Default::default),
+    };
+    let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
     let proxy = InboundProxy { workload: opts.workload.clone(), credentials: credentials.clone() };
     let mut app = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
     app.handle_init_modules();
@@ -145,10 +161,12 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         None => None,
     };
     let outbound_addr = outbound.as_ref().map(|(addr, _, _)| *addr);
-    tracing::info!(%inbound_addr, ?outbound_addr, identity = %credentials.load().id, "weir mesh is serving");
+    tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, identity = %credentials.load().id, "weir mesh is serving");
     Ok(MeshHandle {
         inbound_addr,
         outbound_addr,
+        admin_addr,
+        admin,
         identity_files: opts.identity,
         metrics,
         credentials,
