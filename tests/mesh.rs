@@ -192,6 +192,7 @@ async fn callers_without_a_valid_identity_fail_in_the_handshake_each_counted_by_
         assert_eq!(refusals(&p, reason).await, before + 1.0, "{reason}: counted once under its reason");
     }
     assert_eq!(p.app.requests(), 0, "nothing reached the workload");
+    assert_eq!(get(p.mesh.admin_addr, "localhost", "/ready").await.status, 200, "refusals do not make it unready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

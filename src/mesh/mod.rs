@@ -140,7 +140,9 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         .await
         .with_context(|| format!("cannot listen on {} (the admin listener)", opts.admin))?;
     let admin_app = AdminApp {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+        // no edge configuration here; generation 1 makes /ready say what is true: the identity is
+        // loaded and the listeners are bound
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot { generation: 1, ..Snapshot::empty() })),
         metrics: metrics.clone(),
         bind_errors: Arc::new(Default::default),
     };
