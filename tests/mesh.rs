@@ -309,6 +309,13 @@ async fn checkout_calls_payments_through_both_gateways_over_mutual_tls() {
         );
         assert_eq!(p.app.requests(), i as u64 + 1);
     }
+    // the hop is one HTTP/2 connection, reused, however many requests cross it
+    for _ in 0..20 {
+        assert_eq!(request(outbound).host("payments").send().await.status, 200);
+    }
+    let inbound_metrics = get(p.mesh.admin_addr, "localhost", "/metrics").await.text();
+    assert_eq!(metric(&inbound_metrics, "weir_mesh_inbound_connections_total", &[]), 1.0);
+
     let resp = request(outbound).host("billing").send().await;
     assert_eq!(resp.status, 404);
     assert!(resp.header("weir-denied-reason").unwrap().contains("no Service shop/billing"), "{resp}");

@@ -92,6 +92,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                     return;
                 }
             };
+            metrics.mesh_inbound_connections.inc();
             let mut next = app.process_new(Box::new(stream), &shutdown).await;
             while let Some(reused) = next {
                 next = app.process_new(reused, &shutdown).await;

@@ -41,6 +41,8 @@ pub struct Metrics {
     mesh_handshake_failures: IntCounterVec,
     /// Reloads of the mesh identity, by result (`ok`, `refused`).
     pub mesh_identity_reloads: IntCounterVec,
+    /// Mutual-TLS connections accepted by the mesh inbound listener (handshake done).
+    pub mesh_inbound_connections: IntCounter,
     /// Handles by (listener, route, backend), for the snapshot being built and for the one
     /// serving: a target kept across a change reuses its handles, and series of routes that are
     /// gone are removed, so config churn does not grow the registry forever.
@@ -130,8 +132,13 @@ impl Metrics {
             Opts::new("mesh_identity_reloads_total", "Reloads of the mesh identity files, by result"),
             &["result"],
         ));
+        let mesh_inbound_connections = must(IntCounter::new(
+            "mesh_inbound_connections_total",
+            "Mutual-TLS connections accepted by the mesh inbound listener",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn Collector>,
+            Box::new(mesh_inbound_connections.clone()),
             Box::new(mesh_handshake_failures.clone()),
             Box::new(mesh_identity_reloads.clone()),
             Box::new(duration.clone()),
@@ -161,6 +168,7 @@ impl Metrics {
             tls_handshake_failures,
             mesh_handshake_failures,
             mesh_identity_reloads,
+            mesh_inbound_connections,
             targets: Mutex::new(Default::default()),
         })
     }
