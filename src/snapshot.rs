@@ -161,7 +161,7 @@ fn compile_listener(l: &ListenerModel, pools: &BTreeMap<PoolKey, Arc<Pool>>, met
     }
 }
 
-fn compile_action(
+pub(crate) fn compile_action(
     listener: &str,
     a: &ActionModel,
     pools: &BTreeMap<PoolKey, Arc<Pool>>,

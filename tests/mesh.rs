@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -30,19 +31,24 @@ const CHECKOUT: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
 /// A payments workload (an echo server) behind its mesh gateway.
 struct Payments {
     mesh: MeshHandle,
-    ca: Ca,
+    ca: Arc<Ca>,
     app: EchoServer,
     _dir: TempDir,
 }
 
 async fn payments() -> Payments {
-    let ca = Ca::new("mesh CA").unwrap();
+    payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments", "127.0.0.1", 0).await
+}
+
+/// A workload `name` listening on `ip` (as a pod with its own IP), its gateway on `ip:inbound_port`
+/// (0: any free port), with an identity issued by `ca`.
+async fn payments_at(ca: Arc<Ca>, name: &str, ip: &str, inbound_port: u16) -> Payments {
     let dir = tempfile::tempdir().unwrap();
     let files = identity_files(dir.path(), &ca, PAYMENTS);
-    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let app = EchoServer::start(name, format!("{ip}:0").parse().unwrap()).await.unwrap();
     let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
     let opts = MeshOptions {
-        inbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: format!("{ip}:{inbound_port}").parse().unwrap(),
         identity: files,
         workload,
         outbound: None,
@@ -66,19 +72,20 @@ fn identity_files(dir: &std::path::Path, ca: &Ca, spiffe_id: &str) -> IdentityFi
 /// endpoint the payments workload, reached through payments' gateway). `annotations` go on the
 /// Service's metadata.
 async fn checkout_gateway(p: &Payments, annotations: &str) -> (MeshHandle, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
     let app = p.app.addr();
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop, name: payments{annotations}}}\nspec: {{ports: [{{name: http, port: 80, targetPort: {}}}]}}\n",
         app.port()
     );
-    std::fs::write(
-        config.join("payments.yaml"),
-        docs(&[service, endpoints("shop", "payments", "http", app.port(), &[app])]),
-    )
-    .unwrap();
+    checkout_gateway_with(p, &docs(&[service, endpoints("shop", "payments", "http", app.port(), &[app])])).await
+}
+
+/// checkout's gateway with `config` in its outbound config dir; peers' gateways on `p`'s port.
+async fn checkout_gateway_with(p: &Payments, config: &str) -> (MeshHandle, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir(&config_dir).unwrap();
+    std::fs::write(config_dir.join("mesh.yaml"), config).unwrap();
     let opts = MeshOptions {
         inbound: "127.0.0.1:0".parse().unwrap(),
         identity: identity_files(dir.path(), &p.ca, CHECKOUT),
@@ -86,7 +93,7 @@ async fn checkout_gateway(p: &Payments, annotations: &str) -> (MeshHandle, TempD
         admin: "127.0.0.1:0".parse().unwrap(),
         outbound: Some(OutboundOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
-            config_dir: config,
+            config_dir,
             settings: OutboundSettings {
                 namespace: "shop".into(),
                 cluster_domain: "cluster.local".into(),
@@ -335,4 +342,39 @@ async fn a_server_without_the_services_expected_identity_gets_no_request() {
     let (checkout, _dir) = checkout_gateway(&p, &annotation).await;
     let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
     assert_eq!(resp.status, 200, "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_on_a_service_splits_its_traffic_by_weight() {
+    // two versions of payments, each a pod with its own address, their gateways on one port
+    let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
+    let v2 = payments_at(v1.ca.clone(), "payments-v2", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
+    let (a1, a2) = (v1.app.addr(), v2.app.addr());
+    let config = docs(&[
+        service("shop", "payments", 80, "http"),
+        service_with_target_port("shop", "payments-v1", 80, "http", a1.port()),
+        endpoints("shop", "payments-v1", "http", a1.port(), &[a1]),
+        service_with_target_port("shop", "payments-v2", 80, "http", a2.port()),
+        endpoints("shop", "payments-v2", "http", a2.port(), &[a2]),
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: shop, name: payments-canary}
+spec:
+  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
+  rules:
+    - backendRefs: [{name: payments-v1, port: 80, weight: 90}, {name: payments-v2, port: 80, weight: 10}]
+"
+        .to_string(),
+    ]);
+    let (checkout, _dir) = checkout_gateway_with(&v1, &config).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    let mut served = std::collections::HashMap::new();
+    for _ in 0..1_000 {
+        let resp = request(outbound).host("payments").send().await;
+        assert_eq!(resp.status, 200, "{resp}");
+        *served.entry(resp.echo_name().unwrap().to_string()).or_insert(0) += 1;
+    }
+    let v1_share = f64::from(served["payments-v1"]) / 1_000.0;
+    assert!((0.85..=0.95).contains(&v1_share), "90/10 split within ±5%: {served:?}");
+    assert_eq!(served.values().sum::<u32>(), 1_000);
 }

@@ -25,9 +25,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
 use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::{EndpointStats, Pool, PoolRegistry};
-use crate::routing::normalize_host;
+use crate::routing::{normalize_host, HostPattern, RequestView, Router, Rule};
+use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
+use crate::telemetry::Metrics;
 use crate::translate::backend::{Backends, PortRef};
+use crate::translate::gateway::{compile_route, service_parents};
+use crate::translate::{reject, RouteModel};
 
 /// The Service annotation naming the SPIFFE ID its workloads must present.
 pub const IDENTITY_ANNOTATION: &str = "weir.dev/identity";
@@ -40,10 +44,17 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Destination {
     pub namespace: String,
     pub name: String,
-    /// Service port → the pool of its endpoints.
-    pub ports: Vec<(u16, Arc<Pool>)>,
+    pub ports: Vec<DestinationPort>,
     /// The SPIFFE ID its endpoints must present; `None`: any of our trust domain.
     pub identity: Option<SpiffeId>,
+}
+
+/// One port of a Service: its own endpoints, and the HTTPRoutes attached to it (as a parent) that
+/// send its traffic elsewhere, e.g. split by weight between versions.
+pub struct DestinationPort {
+    pub port: u16,
+    pub pool: Arc<Pool>,
+    pub routes: Option<Router<Arc<RouteAction>>>,
 }
 
 /// Every reachable Service, by (namespace, name), with what could not be used.
@@ -54,10 +65,12 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Builds the directory from `store`, syncing `pools` (health state survives changes).
-    pub fn build(store: &Store, pools: &PoolRegistry) -> Directory {
+    /// Builds the directory from `store`, syncing `pools` (health state survives changes) and
+    /// linking route metrics in `metrics`.
+    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics) -> Directory {
         let mut rejections = vec![];
         let mut backends = Backends::new(store, &mut rejections);
+        let routes = mesh_routes(store, &mut backends, &mut rejections);
         let mut wanted = vec![];
         for ((ns, name), stored) in &store.services {
             let annotation = stored
@@ -72,7 +85,7 @@ impl Directory {
                 Some(Ok(id)) => Some(id),
                 Some(Err(e)) => {
                     let reason = format!("annotation {IDENTITY_ANNOTATION}: {e}; the Service is not reachable through the mesh until it is fixed");
-                    rejections.push(crate::translate::reject("Service", ns, name, &stored.origin, reason));
+                    rejections.push(reject("Service", ns, name, &stored.origin, reason));
                     continue;
                 }
             };
@@ -81,7 +94,7 @@ impl Directory {
             for p in ports {
                 match backends.resolve(ns, name, &PortRef::Number(p.port as u16)) {
                     Ok(key) => keys.push((p.port as u16, key)),
-                    Err(e) => rejections.push(crate::translate::reject("Service", ns, name, &stored.origin, e)),
+                    Err(e) => rejections.push(reject("Service", ns, name, &stored.origin, e)),
                 }
             }
             wanted.push((ns.clone(), name.clone(), keys, identity));
@@ -90,7 +103,23 @@ impl Directory {
         let services = wanted
             .into_iter()
             .map(|(namespace, name, keys, identity)| {
-                let ports = keys.into_iter().filter_map(|(port, key)| Some((port, pools.get(&key)?.clone()))).collect();
+                let attached = routes.get(&(namespace.clone(), name.clone()));
+                let ports = keys
+                    .into_iter()
+                    .filter_map(|(port, key)| {
+                        let rules: Vec<_> = attached
+                            .into_iter()
+                            .flatten()
+                            .filter(|(p, _)| p.is_none_or(|p| p == port))
+                            .map(|(_, r)| {
+                                let action = Arc::new(compile_action("mesh", &r.action, &pools, metrics));
+                                (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
+                            })
+                            .collect();
+                        let routes = (!rules.is_empty()).then(|| Router::build(rules));
+                        Some(DestinationPort { port, pool: pools.get(&key)?.clone(), routes })
+                    })
+                    .collect();
                 let key = (namespace.clone(), name.clone());
                 (key, Arc::new(Destination { namespace, name, ports, identity }))
             })
@@ -119,9 +148,9 @@ impl Directory {
             .get(&(ns.to_string(), service.to_string()))
             .ok_or_else(|| format!("no Service {ns}/{service} in the mesh"))?;
         let chosen = match port {
-            Some(p) => dest.ports.iter().find(|(sp, _)| *sp == p).map(|(sp, _)| *sp),
-            None if dest.ports.len() == 1 => Some(dest.ports[0].0),
-            None => dest.ports.iter().find(|(sp, _)| *sp == 80).map(|(sp, _)| *sp),
+            Some(p) => dest.ports.iter().find(|dp| dp.port == p).map(|dp| dp.port),
+            None if dest.ports.len() == 1 => Some(dest.ports[0].port),
+            None => dest.ports.iter().find(|dp| dp.port == 80).map(|dp| dp.port),
         };
         match chosen {
             Some(p) => Ok((dest.clone(), p)),
@@ -131,6 +160,43 @@ impl Directory {
             )),
         }
     }
+}
+
+/// HTTPRoutes whose parent is a Service, compiled, by that Service (with the parent's port).
+/// Only producer routes (in the Service's own namespace) for now.
+fn mesh_routes(
+    store: &Store,
+    backends: &mut Backends<'_>,
+    rejections: &mut Vec<Rejection>,
+) -> HashMap<(String, String), Vec<(Option<u16>, RouteModel)>> {
+    let mut out: HashMap<_, Vec<_>> = HashMap::new();
+    for ((ns, name), stored) in &store.http_routes {
+        let parents = service_parents(&stored.object, ns);
+        if parents.is_empty() {
+            continue;
+        }
+        let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
+        let (models, warnings) = match compile_route(&stored.object, ns, name, backends) {
+            Ok(compiled) => compiled,
+            Err(errors) => {
+                rejections.push(r(errors.join("; ")));
+                continue;
+            }
+        };
+        if !warnings.is_empty() {
+            rejections.push(Rejection { served: true, ..r(warnings.join("; ")) });
+        }
+        for (parent_ns, service, port) in parents {
+            if parent_ns != *ns {
+                rejections.push(r(format!(
+                    "parentRef Service {parent_ns}/{service}: routes for another namespace's Service (consumer routes) are not supported yet"
+                )));
+                continue;
+            }
+            out.entry((parent_ns, service)).or_default().extend(models.iter().map(|m| (port, m.clone())));
+        }
+    }
+    out
 }
 
 /// Settings of the outbound side.
@@ -181,14 +247,42 @@ impl ProxyHttp for OutboundProxy {
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.host()).unwrap_or("");
         let s = &self.settings;
-        match self.directory.load().lookup(host, &s.namespace, &s.cluster_domain) {
-            Ok((dest, port)) => {
-                ctx.pool = dest.ports.iter().find(|(p, _)| *p == port).map(|(_, pool)| pool.clone());
-                ctx.destination = Some(dest);
-                Ok(false)
+        let (dest, port) = match self.directory.load().lookup(host, &s.namespace, &s.cluster_domain) {
+            Ok(found) => found,
+            Err(reason) => return deny(session, 404, &reason).await,
+        };
+        let Some(dp) = dest.ports.iter().find(|dp| dp.port == port) else {
+            return deny(session, 404, "no such port").await;
+        };
+        ctx.pool = match &dp.routes {
+            None => Some(dp.pool.clone()),
+            Some(router) => {
+                let view = RequestView {
+                    host: &normalize_host(host),
+                    path: req.uri.path(),
+                    query: req.uri.query(),
+                    method: &req.method,
+                    headers: &req.headers,
+                };
+                match router.lookup(&view).map(|rule| &rule.action.kind) {
+                    Some(Action::Forward { targets, cycle, .. }) => {
+                        match cycle.next().and_then(|i| targets[i].pool.clone()) {
+                            Some(pool) => Some(pool),
+                            None => return deny(session, 500, "the route's backend is not available").await,
+                        }
+                    }
+                    Some(Action::Redirect { .. }) => {
+                        return deny(session, 501, "redirects are not supported by the mesh yet").await;
+                    }
+                    None => {
+                        let reason = format!("no route of Service {}/{} matches", dest.namespace, dest.name);
+                        return deny(session, 404, &reason).await;
+                    }
+                }
             }
-            Err(reason) => deny(session, 404, &reason).await,
-        }
+        };
+        ctx.destination = Some(dest);
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutboundCtx) -> Result<Box<HttpPeer>> {

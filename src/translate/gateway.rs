@@ -233,11 +233,27 @@ fn listener(
     Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), port, hostname, from, allows_http_route })
 }
 
-type Compiled = (Vec<RouteModel>, Vec<String>);
+pub(crate) type Compiled = (Vec<RouteModel>, Vec<String>);
 
 /// Compiles every rule of a route. Hard errors reject the route; warnings (an invalid
 /// backendRef, which then answers 500) are reported but the route is served.
-fn compile_route(
+/// The Services an HTTPRoute attaches to as its parents (the Gateway API mesh profile), with the
+/// parent's namespace and optional port.
+pub fn service_parents(route: &HttpRoute, ns: &str) -> Vec<(String, String, Option<u16>)> {
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| matches!(p.group.as_deref(), Some("" | "core")) && p.kind.as_deref() == Some("Service"))
+        .map(|p| {
+            let port = p.port.and_then(|port| u16::try_from(port).ok());
+            (p.namespace.clone().unwrap_or_else(|| ns.to_string()), p.name.clone(), port)
+        })
+        .collect()
+}
+
+pub(crate) fn compile_route(
     route: &HttpRoute,
     ns: &str,
     name: &str,
