@@ -350,8 +350,10 @@ async fn an_httproute_on_a_service_splits_its_traffic_by_weight() {
     let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
     let v2 = payments_at(v1.ca.clone(), "payments-v2", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
     let (a1, a2) = (v1.app.addr(), v2.app.addr());
+    // the parent names an identity no gateway has: the backend's Service is what is verified
+    let parent = "apiVersion: v1\nkind: Service\nmetadata: {namespace: shop, name: payments, annotations: {weir.dev/identity: 'spiffe://cluster.local/ns/shop/sa/nobody'}}\nspec: {ports: [{name: http, port: 80}]}\n";
     let config = docs(&[
-        service("shop", "payments", 80, "http"),
+        parent.to_string(),
         service_with_target_port("shop", "payments-v1", 80, "http", a1.port()),
         endpoints("shop", "payments-v1", "http", a1.port(), &[a1]),
         service_with_target_port("shop", "payments-v2", 80, "http", a2.port()),

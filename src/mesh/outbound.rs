@@ -247,7 +247,8 @@ impl ProxyHttp for OutboundProxy {
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.host()).unwrap_or("");
         let s = &self.settings;
-        let (dest, port) = match self.directory.load().lookup(host, &s.namespace, &s.cluster_domain) {
+        let directory = self.directory.load();
+        let (dest, port) = match directory.lookup(host, &s.namespace, &s.cluster_domain) {
             Ok(found) => found,
             Err(reason) => return deny(session, 404, &reason).await,
         };
@@ -281,7 +282,9 @@ impl ProxyHttp for OutboundProxy {
                 }
             }
         };
-        ctx.destination = Some(dest);
+        // the server to verify is the chosen backend's (a route may send payments to payments-v2)
+        let backend = ctx.pool.as_ref().map(|p| (p.key.namespace.clone(), p.key.service.clone()));
+        ctx.destination = backend.and_then(|key| directory.services.get(&key).cloned()).or(Some(dest));
         Ok(false)
     }
 
