@@ -198,6 +198,15 @@ async fn callers_without_a_valid_identity_fail_in_the_handshake_each_counted_by_
         assert!(result.is_err(), "{reason}: the request went through: {:?}", result.map(|r| r.status));
         assert_eq!(refusals(&p, reason).await, before + 1.0, "{reason}: counted once under its reason");
     }
+    assert_eq!(refusals(&p, "handshake").await, 0.0, "each refusal counted under its own reason only");
+    // a client stuck at TLS 1.1 never gets as far as its certificate
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_max_proto_version(Some(boring::ssl::SslVersion::TLS1_1)).unwrap();
+    b.set_min_proto_version(Some(boring::ssl::SslVersion::TLS1)).unwrap();
+    let ssl = b.build().configure().unwrap().into_ssl("payments").unwrap();
+    let mut old = SslStream::new(ssl, TcpStream::connect(p.mesh.inbound_addr).await.unwrap()).unwrap();
+    assert!(Pin::new(&mut old).connect().await.is_err(), "TLS 1.1 is refused");
+    wait_until("the TLS 1.1 handshake counted", WAIT, || async { refusals(&p, "handshake").await == 1.0 }).await;
     assert_eq!(p.app.requests(), 0, "nothing reached the workload");
     assert_eq!(get(p.mesh.admin_addr, "localhost", "/ready").await.status, 200, "refusals do not make it unready");
 }

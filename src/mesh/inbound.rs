@@ -79,10 +79,14 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    // certificate problems were counted by the verify callback; what it never
-                    // saw is a client that sent no certificate (or a broken handshake)
-                    if format!("{e}").contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
+                    // a refused certificate was counted by the verify callback, with its reason;
+                    // what it never saw: no certificate at all, or a handshake that broke before
+                    // (an old TLS version, no shared cipher, not TLS)
+                    let text = format!("{e}");
+                    if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") {
                         metrics.mesh_handshake_failure(Refusal::NoCertificate.as_str());
+                    } else if !text.contains("CERTIFICATE_VERIFY_FAILED") {
+                        metrics.mesh_handshake_failure("handshake");
                     }
                     tracing::debug!(error = %e, "mesh inbound: TLS handshake failed");
                     return;
