@@ -2,9 +2,9 @@
 //!
 //! Built so far: [`identity`] (SVIDs, trust bundles, the inbound acceptor and the outbound
 //! client material), [`source`] (identity files, watched and rotated), [`inbound`] (the mutual-TLS
-//! listener in front of a workload), [`outbound`] (Host → Service → endpoint → the endpoint's
-//! gateway over mutual TLS) and [`ca`] (the demo's and the tests' certificate authority).
-//! HTTPRoute traffic splitting, authorization and resilience follow (issue 4).
+//! listener in front of a workload), [`outbound`] (Host → Service, or its HTTPRoutes → endpoint
+//! → the endpoint's gateway over mutual TLS) and [`ca`] (the demo's and the tests' certificate
+//! authority). Authorization, resilience and per-identity telemetry follow (issue 4).
 
 pub mod ca;
 pub mod identity;
