@@ -389,3 +389,21 @@ spec:
     assert!((0.85..=0.95).contains(&v1_share), "90/10 split within ±5%: {served:?}");
     assert_eq!(served.values().sum::<u32>(), 1_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_refuses_connections_is_skipped_for_another_endpoint() {
+    // two payments pods; only the one on 127.0.0.2 has a gateway listening
+    let p = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments", "127.0.0.2", 0).await;
+    let app = p.app.addr();
+    let gone: SocketAddr = format!("127.0.0.3:{}", app.port()).parse().unwrap();
+    let config = docs(&[
+        service_with_target_port("shop", "payments", 80, "http", app.port()),
+        endpoints("shop", "payments", "http", app.port(), &[app, gone]),
+    ]);
+    let (checkout, _dir) = checkout_gateway_with(&p, &config).await;
+    for i in 0..20 {
+        let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp}");
+    }
+    assert_eq!(p.app.requests(), 20);
+}

@@ -25,6 +25,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
 use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::{EndpointStats, Pool, PoolRegistry};
+use crate::proxy::edge::{Tried, MAX_CONNECT_RETRIES};
 use crate::routing::{normalize_host, HostPattern, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
@@ -227,12 +228,14 @@ pub fn server_identity_hook() -> HandshakeCompleteHook {
 }
 
 /// Per-request state of the outbound proxy.
-#[derive(Default)]
 pub struct OutboundCtx {
     destination: Option<Arc<Destination>>,
     pool: Option<Arc<Pool>>,
     endpoint: Option<Arc<EndpointStats>>,
     target_port: u16,
+    /// Endpoints already tried (a connect failure is retried on another, as on the edge).
+    tried: Tried,
+    retries: u32,
 }
 
 #[async_trait]
@@ -240,7 +243,7 @@ impl ProxyHttp for OutboundProxy {
     type CTX = OutboundCtx;
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx::default()
+        OutboundCtx { destination: None, pool: None, endpoint: None, target_port: 0, tried: Tried::new(), retries: 0 }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
@@ -292,14 +295,18 @@ impl ProxyHttp for OutboundProxy {
         let (Some(pool), Some(dest)) = (&ctx.pool, &ctx.destination) else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "no destination");
         };
-        let Some(picked) = pool.select(&[], &[]) else {
+        let Some(picked) = pool.select(&[], ctx.tried.as_slice()) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
+        if ctx.tried.as_slice().is_empty() {
+            pool.retry_budget.deposit();
+        }
         if let Some(previous) = ctx.endpoint.take() {
             previous.inflight.fetch_sub(1, Relaxed);
         }
         picked.stats.inflight.fetch_add(1, Relaxed);
         ctx.endpoint = Some(picked.stats);
+        ctx.tried.push(picked.addr);
         ctx.target_port = picked.addr.port();
         let gateway = SocketAddr::new(picked.addr.ip(), self.settings.mesh_port);
         // the name is sent as SNI only; verification is of the SPIFFE ID (connected_to_upstream)
@@ -353,6 +360,26 @@ impl ProxyHttp for OutboundProxy {
         upstream.remove_header(&CLIENT_CERT);
         upstream.insert_header(TARGET_PORT, ctx.target_port.to_string())?;
         Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut OutboundCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(pool) = ctx.pool.clone() else { return e };
+        if let Some(ep) = ctx.endpoint.take() {
+            ep.inflight.fetch_sub(1, Relaxed);
+            pool.report(&ep, false);
+        }
+        // nothing was sent: retry on another endpoint, within the pool's retry budget
+        if ctx.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(ctx.tried.as_slice()) {
+            ctx.retries += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {

@@ -174,6 +174,12 @@ impl Pool {
         self.selector.load().backends.len()
     }
 
+    /// Whether a request that failed to connect may try another endpoint: one is left that it
+    /// has not tried, and the pool's retry budget allows it (taking one retry from it).
+    pub fn may_retry_elsewhere(&self, tried: &[SocketAddr]) -> bool {
+        self.select(&[], tried).is_some() && self.retry_budget.try_withdraw()
+    }
+
     /// Records the outcome of a request to an endpoint for passive outlier detection.
     /// Returns true when this failure ejected the endpoint.
     pub fn report(self: &Arc<Self>, endpoint: &EndpointStats, success: bool) -> bool {

@@ -70,24 +70,24 @@ pub struct EdgeCtx {
 }
 
 /// Endpoints a request already tried, inline (no allocation per request).
-struct Tried {
+pub(crate) struct Tried {
     addrs: [SocketAddr; MAX_CONNECT_RETRIES as usize + 1],
     len: usize,
 }
 
 impl Tried {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_RETRIES as usize + 1], len: 0 }
     }
 
-    fn push(&mut self, addr: SocketAddr) {
+    pub(crate) fn push(&mut self, addr: SocketAddr) {
         if self.len < self.addrs.len() {
             self.addrs[self.len] = addr;
             self.len += 1;
         }
     }
 
-    fn as_slice(&self) -> &[SocketAddr] {
+    pub(crate) fn as_slice(&self) -> &[SocketAddr] {
         &self.addrs[..self.len]
     }
 
@@ -415,10 +415,7 @@ impl ProxyHttp for EdgeProxy {
             pool.report(&ep, false);
         }
         // retry only if another endpoint is there to take it, within the pool's retry budget
-        if ctx.retries < MAX_CONNECT_RETRIES
-            && pool.select(&[], ctx.tried.as_slice()).is_some()
-            && pool.retry_budget.try_withdraw()
-        {
+        if ctx.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(ctx.tried.as_slice()) {
             ctx.retries += 1;
             target.metrics.retries.inc();
             e.set_retry(true);
