@@ -193,16 +193,17 @@ async fn start_outbound(
         .with_context(|| format!("cannot listen on {} (the mesh outbound listener)", o.listen))?;
     let mut store_rx = watch_dir(o.config_dir.clone())
         .with_context(|| format!("cannot read the config directory {}", o.config_dir.display()))?;
-    let first = Directory::build(&store_rx.borrow().store, &pools, &metrics);
+    let first = Directory::build(&store_rx.borrow().store, &pools, &metrics, &o.settings.cluster_domain);
     metrics.retire_unused_targets();
     log_rejections(&first);
     let directory = Arc::new(ArcSwap::from_pointee(first));
     let serving = directory.clone();
     let route_metrics = metrics.clone();
+    let cluster_domain = o.settings.cluster_domain.clone();
     let config_task = tokio::spawn(async move {
         while store_rx.changed().await.is_ok() {
             let loaded = store_rx.borrow_and_update().clone();
-            let next = Directory::build(&loaded.store, &pools, &route_metrics);
+            let next = Directory::build(&loaded.store, &pools, &route_metrics, &cluster_domain);
             route_metrics.retire_unused_targets();
             log_rejections(&next);
             serving.store(Arc::new(next));

@@ -9,7 +9,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
 use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
-use crate::pool::{EndpointStats, Pool, PoolRegistry};
-use crate::proxy::edge::{Tried, MAX_CONNECT_RETRIES};
+use crate::pool::attempt::Attempt;
+use crate::pool::{Pool, PoolRegistry};
+use crate::proxy::edge::hash_key;
 use crate::routing::{normalize_host, HostPattern, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
@@ -38,7 +38,6 @@ use crate::translate::{reject, RouteModel};
 pub const IDENTITY_ANNOTATION: &str = "weir.dev/identity";
 /// Concurrent requests per connection between two gateways.
 pub const MESH_H2_STREAMS: usize = 100;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A Service the outbound side can reach.
@@ -48,6 +47,8 @@ pub struct Destination {
     pub ports: Vec<DestinationPort>,
     /// The SPIFFE ID its endpoints must present; `None`: any of our trust domain.
     pub identity: Option<SpiffeId>,
+    /// `name.namespace.svc.<cluster domain>`, sent as SNI (never verified: the SPIFFE ID is).
+    pub sni: String,
 }
 
 /// One port of a Service: its own endpoints, and the HTTPRoutes attached to it (as a parent) that
@@ -61,14 +62,17 @@ pub struct DestinationPort {
 /// Every reachable Service, by (namespace, name), with what could not be used.
 #[derive(Default)]
 pub struct Directory {
-    pub services: HashMap<(String, String), Arc<Destination>>,
+    /// namespace → name → Service (looked up per request without building a key).
+    services: HashMap<String, HashMap<String, Arc<Destination>>>,
+    /// `.svc.<cluster domain>`
+    svc_suffix: String,
     pub rejections: Vec<Rejection>,
 }
 
 impl Directory {
     /// Builds the directory from `store`, syncing `pools` (health state survives changes) and
     /// linking route metrics in `metrics`.
-    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics) -> Directory {
+    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics, cluster_domain: &str) -> Directory {
         let mut rejections = vec![];
         let mut backends = Backends::new(store, &mut rejections);
         let routes = mesh_routes(store, &mut backends, &mut rejections);
@@ -101,9 +105,9 @@ impl Directory {
             wanted.push((ns.clone(), name.clone(), keys, identity));
         }
         let pools = pools.sync(&backends.into_pools());
-        let services = wanted
-            .into_iter()
-            .map(|(namespace, name, keys, identity)| {
+        let mut services: HashMap<String, HashMap<String, Arc<Destination>>> = HashMap::new();
+        for (namespace, name, keys, identity) in wanted {
+            let dest = {
                 let attached = routes.get(&(namespace.clone(), name.clone()));
                 let ports = keys
                     .into_iter()
@@ -121,40 +125,44 @@ impl Directory {
                         Some(DestinationPort { port, pool: pools.get(&key)?.clone(), routes })
                     })
                     .collect();
-                let key = (namespace.clone(), name.clone());
-                (key, Arc::new(Destination { namespace, name, ports, identity }))
-            })
-            .collect();
-        Directory { services, rejections }
+                let sni = format!("{name}.{namespace}.svc.{cluster_domain}");
+                Arc::new(Destination { namespace: namespace.clone(), name: name.clone(), ports, identity, sni })
+            };
+            services.entry(namespace).or_default().insert(name, dest);
+        }
+        Directory { services, svc_suffix: format!(".svc.{cluster_domain}"), rejections }
     }
 
-    /// The Service and port a Host names: `payments`, `payments.shop`, `payments.shop.svc` or
-    /// `payments.shop.svc.<cluster domain>`, each with an optional `:port`.
-    pub fn lookup(&self, host: &str, namespace: &str, cluster_domain: &str) -> Result<(Arc<Destination>, u16), String> {
+    /// The Service `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Destination>> {
+        self.services.get(namespace)?.get(name)
+    }
+
+    /// The Service and which of its ports a Host names: `payments`, `payments.shop`,
+    /// `payments.shop.svc` or `payments.shop.svc.<cluster domain>`, each with an optional
+    /// `:port` (else the Service's only port, or 80). `namespace`: the one of short names.
+    pub fn lookup(&self, host: &str, namespace: &str) -> Result<(&Arc<Destination>, usize), String> {
         let port = host.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
         let name = normalize_host(host);
-        let suffix = format!(".svc.{cluster_domain}");
-        let short = name.strip_suffix(suffix.as_str()).or_else(|| name.strip_suffix(".svc")).unwrap_or(&name);
+        let short = name.strip_suffix(self.svc_suffix.as_str()).or_else(|| name.strip_suffix(".svc")).unwrap_or(&name);
         let (service, ns) = match short.split_once('.') {
             None => (short, namespace),
             Some((s, ns)) if !ns.contains('.') => (s, ns),
             Some(_) => {
                 return Err(format!(
-                    "{host} is not a Service name (name, name.namespace or name.namespace.svc.{cluster_domain})"
+                    "{host} is not a Service name (name, name.namespace or name.namespace{})",
+                    self.svc_suffix
                 ))
             }
         };
-        let dest = self
-            .services
-            .get(&(ns.to_string(), service.to_string()))
-            .ok_or_else(|| format!("no Service {ns}/{service} in the mesh"))?;
+        let dest = self.get(ns, service).ok_or_else(|| format!("no Service {ns}/{service} in the mesh"))?;
         let chosen = match port {
-            Some(p) => dest.ports.iter().find(|dp| dp.port == p).map(|dp| dp.port),
-            None if dest.ports.len() == 1 => Some(dest.ports[0].port),
-            None => dest.ports.iter().find(|dp| dp.port == 80).map(|dp| dp.port),
+            Some(p) => dest.ports.iter().position(|dp| dp.port == p),
+            None if dest.ports.len() == 1 => Some(0),
+            None => dest.ports.iter().position(|dp| dp.port == 80),
         };
         match chosen {
-            Some(p) => Ok((dest.clone(), p)),
+            Some(i) => Ok((dest, i)),
             None => Err(format!(
                 "Service {ns}/{service} has no port {}",
                 port.map_or("80 (name one in the Host)".to_string(), |p| p.to_string())
@@ -231,11 +239,9 @@ pub fn server_identity_hook() -> HandshakeCompleteHook {
 pub struct OutboundCtx {
     destination: Option<Arc<Destination>>,
     pool: Option<Arc<Pool>>,
-    endpoint: Option<Arc<EndpointStats>>,
     target_port: u16,
-    /// Endpoints already tried (a connect failure is retried on another, as on the edge).
-    tried: Tried,
-    retries: u32,
+    /// The endpoint held and those tried (a connect failure is retried on another, as on the edge).
+    attempt: Attempt,
 }
 
 #[async_trait]
@@ -243,20 +249,16 @@ impl ProxyHttp for OutboundProxy {
     type CTX = OutboundCtx;
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx { destination: None, pool: None, endpoint: None, target_port: 0, tried: Tried::new(), retries: 0 }
+        OutboundCtx { destination: None, pool: None, target_port: 0, attempt: Attempt::default() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.host()).unwrap_or("");
-        let s = &self.settings;
         let directory = self.directory.load();
-        let (dest, port) = match directory.lookup(host, &s.namespace, &s.cluster_domain) {
-            Ok(found) => found,
+        let (dest, dp) = match directory.lookup(host, &self.settings.namespace) {
+            Ok((dest, i)) => (dest, &dest.ports[i]),
             Err(reason) => return deny(session, 404, &reason).await,
-        };
-        let Some(dp) = dest.ports.iter().find(|dp| dp.port == port) else {
-            return deny(session, 404, "no such port").await;
         };
         ctx.pool = match &dp.routes {
             None => Some(dp.pool.clone()),
@@ -286,32 +288,24 @@ impl ProxyHttp for OutboundProxy {
             }
         };
         // the server to verify is the chosen backend's (a route may send payments to payments-v2)
-        let backend = ctx.pool.as_ref().map(|p| (p.key.namespace.clone(), p.key.service.clone()));
-        ctx.destination = backend.and_then(|key| directory.services.get(&key).cloned()).or(Some(dest));
+        let backend = ctx.pool.as_ref().and_then(|p| directory.get(&p.key.namespace, &p.key.service));
+        ctx.destination = Some(backend.unwrap_or(dest).clone());
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutboundCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<Box<HttpPeer>> {
         let (Some(pool), Some(dest)) = (&ctx.pool, &ctx.destination) else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "no destination");
         };
-        let Some(picked) = pool.select(&[], ctx.tried.as_slice()) else {
+        let spec = pool.spec();
+        let mut ip_buf = [0u8; 16];
+        let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
+        let Some(endpoint) = ctx.attempt.pick(pool, key) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
-        if ctx.tried.as_slice().is_empty() {
-            pool.retry_budget.deposit();
-        }
-        if let Some(previous) = ctx.endpoint.take() {
-            previous.inflight.fetch_sub(1, Relaxed);
-        }
-        picked.stats.inflight.fetch_add(1, Relaxed);
-        ctx.endpoint = Some(picked.stats);
-        ctx.tried.push(picked.addr);
-        ctx.target_port = picked.addr.port();
-        let gateway = SocketAddr::new(picked.addr.ip(), self.settings.mesh_port);
-        // the name is sent as SNI only; verification is of the SPIFFE ID (connected_to_upstream)
-        let sni = format!("{}.{}.svc.{}", dest.name, dest.namespace, self.settings.cluster_domain);
-        let mut peer = HttpPeer::new(gateway, true, sni);
+        ctx.target_port = endpoint.port();
+        let gateway = SocketAddr::new(endpoint.ip(), self.settings.mesh_port);
+        let mut peer = HttpPeer::new(gateway, true, dest.sni.clone());
         let creds = self.credentials.load();
         let o = &mut peer.options;
         o.verify_cert = true;
@@ -319,7 +313,7 @@ impl ProxyHttp for OutboundProxy {
         o.ca = Some(creds.bundle.clone());
         o.set_http_version(2, 2);
         o.max_h2_streams = MESH_H2_STREAMS;
-        o.connection_timeout = Some(CONNECT_TIMEOUT);
+        o.connection_timeout = Some(spec.policy.connect_timeout);
         o.idle_timeout = Some(IDLE_TIMEOUT);
         o.upstream_tls_handshake_complete_hook = Some(self.handshake_hook.clone());
         peer.client_cert_key = Some(creds.client_cert.clone());
@@ -370,22 +364,16 @@ impl ProxyHttp for OutboundProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let Some(pool) = ctx.pool.clone() else { return e };
-        if let Some(ep) = ctx.endpoint.take() {
-            ep.inflight.fetch_sub(1, Relaxed);
-            pool.report(&ep, false);
-        }
         // nothing was sent: retry on another endpoint, within the pool's retry budget
-        if ctx.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(ctx.tried.as_slice()) {
-            ctx.retries += 1;
+        if ctx.attempt.connect_failed(&pool) {
             e.set_retry(true);
         }
         e
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {
-        if let (Some(ep), Some(pool)) = (ctx.endpoint.take(), &ctx.pool) {
-            ep.inflight.fetch_sub(1, Relaxed);
-            pool.report(&ep, !e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
+        if let Some(pool) = ctx.pool.clone() {
+            ctx.attempt.finish(&pool, !e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
         }
     }
 }

@@ -6,6 +6,7 @@
 //! endpoint in the view for a growing time. Selection is weir's own [`Selector`] (rebuilt when
 //! endpoints or the algorithm change), so a pick allocates nothing.
 
+pub mod attempt;
 pub mod health;
 pub mod select;
 pub mod weighted;

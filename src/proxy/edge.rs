@@ -4,7 +4,6 @@
 //! `upstream_peer` picks an endpoint; `fail_to_connect` marks connect failures retryable onto a
 //! *different* endpoint; `logging` records metrics and passive health.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,14 +19,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::rewrite::{redirect_location, rewrite_path};
 use crate::policy::{AlgorithmModel, HashKey};
-use crate::pool::{EndpointStats, Pool};
+use crate::pool::attempt::Attempt;
+use crate::pool::Pool;
 use crate::routing::{normalize_host, PathMatch, RequestView};
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::translate::{HeaderMods, Protocol, UpstreamProtocol};
 
-/// Connect failures retried on another endpoint, per request.
-pub const MAX_CONNECT_RETRIES: u32 = 2;
 /// How long an idle upstream connection is kept for reuse.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the upstream to send (or accept) more of a response when the route sets no
@@ -63,37 +61,9 @@ pub struct EdgeCtx {
     target: Option<usize>,
     /// Rewritten path and query, when a URLRewrite changes it.
     new_path: Option<String>,
-    endpoint: Option<Arc<EndpointStats>>,
+    /// The endpoint held and those tried, for in-flight counts, passive health and retries.
+    attempt: Attempt,
     upstream_started: Option<Instant>,
-    tried: Tried,
-    retries: u32,
-}
-
-/// Endpoints a request already tried, inline (no allocation per request).
-pub(crate) struct Tried {
-    addrs: [SocketAddr; MAX_CONNECT_RETRIES as usize + 1],
-    len: usize,
-}
-
-impl Tried {
-    pub(crate) fn new() -> Self {
-        Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_RETRIES as usize + 1], len: 0 }
-    }
-
-    pub(crate) fn push(&mut self, addr: SocketAddr) {
-        if self.len < self.addrs.len() {
-            self.addrs[self.len] = addr;
-            self.len += 1;
-        }
-    }
-
-    pub(crate) fn as_slice(&self) -> &[SocketAddr] {
-        &self.addrs[..self.len]
-    }
-
-    fn last(&self) -> Option<SocketAddr> {
-        self.as_slice().last().copied()
-    }
 }
 
 fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
@@ -180,7 +150,7 @@ fn local_port(session: &Session) -> u16 {
 }
 
 /// The key consistent hashing uses, borrowed from the request where possible.
-fn hash_key<'a>(session: &'a Session, algorithm: &AlgorithmModel, ip_buf: &'a mut [u8; 16]) -> &'a [u8] {
+pub(crate) fn hash_key<'a>(session: &'a Session, algorithm: &AlgorithmModel, ip_buf: &'a mut [u8; 16]) -> &'a [u8] {
     let AlgorithmModel::ConsistentHash(key) = algorithm else { return &[] };
     let req = session.req_header();
     match key {
@@ -221,10 +191,8 @@ impl ProxyHttp for EdgeProxy {
             action: None,
             target: None,
             new_path: None,
-            endpoint: None,
+            attempt: Attempt::default(),
             upstream_started: None,
-            tried: Tried::new(),
-            retries: 0,
         }
     }
 
@@ -309,20 +277,9 @@ impl ProxyHttp for EdgeProxy {
         let spec = pool.spec();
         let mut ip_buf = [0u8; 16];
         let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
-        let Some(picked) = pool.select(key, ctx.tried.as_slice()) else {
+        let Some(addr) = ctx.attempt.pick(&pool, key) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
-        let addr = picked.addr;
-        if ctx.tried.as_slice().is_empty() {
-            pool.retry_budget.deposit();
-        }
-        if let Some(previous) = ctx.endpoint.take() {
-            // pingora retries a failed reused connection without `fail_to_connect`
-            previous.inflight.fetch_sub(1, Relaxed);
-        }
-        picked.stats.inflight.fetch_add(1, Relaxed);
-        ctx.endpoint = Some(picked.stats);
-        ctx.tried.push(addr);
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
@@ -381,7 +338,7 @@ impl ProxyHttp for EdgeProxy {
         _upstream: &mut ResponseHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
-        if let (Some(ep), Some(t)) = (&ctx.endpoint, ctx.upstream_started) {
+        if let (Some(ep), Some(t)) = (ctx.attempt.endpoint(), ctx.upstream_started) {
             ep.observe_latency(t.elapsed());
         }
         Ok(())
@@ -410,13 +367,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return e };
         let Some(pool) = &target.pool else { return e };
         target.metrics.connect_errors.inc();
-        if let Some(ep) = ctx.endpoint.take() {
-            ep.inflight.fetch_sub(1, Relaxed);
-            pool.report(&ep, false);
-        }
-        // retry only if another endpoint is there to take it, within the pool's retry budget
-        if ctx.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(ctx.tried.as_slice()) {
-            ctx.retries += 1;
+        if ctx.attempt.connect_failed(pool) {
             target.metrics.retries.inc();
             e.set_retry(true);
         }
@@ -451,10 +402,9 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
-        if let (Some(ep), Some(pool)) = (ctx.endpoint.take(), ctx.pool()) {
-            ep.inflight.fetch_sub(1, Relaxed);
+        if let Some(pool) = ctx.pool().cloned() {
             let upstream_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
-            pool.report(&ep, !upstream_failed);
+            ctx.attempt.finish(&pool, !upstream_failed);
         }
         let listener = ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port));
         match (ctx.target(), &ctx.action, listener) {
@@ -476,9 +426,9 @@ impl ProxyHttp for EdgeProxy {
                 status,
                 route: ctx.action.as_ref().map_or("", |a| a.name.as_str()),
                 backend: ctx.target().map_or("", |t| t.name.as_str()),
-                upstream: ctx.tried.last(),
+                upstream: ctx.attempt.tried().last().copied(),
                 duration: elapsed,
-                retries: ctx.retries,
+                retries: ctx.attempt.retries,
                 client: session.client_addr().map(|a| a.to_string()),
             });
         }

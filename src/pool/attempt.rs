@@ -1,0 +1,94 @@
+//! One request's use of a pool: the endpoint it holds (counted in flight), the endpoints it
+//! already tried, and its connect retries. Shared by the edge and the mesh outbound proxies.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::{EndpointStats, Pool};
+
+/// Connect failures retried on another endpoint, per request.
+pub const MAX_CONNECT_RETRIES: u32 = 2;
+
+/// Endpoints a request already tried, inline (no allocation per request).
+struct Tried {
+    addrs: [SocketAddr; MAX_CONNECT_RETRIES as usize + 1],
+    len: usize,
+}
+
+/// What a request holds of a pool between picking an endpoint and finishing.
+pub struct Attempt {
+    tried: Tried,
+    endpoint: Option<Arc<EndpointStats>>,
+    pub retries: u32,
+}
+
+impl Default for Attempt {
+    fn default() -> Self {
+        Attempt {
+            tried: Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_RETRIES as usize + 1], len: 0 },
+            endpoint: None,
+            retries: 0,
+        }
+    }
+}
+
+impl Attempt {
+    /// Picks an endpoint not tried yet (`hash_key` for consistent hashing) and holds it. The
+    /// first pick of a request pays into the pool's retry budget.
+    pub fn pick(&mut self, pool: &Pool, hash_key: &[u8]) -> Option<SocketAddr> {
+        let picked = pool.select(hash_key, self.tried())?;
+        if self.tried.len == 0 {
+            pool.retry_budget.deposit();
+        }
+        // pingora retries a failed reused connection without `fail_to_connect`: let go of the last
+        self.release();
+        picked.stats.inflight.fetch_add(1, Relaxed);
+        self.endpoint = Some(picked.stats);
+        if self.tried.len < self.tried.addrs.len() {
+            self.tried.addrs[self.tried.len] = picked.addr;
+            self.tried.len += 1;
+        }
+        Some(picked.addr)
+    }
+
+    /// The connection to the held endpoint failed (nothing was sent): reports it, and returns
+    /// whether the request may try another endpoint (one is left, the retry budget allows it).
+    pub fn connect_failed(&mut self, pool: &Arc<Pool>) -> bool {
+        self.finish(pool, false);
+        let retry = self.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(self.tried());
+        self.retries += u32::from(retry);
+        retry
+    }
+
+    /// The request is done with the held endpoint: reports the outcome for outlier detection.
+    pub fn finish(&mut self, pool: &Arc<Pool>, success: bool) {
+        if let Some(ep) = self.endpoint.take() {
+            ep.inflight.fetch_sub(1, Relaxed);
+            pool.report(&ep, success);
+        }
+    }
+
+    /// The endpoint held, if any.
+    pub fn endpoint(&self) -> Option<&Arc<EndpointStats>> {
+        self.endpoint.as_ref()
+    }
+
+    /// Endpoints tried so far, in order.
+    pub fn tried(&self) -> &[SocketAddr] {
+        &self.tried.addrs[..self.tried.len]
+    }
+
+    fn release(&mut self) {
+        if let Some(ep) = self.endpoint.take() {
+            ep.inflight.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Attempt {
+    /// A request that ends without `finish` (e.g. dropped mid-flight) still stops counting.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
