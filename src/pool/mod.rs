@@ -166,8 +166,18 @@ impl Pool {
     /// Takes no lock and allocates nothing.
     pub fn select(&self, hash_key: &[u8], exclude: &[SocketAddr]) -> Option<Picked> {
         let sel = self.selector.load();
-        let i = sel.pick(hash_key, |i| !exclude.contains(&sel.addr(i)) && self.view.ready(&sel.backends[i]))?;
+        let i =
+            sel.pick(hash_key, |i| !exclude.contains(&sel.addr(i)) && self.usable(&sel.backends[i], &sel.stats[i]))?;
         Some(Picked { addr: sel.addr(i), stats: sel.stats[i].clone() })
+    }
+
+    /// Healthy and not ejected. pingora's view answers only for its current membership, and an
+    /// endpoint change publishes the view's new membership a moment before weir's selector for
+    /// it; in that moment the selector's endpoints may be unknown to the view (all of them when
+    /// the endpoints were replaced), and they stay usable unless ejected rather than the request
+    /// getting a 503 (found by tests/reload.rs under load).
+    fn usable(&self, backend: &Backend, stats: &EndpointStats) -> bool {
+        self.view.ready(backend) || (!stats.ejected.load(Relaxed) && !self.view.get_backend().contains(backend))
     }
 
     /// Number of endpoints traffic may go to.
