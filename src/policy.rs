@@ -62,6 +62,21 @@ pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 /// Default `connectTimeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `retry.attempts`: retries after the first try (Istio's default).
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// Most `retry.attempts` allowed.
+pub const MAX_RETRY_ATTEMPTS: u32 = 5;
+/// Default `retry.codes`: the gateway errors, which say nothing reached the application or it
+/// could not answer (Istio retries 503; Envoy's `gateway-error` is 502, 503, 504).
+pub const DEFAULT_RETRY_CODES: &[u16] = &[502, 503, 504];
+/// Default `retry.backoff`: the first retry waits at least this long (Envoy's default).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// Default `retry.maxBackoff`: no wait between tries is longer (Envoy: 10 × the base).
+pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Default `circuitBreaker.maxRequests` (Envoy's default).
+pub const DEFAULT_MAX_REQUESTS: u32 = 1024;
+/// Default `circuitBreaker.maxPendingRequests` (Envoy's default).
+pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 
 /// The GEP-2257 regular expression a Gateway API duration must match; it is
 /// also put in the CRD schema so the API server rejects malformed durations.
@@ -113,6 +128,93 @@ pub struct BackendPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub connect_timeout: Option<String>,
+
+    /// When a failed request is tried again on another endpoint (mesh tier; the edge retries
+    /// connect failures only, twice). Default: absent, meaning idempotent requests are retried
+    /// twice on 502, 503, 504, connect failures, resets and per-try timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+
+    /// How long a request may take (mesh tier; on the edge use the HTTPRoute's `timeouts`). An
+    /// HTTPRoute's `timeouts` take precedence. Default: absent, meaning no overall limit and 60s
+    /// of silence from the endpoint per read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+
+    /// Limits that fail requests at once (503) instead of queueing them when the Service is
+    /// saturated (mesh tier). Default: absent, meaning 1024 requests in flight and 1024 waiting
+    /// for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// Retry settings. A retry never goes to an endpoint the request already tried, waits an
+/// exponential backoff with jitter, and is only granted while the Service's retry budget (20%
+/// of its requests plus 10 per second, over 10 seconds) has room, so a failing Service is not
+/// hammered.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries after the first try, 0 to 5 (0 turns retries off, connect failures included).
+    /// Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 5))]
+    pub attempts: Option<u32>,
+
+    /// Response statuses that are retried (500 to 599), besides connect failures, resets and
+    /// per-try timeouts. Default: [502, 503, 504].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<u16>>,
+
+    /// Least wait before the first retry, as a Gateway API duration; each later retry waits
+    /// twice as long (up to maxBackoff) plus up to half of that again at random. Default: 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub backoff: Option<String>,
+
+    /// Longest base wait between two tries. Default: 250ms (or backoff, if that is longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub max_backoff: Option<String>,
+
+    /// Retry requests whose method is not idempotent (POST, PATCH) too. Only safe when the
+    /// application makes them idempotent itself. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_idempotent: Option<bool>,
+}
+
+/// Timeouts of a request to the Service.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    /// The whole request, every try and backoff included, until the response headers arrive
+    /// (answered 504 when it runs out). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub request: Option<String>,
+
+    /// One try: an endpoint that does not answer in time is abandoned, and the request retried
+    /// elsewhere if the retry settings allow. Default: none (60s of silence per read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub per_try: Option<String>,
+}
+
+/// Circuit-breaker limits, per Service port (and per gateway).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// Requests in flight to the Service at once (at least 1); more are answered 503 at once.
+    /// Default: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests: Option<u32>,
+
+    /// Requests waiting for a connection to an endpoint at once (at least 1); more are
+    /// answered 503 at once. Default: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_pending_requests: Option<u32>,
 }
 
 /// Reference to a Service this policy attaches to (Gateway API
@@ -433,6 +535,59 @@ pub struct BackendPolicyModel {
     pub outlier: OutlierModel,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// Retries, when the policy sets them (each tier has its own default).
+    pub retry: Option<RetryModel>,
+    /// Timeouts; `None` fields: no limit of that kind.
+    pub timeouts: TimeoutsModel,
+    /// Circuit-breaker limits.
+    pub circuit_breaker: CircuitBreakerModel,
+}
+
+/// Validated retry settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryModel {
+    /// Retries after the first try (0..=MAX_RETRY_ATTEMPTS).
+    pub attempts: u32,
+    /// Response statuses retried.
+    pub codes: Vec<u16>,
+    /// Wait before the first retry.
+    pub backoff: Duration,
+    /// Longest base wait.
+    pub max_backoff: Duration,
+    /// Retry non-idempotent methods too.
+    pub non_idempotent: bool,
+}
+
+impl Default for RetryModel {
+    fn default() -> Self {
+        RetryModel {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            codes: DEFAULT_RETRY_CODES.to_vec(),
+            backoff: DEFAULT_RETRY_BACKOFF,
+            max_backoff: DEFAULT_RETRY_MAX_BACKOFF,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// Validated timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TimeoutsModel {
+    pub request: Option<Duration>,
+    pub per_try: Option<Duration>,
+}
+
+/// Validated circuit-breaker limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CircuitBreakerModel {
+    pub max_requests: u32,
+    pub max_pending_requests: u32,
+}
+
+impl Default for CircuitBreakerModel {
+    fn default() -> Self {
+        CircuitBreakerModel { max_requests: DEFAULT_MAX_REQUESTS, max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS }
+    }
 }
 
 /// Validated load-balancing algorithm.
@@ -560,6 +715,9 @@ impl Default for BackendPolicyModel {
             health_check: None,
             outlier: OutlierModel::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retry: None,
+            timeouts: TimeoutsModel::default(),
+            circuit_breaker: CircuitBreakerModel::default(),
         }
     }
 }
@@ -670,9 +828,31 @@ impl TryFrom<&BackendPolicySpec> for BackendPolicyModel {
         let outlier = convert_outlier(spec.outlier_detection.as_ref(), &mut p);
         let connect_timeout =
             p.duration("spec.connectTimeout", spec.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT);
+        let retry = spec.retry.as_ref().map(|r| convert_retry(r, &mut p));
+        let timeouts = spec.timeouts.as_ref().map_or_else(TimeoutsModel::default, |t| TimeoutsModel {
+            request: t.request.as_deref().map(|v| p.duration("spec.timeouts.request", Some(v), Duration::ZERO)),
+            per_try: t.per_try.as_deref().map(|v| p.duration("spec.timeouts.perTry", Some(v), Duration::ZERO)),
+        });
+        let circuit_breaker =
+            spec.circuit_breaker.as_ref().map_or_else(CircuitBreakerModel::default, |cb| CircuitBreakerModel {
+                max_requests: p.at_least_one("spec.circuitBreaker.maxRequests", cb.max_requests, DEFAULT_MAX_REQUESTS),
+                max_pending_requests: p.at_least_one(
+                    "spec.circuitBreaker.maxPendingRequests",
+                    cb.max_pending_requests,
+                    DEFAULT_MAX_PENDING_REQUESTS,
+                ),
+            });
 
         if p.0.is_empty() {
-            Ok(BackendPolicyModel { algorithm, health_check, outlier, connect_timeout })
+            Ok(BackendPolicyModel {
+                algorithm,
+                health_check,
+                outlier,
+                connect_timeout,
+                retry,
+                timeouts,
+                circuit_breaker,
+            })
         } else {
             Err(PolicyError { problems: p.0 })
         }
@@ -874,6 +1054,52 @@ fn convert_http_check(http: &HttpHealthCheckSpec, p: &mut Problems) -> HealthChe
     HealthCheckKind::Http { path: http.path.clone(), host: http.host.clone(), expected }
 }
 
+fn convert_retry(r: &RetrySpec, p: &mut Problems) -> RetryModel {
+    let attempts = match r.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) if n > MAX_RETRY_ATTEMPTS => {
+            p.push(
+                "spec.retry.attempts",
+                format!("{n} is over {MAX_RETRY_ATTEMPTS}; use 0 to {MAX_RETRY_ATTEMPTS} (the retry budget bounds the total anyway)"),
+            );
+            DEFAULT_RETRY_ATTEMPTS
+        }
+        Some(n) => n,
+    };
+    let codes = match &r.codes {
+        None => DEFAULT_RETRY_CODES.to_vec(),
+        Some(codes) => {
+            for (i, c) in codes.iter().enumerate() {
+                if !(500..=599).contains(c) {
+                    p.push(
+                        format!("spec.retry.codes[{i}]"),
+                        format!("{c} is not a 5xx status; only server errors (500 to 599) are retried"),
+                    );
+                }
+            }
+            codes.clone()
+        }
+    };
+    let backoff = p.duration("spec.retry.backoff", r.backoff.as_deref(), DEFAULT_RETRY_BACKOFF);
+    let max_backoff = match r.max_backoff.as_deref() {
+        None => DEFAULT_RETRY_MAX_BACKOFF.max(backoff),
+        Some(text) => {
+            let max = p.duration("spec.retry.maxBackoff", Some(text), DEFAULT_RETRY_MAX_BACKOFF);
+            if max < backoff {
+                p.push(
+                    "spec.retry.maxBackoff",
+                    format!(
+                        "{text:?} is shorter than backoff {}; raise maxBackoff or lower backoff",
+                        fmt_duration(backoff)
+                    ),
+                );
+            }
+            max
+        }
+    };
+    RetryModel { attempts, codes, backoff, max_backoff, non_idempotent: r.non_idempotent.unwrap_or(false) }
+}
+
 fn convert_outlier(od: Option<&OutlierDetectionSpec>, p: &mut Problems) -> OutlierModel {
     let Some(od) = od else {
         return OutlierModel::default();
@@ -944,7 +1170,56 @@ mod tests {
             health_check: None,
             outlier_detection: None,
             connect_timeout: None,
+            retry: None,
+            timeouts: None,
+            circuit_breaker: None,
         }
+    }
+
+    #[test]
+    fn retry_timeouts_and_circuit_breaker() {
+        let spec = BackendPolicySpec {
+            retry: Some(RetrySpec { attempts: Some(3), backoff: Some("1s".into()), ..Default::default() }),
+            timeouts: Some(TimeoutsSpec { request: Some("5s".into()), per_try: Some("500ms".into()) }),
+            circuit_breaker: Some(CircuitBreakerSpec { max_requests: Some(10), max_pending_requests: None }),
+            ..minimal_spec()
+        };
+        let m = BackendPolicyModel::try_from(&spec).unwrap();
+        let retry = m.retry.unwrap();
+        assert_eq!((retry.attempts, retry.codes.as_slice()), (3, DEFAULT_RETRY_CODES));
+        assert_eq!((retry.backoff, retry.max_backoff), (secs(1), secs(1)), "max backoff raised to the base");
+        assert_eq!(m.timeouts, TimeoutsModel { request: Some(secs(5)), per_try: Some(Duration::from_millis(500)) });
+        assert_eq!(m.circuit_breaker.max_requests, 10);
+        assert_eq!(m.circuit_breaker.max_pending_requests, DEFAULT_MAX_PENDING_REQUESTS);
+
+        let bad = BackendPolicySpec {
+            retry: Some(RetrySpec {
+                attempts: Some(9),
+                codes: Some(vec![503, 404]),
+                backoff: Some("1s".into()),
+                max_backoff: Some("100ms".into()),
+                non_idempotent: None,
+            }),
+            timeouts: Some(TimeoutsSpec { request: Some("0s".into()), per_try: Some("1.5s".into()) }),
+            circuit_breaker: Some(CircuitBreakerSpec { max_requests: Some(0), max_pending_requests: None }),
+            ..minimal_spec()
+        };
+        let problems = problems_of(&bad);
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(),
+            [
+                "spec.retry.attempts",
+                "spec.retry.codes[1]",
+                "spec.retry.maxBackoff",
+                "spec.timeouts.request",
+                "spec.timeouts.perTry",
+                "spec.circuitBreaker.maxRequests"
+            ],
+            "{text:#?}"
+        );
+        assert!(text[1].contains("404 is not a 5xx status"), "{}", text[1]);
+        assert!(text[2].contains("shorter than backoff 1s"), "{}", text[2]);
     }
 
     fn problems_of(spec: &BackendPolicySpec) -> Vec<PolicyProblem> {
@@ -1135,6 +1410,7 @@ connectTimeout: 750ms
                     max_ejection_percent: 30,
                 },
                 connect_timeout: Duration::from_millis(750),
+                ..BackendPolicyModel::default()
             }
         );
         let kind = &m.health_check.as_ref().unwrap().kind;

@@ -43,12 +43,17 @@ async fn payments() -> Payments {
 /// A workload `name` listening on `ip` (as a pod with its own IP), its gateway on `ip:inbound_port`
 /// (0: any free port), with an identity issued by `ca`.
 async fn payments_at(ca: Arc<Ca>, name: &str, ip: &str, inbound_port: u16) -> Payments {
+    let app = EchoServer::start(name, format!("{ip}:0").parse().unwrap()).await.unwrap();
+    behind_gateway(ca, app, inbound_port).await
+}
+
+/// `app` behind its gateway on the app's IP and `inbound_port` (0: any free port).
+async fn behind_gateway(ca: Arc<Ca>, app: EchoServer, inbound_port: u16) -> Payments {
     let dir = tempfile::tempdir().unwrap();
     let files = identity_files(dir.path(), &ca, PAYMENTS);
-    let app = EchoServer::start(name, format!("{ip}:0").parse().unwrap()).await.unwrap();
     let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
     let opts = MeshOptions {
-        inbound: format!("{ip}:{inbound_port}").parse().unwrap(),
+        inbound: SocketAddr::new(app.addr().ip(), inbound_port),
         identity: files,
         workload,
         outbound: None,
@@ -408,4 +413,174 @@ async fn a_gateway_that_refuses_connections_is_skipped_for_another_endpoint() {
         assert_eq!(resp.status, 200, "request {i}: {resp}");
     }
     assert_eq!(p.app.requests(), 20);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resilience: retries, retry budget, timeouts, circuit breaking, outlier detection
+
+/// `count` payments pods (127.0.0.2, 127.0.0.3, ...: one port, as a Deployment's replicas),
+/// each behind its own gateway, the gateways on one port too.
+async fn pods(count: usize) -> Vec<Payments> {
+    let apps = on_one_port(count, |i, addr| async move {
+        let app = EchoServer::start(&format!("payments-{i}"), addr).await?;
+        let addr = app.addr();
+        Ok((app, addr))
+    })
+    .await;
+    let ca = Arc::new(Ca::new("mesh CA").unwrap());
+    let mut pods: Vec<Payments> = vec![];
+    for (app, _) in apps {
+        let port = pods.first().map_or(0, |p| p.mesh.inbound_addr.port());
+        pods.push(behind_gateway(ca.clone(), app, port).await);
+    }
+    pods
+}
+
+/// checkout's gateway knowing Service `shop/payments` (port 80) with `pods` as its endpoints, and
+/// a BackendPolicy with `policy` (YAML below `spec:`, after targetRefs) if not empty.
+async fn checkout_to(pods: &[Payments], policy: &str) -> (MeshHandle, TempDir) {
+    let port = pods[0].app.addr().port();
+    let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.app.addr()).collect();
+    assert!(addrs.iter().all(|a| a.port() == port), "pods listen on one port, as a Deployment's do");
+    let mut config = vec![
+        service_with_target_port("shop", "payments", 80, "http", port),
+        endpoints("shop", "payments", "http", port, &addrs),
+    ];
+    if !policy.is_empty() {
+        config.push(format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {{namespace: shop, name: payments}}\nspec:\n  targetRefs: [{{kind: Service, name: payments}}]\n{}",
+            indent(policy, 2)
+        ));
+    }
+    checkout_gateway_with(&pods[0], &docs(&config)).await
+}
+
+fn mesh_metric(h: &MeshHandle, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&h.metrics.encode(), name, labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_replica_that_fails_a_third_of_its_requests() {
+    let pods = pods(2).await;
+    pods[1].app.fail_every(3);
+    let (checkout, _dir) = checkout_to(&pods, "").await; // the mesh's default retries
+    let outbound = checkout.outbound_addr.unwrap();
+    let mut ok = 0;
+    for _ in 0..2_000 {
+        ok += u32::from(request(outbound).host("payments").send().await.status == 200);
+    }
+    assert!(f64::from(ok) / 2_000.0 >= 0.999, "{ok} of 2,000 succeeded");
+    let failed = pods[1].app.requests() / 3;
+    let retries = mesh_metric(&checkout, "weir_mesh_retries_total", &[("reason", "status_503")]);
+    assert!(failed > 250 && retries >= failed as f64, "{failed} failures were retried ({retries} retries)");
+    let served = mesh_metric(
+        &checkout,
+        "weir_mesh_requests_total",
+        &[("destination", "payments.shop"), ("source", CHECKOUT), ("status_class", "2xx")],
+    );
+    assert_eq!(served, f64::from(ok), "requests counted by caller and destination");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_a_retry_storm_when_every_replica_fails() {
+    let pods = pods(3).await;
+    for p in &pods {
+        p.app.set_status(503);
+    }
+    // no ejection: every replica stays a retry target
+    let (checkout, _dir) = checkout_to(&pods, "outlierDetection: {maxEjectionPercent: 0}").await;
+    let outbound = checkout.outbound_addr.unwrap();
+    let tries = || pods.iter().map(|p| p.app.requests()).sum::<u64>();
+    for _ in 0..10 {
+        assert_eq!(request(outbound).host("payments").method("POST").body("pay").send().await.status, 503);
+    }
+    assert_eq!(tries(), 10, "a POST is not retried: it may have been acted on");
+    for _ in 0..300 {
+        assert_eq!(request(outbound).host("payments").send().await.status, 503);
+    }
+    let retries = tries() - 310;
+    // 2 retries each would be 600 more tries; the budget allows 20% of 310 requests + 10/s over 10 s
+    assert!(retries <= 62 + 100, "{retries} retries: over the budget");
+    assert!(retries >= 50, "{retries} retries: the budget's floor was not used");
+    assert_eq!(mesh_metric(&checkout, "weir_mesh_retries_total", &[]), retries as f64);
+    assert!(
+        mesh_metric(&checkout, "weir_mesh_retry_budget_exhausted_total", &[("destination", "payments.shop")]) > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_that_takes_too_long_is_abandoned_for_another_replica() {
+    let pods = pods(2).await;
+    pods[0].app.set_delay(Duration::from_secs(10));
+    let (checkout, _dir) = checkout_to(&pods, "timeouts: {perTry: 500ms}").await;
+    for i in 0..6 {
+        let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp}");
+        assert_eq!(resp.echo_name(), Some("payments-1"));
+    }
+    assert_eq!(
+        mesh_metric(&checkout, "weir_mesh_retries_total", &[("reason", "timeout")]),
+        3.0,
+        "round robin sent 3 to the slow one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_answers_504_across_every_try() {
+    let pods = pods(2).await;
+    for p in &pods {
+        p.app.set_delay(Duration::from_secs(10));
+    }
+    let (checkout, _dir) = checkout_to(&pods, "timeouts: {request: 600ms, perTry: 400ms}").await;
+    let started = std::time::Instant::now();
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+    assert_eq!(resp.status, 504, "{resp}");
+    assert_eq!(resp.header("weir-denied-reason"), Some("the request timed out (timeouts.request)"));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the deadline, not the endpoints' 10 s");
+    assert_eq!(pods.iter().map(|p| p.app.requests()).sum::<u64>(), 2, "one try per replica, cut by the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_circuit_breaker_limit_are_answered_503_at_once() {
+    let pods = pods(1).await;
+    pods[0].app.set_delay(Duration::from_secs(2));
+    let (checkout, _dir) = checkout_to(&pods, "circuitBreaker: {maxRequests: 2}").await;
+    let outbound = checkout.outbound_addr.unwrap();
+    let slow: Vec<_> = (0..2).map(|_| tokio::spawn(request(outbound).host("payments").send())).collect();
+    wait_until("2 requests in flight", WAIT, || async {
+        metric(&checkout.metrics.encode(), "weir_endpoint_inflight_requests", &[]) >= 2.0
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let resp = request(outbound).host("payments").send().await;
+    assert_eq!(resp.status, 503, "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(1), "not queued behind the slow requests");
+    let reason = resp.header("weir-denied-reason").unwrap_or_default();
+    assert!(reason.contains("circuitBreaker.maxRequests"), "{reason}");
+    assert_eq!(mesh_metric(&checkout, "weir_mesh_circuit_breaker_overflows_total", &[("limit", "maxRequests")]), 1.0);
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200, "the requests within the limit are served");
+    }
+    assert_eq!(request(outbound).host("payments").send().await.status, 200, "room again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_replica_is_ejected_then_readmitted() {
+    let pods = pods(2).await;
+    pods[1].app.set_status(503);
+    let policy = "outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 1s}";
+    let (checkout, _dir) = checkout_to(&pods, policy).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for i in 0..10 {
+        let resp = request(outbound).host("payments").send().await;
+        assert_eq!(resp.status, 200, "request {i}: retried on the good replica: {resp}");
+    }
+    assert_eq!(pods[1].app.requests(), 2, "ejected after 2 consecutive failures");
+    assert_eq!(mesh_metric(&checkout, "weir_endpoint_ejections_total", &[("pool", "shop/payments:80")]), 1.0);
+    pods[1].app.set_status(200);
+    wait_until("the replica takes traffic again", WAIT, || async {
+        request(outbound).host("payments").send().await.assert_status(200);
+        pods[1].app.requests() > 2
+    })
+    .await;
 }

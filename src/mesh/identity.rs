@@ -18,9 +18,10 @@ use pingora::utils::tls::CertKey;
 /// A SPIFFE ID, `spiffe://<trust-domain>/<path>`, checked against the SPIFFE ID specification.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
-    trust_domain: String,
-    /// The path with its leading `/`; empty for the trust domain's own ID.
-    path: String,
+    /// The whole ID, `spiffe://<trust domain><path>`.
+    uri: String,
+    /// Length of `spiffe://<trust domain>`: the path starts there.
+    path_start: usize,
 }
 
 impl SpiffeId {
@@ -48,7 +49,7 @@ impl SpiffeId {
                 }
             }
         }
-        Ok(SpiffeId { trust_domain: td.to_string(), path: path.to_string() })
+        Ok(SpiffeId { uri: s.to_string(), path_start: "spiffe://".len() + td.len() })
     }
 
     /// `spiffe://<td>/ns/<ns>/sa/<sa>`, the form Istio and weir use for Kubernetes workloads.
@@ -57,7 +58,17 @@ impl SpiffeId {
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.uri["spiffe://".len()..self.path_start]
+    }
+
+    /// The whole ID.
+    pub fn as_str(&self) -> &str {
+        &self.uri
+    }
+
+    /// The path with its leading `/`; empty for the trust domain's own ID.
+    fn path(&self) -> &str {
+        &self.uri[self.path_start..]
     }
 
     /// The namespace of a `/ns/<ns>/sa/<sa>` ID.
@@ -71,7 +82,7 @@ impl SpiffeId {
     }
 
     fn k8s_parts(&self) -> Option<(&str, &str)> {
-        let mut parts = self.path.strip_prefix('/')?.split('/');
+        let mut parts = self.path().strip_prefix('/')?.split('/');
         match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
@@ -81,7 +92,7 @@ impl SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}{}", self.trust_domain, self.path)
+        f.write_str(&self.uri)
     }
 }
 

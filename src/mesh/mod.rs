@@ -212,6 +212,7 @@ async fn start_outbound(
     let conf = Arc::new(ServerConf::default());
     let apps = Apps::proxies(&conf, || OutboundProxy {
         settings: o.settings.clone(),
+        metrics: metrics.clone(),
         directory: directory.clone(),
         credentials: credentials.clone(),
         handshake_hook: server_identity_hook(),

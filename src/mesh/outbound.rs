@@ -12,23 +12,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::Digest;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
 use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::attempt::Attempt;
-use crate::pool::{Pool, PoolRegistry};
-use crate::proxy::edge::hash_key;
+use crate::pool::breaker::{Held, Limit, Overflow};
+use crate::pool::{Pool, PoolRegistry, RetryVerdict};
+use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
+use crate::resilience::retry::MESH_DEFAULT;
+use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
+use crate::telemetry::mesh::Hop;
 use crate::telemetry::Metrics;
 use crate::translate::backend::{Backends, PortRef};
 use crate::translate::gateway::{compile_route, service_parents};
@@ -49,6 +55,8 @@ pub struct Destination {
     pub identity: Option<SpiffeId>,
     /// `name.namespace.svc.<cluster domain>`, sent as SNI (never verified: the SPIFFE ID is).
     pub sni: String,
+    /// `name.namespace`, the `destination` label of metrics.
+    pub label: String,
 }
 
 /// One port of a Service: its own endpoints, and the HTTPRoutes attached to it (as a parent) that
@@ -126,7 +134,8 @@ impl Directory {
                     })
                     .collect();
                 let sni = format!("{name}.{namespace}.svc.{cluster_domain}");
-                Arc::new(Destination { namespace: namespace.clone(), name: name.clone(), ports, identity, sni })
+                let label = format!("{name}.{namespace}");
+                Arc::new(Destination { namespace: namespace.clone(), name: name.clone(), ports, identity, sni, label })
             };
             services.entry(namespace).or_default().insert(name, dest);
         }
@@ -221,6 +230,7 @@ pub struct OutboundSettings {
 /// The outbound `ProxyHttp`.
 pub struct OutboundProxy {
     pub settings: OutboundSettings,
+    pub metrics: Arc<Metrics>,
     pub directory: Arc<ArcSwap<Directory>>,
     pub credentials: Arc<ArcSwap<Credentials>>,
     /// Records the server's SPIFFE ID on each new connection between gateways.
@@ -237,11 +247,76 @@ pub fn server_identity_hook() -> HandshakeCompleteHook {
 
 /// Per-request state of the outbound proxy.
 pub struct OutboundCtx {
+    started: Instant,
+    /// The Service addressed (for metrics: the parent, not the backend a route chose).
+    addressed: Option<Arc<Destination>>,
+    /// The Service whose endpoints serve the request (its identity is verified).
     destination: Option<Arc<Destination>>,
+    route: Option<Arc<RouteAction>>,
     pool: Option<Arc<Pool>>,
     target_port: u16,
-    /// The endpoint held and those tried (a connect failure is retried on another, as on the edge).
+    /// The endpoint held and those tried.
     attempt: Attempt,
+    /// Deadline, per-try timeout and retry settings.
+    plan: Option<TryPlan>,
+    /// Counted against the pool's `maxRequests` while routed, `maxPendingRequests` while connecting.
+    in_flight: Option<Held>,
+    pending: Option<Held>,
+    /// The upstream answered a status the plan retries, and a retry was granted.
+    retrying_status: bool,
+    /// Wait before the next try.
+    backoff: Option<Duration>,
+    /// Why the request failed, for `weir-denied-reason` (set with the error).
+    failure: Option<String>,
+}
+
+impl OutboundCtx {
+    fn hop<'a>(&'a self, source: &'a SpiffeId) -> Hop<'a> {
+        Hop {
+            direction: "outbound",
+            source: source.as_str(),
+            destination: self.addressed.as_ref().map_or("", |d| d.label.as_str()),
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+        }
+    }
+}
+
+impl OutboundProxy {
+    /// A failed try (`why` for the retries metric): reports the endpoint and, if the plan and the
+    /// budget allow, schedules a retry on another endpoint. A request that was sent is retried
+    /// only if its method is idempotent (or the policy says so) and its body can be replayed,
+    /// after a backoff; one that never left (connect failure) at once, whatever its method.
+    fn retry_after_failure(&self, session: &Session, ctx: &mut OutboundCtx, why: &str, sent: bool) -> bool {
+        let (Some(pool), Some(plan)) = (ctx.pool.clone(), ctx.plan.as_ref()) else { return false };
+        ctx.attempt.finish(&pool, false);
+        let replayable = !sent
+            || (plan.method_retryable(&session.req_header().method) && !session.as_ref().retry_buffer_truncated());
+        if !replayable || session.response_written().is_some() || plan.expired() {
+            return false;
+        }
+        let verdict = ctx.attempt.may_retry(&pool, plan.retry().attempts);
+        let wait = sent.then(|| plan.backoff(ctx.attempt.retries));
+        let creds = self.credentials.load();
+        match verdict {
+            RetryVerdict::Granted => {
+                self.metrics.mesh.retry(&ctx.hop(&creds.id), why);
+                ctx.backoff = wait;
+                true
+            }
+            RetryVerdict::BudgetSpent => {
+                self.metrics.mesh.budget_exhausted(&ctx.hop(&creds.id));
+                false
+            }
+            RetryVerdict::AttemptsUsed | RetryVerdict::NoEndpointLeft => false,
+        }
+    }
+
+    /// Fails the request at once with 503: a circuit-breaker limit is reached.
+    fn overflow(&self, ctx: &mut OutboundCtx, o: &Overflow) -> Box<Error> {
+        self.metrics.mesh.overflow(&ctx.hop(&self.credentials.load().id), o.limit.as_str());
+        ctx.failure = Some(format!("{o} for {}", ctx.pool.as_ref().map_or(String::new(), |p| p.key.to_string())));
+        Error::explain(ErrorType::HTTPStatus(503), "circuit breaker open")
+    }
 }
 
 #[async_trait]
@@ -249,7 +324,21 @@ impl ProxyHttp for OutboundProxy {
     type CTX = OutboundCtx;
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx { destination: None, pool: None, target_port: 0, attempt: Attempt::default() }
+        OutboundCtx {
+            started: Instant::now(),
+            addressed: None,
+            destination: None,
+            route: None,
+            pool: None,
+            target_port: 0,
+            attempt: Attempt::default(),
+            plan: None,
+            in_flight: None,
+            pending: None,
+            retrying_status: false,
+            backoff: None,
+            failure: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
@@ -260,8 +349,9 @@ impl ProxyHttp for OutboundProxy {
             Ok((dest, i)) => (dest, &dest.ports[i]),
             Err(reason) => return deny(session, 404, &reason).await,
         };
-        ctx.pool = match &dp.routes {
-            None => Some(dp.pool.clone()),
+        ctx.addressed = Some(dest.clone());
+        let pool = match &dp.routes {
+            None => dp.pool.clone(),
             Some(router) => {
                 let view = RequestView {
                     host: &normalize_host(host),
@@ -270,38 +360,64 @@ impl ProxyHttp for OutboundProxy {
                     method: &req.method,
                     headers: &req.headers,
                 };
-                match router.lookup(&view).map(|rule| &rule.action.kind) {
-                    Some(Action::Forward { targets, cycle, .. }) => {
+                let Some(rule) = router.lookup(&view) else {
+                    let reason = format!("no route of Service {}/{} matches", dest.namespace, dest.name);
+                    return deny(session, 404, &reason).await;
+                };
+                ctx.route = Some(rule.action.clone());
+                match &rule.action.kind {
+                    Action::Forward { targets, cycle, .. } => {
                         match cycle.next().and_then(|i| targets[i].pool.clone()) {
-                            Some(pool) => Some(pool),
+                            Some(pool) => pool,
                             None => return deny(session, 500, "the route's backend is not available").await,
                         }
                     }
-                    Some(Action::Redirect { .. }) => {
+                    Action::Redirect { .. } => {
                         return deny(session, 501, "redirects are not supported by the mesh yet").await;
-                    }
-                    None => {
-                        let reason = format!("no route of Service {}/{} matches", dest.namespace, dest.name);
-                        return deny(session, 404, &reason).await;
                     }
                 }
             }
         };
         // the server to verify is the chosen backend's (a route may send payments to payments-v2)
-        let backend = ctx.pool.as_ref().and_then(|p| directory.get(&p.key.namespace, &p.key.service));
+        let backend = directory.get(&pool.key.namespace, &pool.key.service);
         ctx.destination = Some(backend.unwrap_or(dest).clone());
+        let timeouts = ctx.route.as_ref().map(|r| r.timeouts).unwrap_or_default();
+        ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, &MESH_DEFAULT, ctx.started));
+        ctx.pool = Some(pool.clone());
+        match pool.hold(Limit::Requests) {
+            Ok(held) => ctx.in_flight = Some(held),
+            Err(o) => {
+                let e = self.overflow(ctx, &o);
+                return deny(session, 503, ctx.failure.as_deref().unwrap_or(&e.to_string())).await;
+            }
+        }
         Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<Box<HttpPeer>> {
-        let (Some(pool), Some(dest)) = (&ctx.pool, &ctx.destination) else {
+        let (Some(pool), Some(dest)) = (ctx.pool.clone(), ctx.destination.clone()) else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "no destination");
         };
-        let spec = pool.spec();
+        if let Some(wait) = ctx.backoff.take() {
+            tokio::time::sleep(wait).await;
+        }
+        let plan = ctx.plan.as_ref().expect("routed requests have a plan");
+        if plan.expired() {
+            ctx.failure = Some("the request timed out (timeouts.request)".into());
+            return Error::e_explain(ErrorType::HTTPStatus(504), "request timeout");
+        }
+        let (connect_timeout, try_timeout) =
+            (plan.try_timeout(plan.spec().policy.connect_timeout), plan.try_timeout(DEFAULT_UPSTREAM_IO_TIMEOUT));
+        match pool.hold(Limit::Pending) {
+            Ok(held) => ctx.pending = Some(held),
+            Err(o) => return Err(self.overflow(ctx, &o)),
+        }
         let mut ip_buf = [0u8; 16];
-        let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
-        let Some(endpoint) = ctx.attempt.pick(pool, key) else {
-            return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
+        let key = hash_key(session, &plan.spec().policy.algorithm, &mut ip_buf);
+        let Some(endpoint) = ctx.attempt.pick(&pool, key) else {
+            ctx.pending = None;
+            ctx.failure = Some(format!("no healthy endpoint in {}", pool.key));
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint");
         };
         ctx.target_port = endpoint.port();
         let gateway = SocketAddr::new(endpoint.ip(), self.settings.mesh_port);
@@ -313,7 +429,9 @@ impl ProxyHttp for OutboundProxy {
         o.ca = Some(creds.bundle.clone());
         o.set_http_version(2, 2);
         o.max_h2_streams = MESH_H2_STREAMS;
-        o.connection_timeout = Some(spec.policy.connect_timeout);
+        o.connection_timeout = Some(connect_timeout);
+        o.read_timeout = Some(try_timeout);
+        o.write_timeout = Some(try_timeout);
         o.idle_timeout = Some(IDLE_TIMEOUT);
         o.upstream_tls_handshake_complete_hook = Some(self.handshake_hook.clone());
         peer.client_cert_key = Some(creds.client_cert.clone());
@@ -330,6 +448,7 @@ impl ProxyHttp for OutboundProxy {
         digest: Option<&Digest>,
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
+        ctx.pending = None;
         let server = digest.and_then(|d| d.ssl_digest.as_ref()).and_then(|s| s.extension.get::<SpiffeId>());
         let expected = ctx.destination.as_ref().and_then(|d| d.identity.as_ref());
         let verdict = match server {
@@ -337,10 +456,9 @@ impl ProxyHttp for OutboundProxy {
             None => Err("no SPIFFE ID".to_string()),
         };
         verdict.or_else(|why| {
-            Error::e_explain(
-                ErrorType::HTTPStatus(502),
-                format!("the mesh gateway at {} is not who it should be ({why})", peer._address),
-            )
+            let why = format!("the mesh gateway at {} is not who it should be ({why})", peer._address);
+            ctx.failure = Some(why.clone());
+            Error::e_explain(ErrorType::HTTPStatus(502), why)
         })
     }
 
@@ -356,24 +474,99 @@ impl ProxyHttp for OutboundProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut OutboundCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if !ctx.plan.as_ref().is_some_and(|p| p.status_retryable(status)) {
+            return Ok(());
+        }
+        if !self.retry_after_failure(session, ctx, status_reason(status), true) {
+            return Ok(()); // the answer goes to the caller as it is
+        }
+        // nothing was sent to the caller yet: drop this answer and try another endpoint
+        ctx.retrying_status = true;
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on another endpoint");
+        e.set_retry(true);
+        Err(e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut OutboundCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if std::mem::take(&mut ctx.retrying_status) {
+            e.set_retry(true);
+            return e;
+        }
+        let why = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+            _ => "reset",
+        };
+        let retry = e.esource() == &ErrorSource::Upstream && self.retry_after_failure(session, ctx, why, true);
+        e.set_retry(retry);
+        e
+    }
+
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut OutboundCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(pool) = ctx.pool.clone() else { return e };
-        // nothing was sent: retry on another endpoint, within the pool's retry budget
-        if ctx.attempt.connect_failed(&pool) {
-            e.set_retry(true);
-        }
+        ctx.pending = None;
+        // nothing was sent: another endpoint at once, no backoff
+        let retry = self.retry_after_failure(session, ctx, "connect", false);
+        e.set_retry(retry);
         e
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {
-        if let Some(pool) = ctx.pool.clone() {
-            ctx.attempt.finish(&pool, !e.is_some_and(|e| e.esource() == &ErrorSource::Upstream));
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 && session.response_written().is_none() {
+            let reason = ctx.failure.take().unwrap_or_else(|| match e.etype() {
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    match ctx.plan.as_ref().is_some_and(TryPlan::expired) {
+                        true => "the request timed out (timeouts.request)".to_string(),
+                        false => "the endpoint did not answer in time (timeouts.perTry)".to_string(),
+                    }
+                }
+                _ => format!("the upstream failed: {}", e.etype().as_str()),
+            });
+            let _ = deny(session, code, &reason).await;
         }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(pool) = ctx.pool.clone() {
+            let failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
+            ctx.attempt.finish(&pool, !failed);
+        }
+        if ctx.addressed.is_some() {
+            let creds = self.credentials.load();
+            self.metrics.mesh.observe(&ctx.hop(&creds.id), status, ctx.started.elapsed());
+        }
+    }
+}
+
+/// The retries metric's reason for a retried status.
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        500 => "status_500",
+        502 => "status_502",
+        503 => "status_503",
+        504 => "status_504",
+        _ => "status_5xx",
     }
 }

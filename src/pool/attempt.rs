@@ -1,18 +1,19 @@
 //! One request's use of a pool: the endpoint it holds (counted in flight), the endpoints it
-//! already tried, and its connect retries. Shared by the edge and the mesh outbound proxies.
+//! already tried, and its retries. Shared by the edge and the mesh outbound proxies.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::{EndpointStats, Pool};
+use super::{EndpointStats, Pool, RetryVerdict};
+use crate::policy::MAX_RETRY_ATTEMPTS;
 
-/// Connect failures retried on another endpoint, per request.
+/// Connect failures retried on another endpoint, per request, on the edge.
 pub const MAX_CONNECT_RETRIES: u32 = 2;
 
 /// Endpoints a request already tried, inline (no allocation per request).
 struct Tried {
-    addrs: [SocketAddr; MAX_CONNECT_RETRIES as usize + 1],
+    addrs: [SocketAddr; MAX_RETRY_ATTEMPTS as usize + 1],
     len: usize,
 }
 
@@ -26,7 +27,7 @@ pub struct Attempt {
 impl Default for Attempt {
     fn default() -> Self {
         Attempt {
-            tried: Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_RETRIES as usize + 1], len: 0 },
+            tried: Tried { addrs: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_RETRY_ATTEMPTS as usize + 1], len: 0 },
             endpoint: None,
             retries: 0,
         }
@@ -52,13 +53,23 @@ impl Attempt {
         Some(picked.addr)
     }
 
-    /// The connection to the held endpoint failed (nothing was sent): reports it, and returns
-    /// whether the request may try another endpoint (one is left, the retry budget allows it).
-    pub fn connect_failed(&mut self, pool: &Arc<Pool>) -> bool {
+    /// The connection to the held endpoint failed (nothing was sent): reports it, and says
+    /// whether the request may try another endpoint ([`Attempt::may_retry`]).
+    pub fn connect_failed(&mut self, pool: &Arc<Pool>, max_retries: u32) -> RetryVerdict {
         self.finish(pool, false);
-        let retry = self.retries < MAX_CONNECT_RETRIES && pool.may_retry_elsewhere(self.tried());
-        self.retries += u32::from(retry);
-        retry
+        self.may_retry(pool, max_retries)
+    }
+
+    /// Whether the request may be tried again: fewer than `max_retries` retries so far, an
+    /// endpoint it has not tried is left, and the pool's retry budget has room (a granted retry
+    /// is counted here and in the budget).
+    pub fn may_retry(&mut self, pool: &Pool, max_retries: u32) -> RetryVerdict {
+        if self.retries >= max_retries.min(MAX_RETRY_ATTEMPTS) {
+            return RetryVerdict::AttemptsUsed;
+        }
+        let verdict = pool.may_retry_elsewhere(self.tried());
+        self.retries += u32::from(verdict == RetryVerdict::Granted);
+        verdict
     }
 
     /// The request is done with the held endpoint: reports the outcome for outlier detection.

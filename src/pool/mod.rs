@@ -7,6 +7,7 @@
 //! endpoints or the algorithm change), so a pick allocates nothing.
 
 pub mod attempt;
+pub mod breaker;
 pub mod health;
 pub mod select;
 pub mod weighted;
@@ -53,6 +54,24 @@ pub struct EndpointStatus {
     pub latency_ms: f64,
 }
 
+/// Whether a failed request is tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryVerdict {
+    Granted,
+    /// The request used every retry it may have.
+    AttemptsUsed,
+    /// Every endpoint not yet tried is down, ejected or gone.
+    NoEndpointLeft,
+    /// The pool's retry budget has no room: the Service fails too much to retry more.
+    BudgetSpent,
+}
+
+impl RetryVerdict {
+    pub fn granted(self) -> bool {
+        self == RetryVerdict::Granted
+    }
+}
+
 /// The endpoint a request goes to.
 pub struct Picked {
     pub addr: SocketAddr,
@@ -73,6 +92,8 @@ pub struct Pool {
     health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Bounds retries to this pool (Linkerd's defaults), so a failing pool is not hammered.
     pub retry_budget: RetryBudget,
+    /// Counts against the circuit-breaker limits.
+    pub breaker: breaker::Counters,
 }
 
 fn address_key(b: &Backend) -> u64 {
@@ -105,6 +126,7 @@ impl Pool {
             stats: Mutex::new(HashMap::new()),
             health_task: Mutex::new(None),
             retry_budget: RetryBudget::default(),
+            breaker: breaker::Counters::default(),
         });
         pool.apply(spec, true);
         pool
@@ -185,10 +207,16 @@ impl Pool {
         self.selector.load().backends.len()
     }
 
-    /// Whether a request that failed to connect may try another endpoint: one is left that it
-    /// has not tried, and the pool's retry budget allows it (taking one retry from it).
-    pub fn may_retry_elsewhere(&self, tried: &[SocketAddr]) -> bool {
-        self.select(&[], tried).is_some() && self.retry_budget.try_withdraw()
+    /// Whether a request that failed may try another endpoint: one is left that it has not
+    /// tried, and the pool's retry budget allows it (taking one retry from it).
+    pub fn may_retry_elsewhere(&self, tried: &[SocketAddr]) -> RetryVerdict {
+        if self.select(&[], tried).is_none() {
+            RetryVerdict::NoEndpointLeft
+        } else if !self.retry_budget.try_withdraw() {
+            RetryVerdict::BudgetSpent
+        } else {
+            RetryVerdict::Granted
+        }
     }
 
     /// Records the outcome of a request to an endpoint for passive outlier detection.

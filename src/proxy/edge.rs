@@ -19,7 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::rewrite::{redirect_location, rewrite_path};
 use crate::policy::{AlgorithmModel, HashKey};
-use crate::pool::attempt::Attempt;
+use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
 use crate::pool::Pool;
 use crate::routing::{normalize_host, PathMatch, RequestView};
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
@@ -84,6 +84,23 @@ impl EdgeCtx {
 }
 
 /// Writes a short plain-text response.
+/// The status answered for a failed request: the error's own, 504 for timeouts, 502 for other
+/// upstream failures, 0 (no answer) when the client is gone.
+pub(crate) fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
 async fn respond(session: &mut Session, status: u16, body: &'static str, location: Option<String>) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -367,7 +384,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return e };
         let Some(pool) = &target.pool else { return e };
         target.metrics.connect_errors.inc();
-        if ctx.attempt.connect_failed(pool) {
+        if ctx.attempt.connect_failed(pool, MAX_CONNECT_RETRIES).granted() {
             target.metrics.retries.inc();
             e.set_retry(true);
         }
@@ -375,18 +392,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut EdgeCtx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = error_status(e);
         if code > 0 && session.response_written().is_none() {
             let body = match code {
                 503 => "no healthy endpoint for this route\n",

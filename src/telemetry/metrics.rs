@@ -12,9 +12,10 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use super::mesh::MeshMetrics;
 use crate::pool::PoolRegistry;
 
-const LATENCY_BUCKETS: &[f64] =
+pub(crate) const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub mesh_identity_reloads: IntCounterVec,
     /// Mutual-TLS connections accepted by the mesh inbound listener (handshake done).
     pub mesh_inbound_connections: IntCounter,
+    /// Mesh requests by hop (caller, destination, route).
+    pub mesh: MeshMetrics,
     /// Handles by (listener, route, backend), for the snapshot being built and for the one
     /// serving: a target kept across a change reuses its handles, and series of routes that are
     /// gone are removed, so config churn does not grow the registry forever.
@@ -69,16 +72,26 @@ pub struct TargetMetrics {
 impl TargetMetrics {
     /// Records a finished request. Status 0 (no response) counts as 5xx.
     pub fn observe(&self, status: u16, elapsed: Duration) {
-        let class = match status {
-            100..=599 => (status / 100 - 1) as usize,
-            _ => 4,
-        };
+        let class = class_index(status);
         self.requests[class].inc();
         self.duration[class].observe(elapsed.as_secs_f64());
     }
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
+/// Index in [`STATUS_CLASSES`] of a status; 0 (no response) counts as 5xx.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 4,
+    }
+}
+
+/// `2xx`, `5xx`, ... for a status; 0 (no response) counts as 5xx.
+pub(crate) fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[class_index(status)]
+}
+
+pub(crate) fn must<T>(r: prometheus::Result<T>) -> T {
     // metric names and labels are constants; a failure here is a programming error
     r.expect("metric definition")
 }
@@ -154,6 +167,7 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        let mesh = MeshMetrics::new(&registry);
         Arc::new(Metrics {
             registry,
             requests,
@@ -169,6 +183,7 @@ impl Metrics {
             mesh_handshake_failures,
             mesh_identity_reloads,
             mesh_inbound_connections,
+            mesh,
             targets: Mutex::new(Default::default()),
         })
     }

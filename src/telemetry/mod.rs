@@ -1,6 +1,7 @@
 //! Telemetry: Prometheus metrics, the access log and tracing setup.
 
 pub mod access_log;
+pub mod mesh;
 pub mod metrics;
 
 pub use access_log::AccessLogFormat;

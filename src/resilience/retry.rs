@@ -1,0 +1,135 @@
+//! When and how soon a failed try is tried again: the retry settings of a request (its route's
+//! timeouts, its Service's BackendPolicy, else the tier's defaults), the statuses and methods
+//! that may be retried, and the exponential backoff with jitter between tries.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use http::Method;
+use tokio::time::Instant;
+
+use crate::policy::RetryModel;
+use crate::translate::{PoolSpec, Timeouts};
+
+/// What a request may spend on tries, fixed when it is routed.
+pub struct TryPlan {
+    /// The Service port's spec (its BackendPolicy), held for the request.
+    spec: Arc<PoolSpec>,
+    default: &'static RetryModel,
+    /// The whole request must have its response headers by then.
+    pub deadline: Option<Instant>,
+    /// Longest one try may wait for the endpoint.
+    pub per_try: Option<Duration>,
+}
+
+/// The mesh's retries when no BackendPolicy sets them: 2 retries of idempotent requests on
+/// 502, 503, 504, connect failures, resets and per-try timeouts.
+pub static MESH_DEFAULT: LazyLock<RetryModel> = LazyLock::new(RetryModel::default);
+
+impl TryPlan {
+    /// The plan of a request that started at `start`: route timeouts win over the policy's.
+    pub fn new(spec: Arc<PoolSpec>, route: Timeouts, default: &'static RetryModel, start: Instant) -> TryPlan {
+        let timeouts = &spec.policy.timeouts;
+        let deadline = route.request.or(timeouts.request).map(|t| start + t);
+        let per_try = route.backend_request.or(timeouts.per_try);
+        TryPlan { spec, default, deadline, per_try }
+    }
+
+    /// The retry settings: the BackendPolicy's, else the tier's default.
+    pub fn retry(&self) -> &RetryModel {
+        self.spec.policy.retry.as_ref().unwrap_or(self.default)
+    }
+
+    /// The Service port's spec.
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    /// Time left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.remaining().is_some_and(|r| r.is_zero())
+    }
+
+    /// How long the next try may wait for its endpoint: the per-try timeout, else `io_default`,
+    /// never past the deadline.
+    pub fn try_timeout(&self, io_default: Duration) -> Duration {
+        let t = self.per_try.unwrap_or(io_default);
+        self.remaining().map_or(t, |r| t.min(r))
+    }
+
+    /// Whether a request with `method` may be retried at all.
+    pub fn method_retryable(&self, method: &Method) -> bool {
+        self.retry().non_idempotent || method.is_idempotent()
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn status_retryable(&self, status: u16) -> bool {
+        self.retry().codes.contains(&status)
+    }
+
+    /// The wait before retry number `n` (1 for the first): `backoff × 2^(n-1)`, capped at
+    /// `maxBackoff`, plus up to half of that again at random so that callers failing together
+    /// do not retry together; never past the deadline.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let retry = self.retry();
+        let base = retry.backoff.saturating_mul(1 << n.saturating_sub(1).min(16)).min(retry.max_backoff);
+        let wait = base + base.mul_f64(rand::random::<f64>() / 2.0);
+        self.remaining().map_or(wait, |r| wait.min(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BackendPolicyModel;
+
+    fn spec(policy: BackendPolicyModel) -> Arc<PoolSpec> {
+        Arc::new(PoolSpec::ready([], policy))
+    }
+
+    fn plan(policy: &BackendPolicyModel) -> TryPlan {
+        TryPlan::new(spec(policy.clone()), Timeouts::default(), &MESH_DEFAULT, Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_the_cap_with_at_most_half_again_of_jitter() {
+        let p = plan(&BackendPolicyModel::default());
+        for (n, base_ms) in [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (9, 250)] {
+            let base = Duration::from_millis(base_ms);
+            for _ in 0..50 {
+                let wait = p.backoff(n);
+                assert!(wait >= base && wait <= base + base / 2, "retry {n}: {wait:?} not in [{base:?}, 1.5×]");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_tries_and_backoff() {
+        let mut policy = BackendPolicyModel::default();
+        policy.timeouts.request = Some(Duration::from_millis(100));
+        policy.timeouts.per_try = Some(Duration::from_millis(80));
+        let p = plan(&policy);
+        assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(80));
+        tokio::time::advance(Duration::from_millis(70)).await;
+        assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(30), "what is left of 100ms");
+        assert!(p.backoff(5) <= Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert!(p.expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_timeout_wins_over_the_policy() {
+        let mut policy = BackendPolicyModel::default();
+        policy.timeouts.request = Some(Duration::from_secs(10));
+        let route = Timeouts { request: Some(Duration::from_secs(1)), backend_request: None };
+        let p = TryPlan::new(spec(policy), route, &MESH_DEFAULT, Instant::now());
+        assert_eq!(p.remaining(), Some(Duration::from_secs(1)));
+        assert!(!p.method_retryable(&Method::POST) && p.method_retryable(&Method::PUT));
+        assert!(p.status_retryable(503) && !p.status_retryable(500));
+    }
+}
