@@ -21,7 +21,7 @@ use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
-use crate::store::{Rejection, Store};
+use crate::store::{build_keeping_last_good, Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{translate, TranslateOptions};
 
@@ -208,36 +208,9 @@ impl ConfigLoop {
         }
     }
 
-    /// Translates `store`; an object whose new version is rejected while its previous version
-    /// was served is put back to that previous version (and its rejection kept, with a note),
-    /// so a mistake never takes working routes down.
-    fn translate_keeping_last_good(&self, mut store: Store) -> (Store, crate::translate::Model) {
-        let model = translate(&store, &self.opts);
-        let mut kept = vec![];
-        for r in &model.rejections {
-            if !r.served
-                && !r.name.is_empty()
-                && store.restore_from(&self.previous_store, &r.kind, &r.namespace, &r.name)
-            {
-                kept.push(r.clone());
-            }
-        }
-        if kept.is_empty() {
-            return (store, model);
-        }
-        let mut model = translate(&store, &self.opts);
-        for mut r in kept {
-            r.reason.push_str("; the previous version keeps serving until this is fixed");
-            model.rejections.push(r);
-        }
-        model.rejections.sort();
-        model.rejections.dedup();
-        (store, model)
-    }
-
     async fn apply(&mut self, loaded: Loaded) {
         let started = Instant::now();
-        let (store, model) = self.translate_keeping_last_good(loaded.store);
+        let (store, model) = build_keeping_last_good(loaded.store, &self.previous_store, |s| translate(s, &self.opts));
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
         let current = self.snapshot.load_full();
         let routes = |m: &crate::translate::Model| m.listeners.values().map(|l| l.routes.len()).sum::<usize>();

@@ -11,6 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::Serialize;
 
+use crate::mesh::authz::MeshAuthorization;
 use crate::policy::BackendPolicy;
 
 /// `namespace/name` (cluster-scoped objects have an empty namespace).
@@ -35,6 +36,7 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
     BackendPolicy(Box<BackendPolicy>),
+    MeshAuthorization(Box<MeshAuthorization>),
 }
 
 /// An object weir could not use, and why. Shown in `/config_dump`, in the log and by
@@ -63,6 +65,41 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// What is built from a store and lists the objects it could not use.
+pub trait Rejects {
+    fn rejections_mut(&mut self) -> &mut Vec<Rejection>;
+}
+
+/// Builds `build(&store)`; an object whose new version is rejected while `previous` held another
+/// version of it is put back to that version (its rejection kept, with a note), and the result
+/// built again, so a mistake never takes working configuration down. Returns the store that was
+/// built (the next call's `previous`).
+pub fn build_keeping_last_good<M: Rejects>(
+    mut store: Store,
+    previous: &Store,
+    build: impl Fn(&Store) -> M,
+) -> (Store, M) {
+    let mut built = build(&store);
+    let mut kept = vec![];
+    for r in built.rejections_mut().iter() {
+        if !r.served && !r.name.is_empty() && store.restore_from(previous, &r.kind, &r.namespace, &r.name) {
+            kept.push(r.clone());
+        }
+    }
+    if kept.is_empty() {
+        return (store, built);
+    }
+    let mut built = build(&store);
+    let rejections = built.rejections_mut();
+    for mut r in kept {
+        r.reason.push_str("; the previous version keeps serving until this is fixed");
+        rejections.push(r);
+    }
+    rejections.sort();
+    rejections.dedup();
+    (store, built)
+}
+
 /// Every object weir knows about, by kind.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
@@ -76,6 +113,7 @@ pub struct Store {
     pub endpoint_slices: BTreeMap<NsName, Stored<EndpointSlice>>,
     pub secrets: BTreeMap<NsName, Stored<Secret>>,
     pub backend_policies: BTreeMap<NsName, Stored<BackendPolicy>>,
+    pub mesh_authorizations: BTreeMap<NsName, Stored<MeshAuthorization>>,
     /// Objects the source could not even read (parse errors, unknown kinds).
     pub source_errors: Vec<Rejection>,
 }
@@ -112,6 +150,7 @@ impl Store {
             Object::EndpointSlice(o) => drop(put!(endpoint_slices, o, namespaced)),
             Object::Secret(o) => drop(put!(secrets, o, namespaced)),
             Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
+            Object::MeshAuthorization(o) => drop(put!(mesh_authorizations, o, namespaced)),
         }
     }
 
@@ -137,6 +176,7 @@ impl Store {
             "HTTPRoute" => restore!(http_routes, key),
             "Secret" => restore!(secrets, key),
             "BackendPolicy" => restore!(backend_policies, key),
+            "MeshAuthorization" => restore!(mesh_authorizations, key),
             _ => false,
         }
     }
@@ -152,6 +192,7 @@ impl Store {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.backend_policies.len()
+            + self.mesh_authorizations.len()
     }
 
     pub fn is_empty(&self) -> bool {

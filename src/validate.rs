@@ -1,4 +1,5 @@
-//! `weir validate DIR…`: translate manifests as the edge would and print every rejection.
+//! `weir validate DIR…`: translate manifests as the edge would (and MeshAuthorizations as the mesh
+//! would) and print every rejection.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -17,7 +18,10 @@ pub fn validate_dir(dir: &std::path::Path, ingress_class: &str) -> std::io::Resu
         ingress_class: ingress_class.to_string(),
         watch_ingress_without_class: false,
     };
-    Ok((store.len(), translate(&store, &opts)))
+    let mut model = translate(&store, &opts);
+    // the mesh's own kind (the trust domain does not change what is valid)
+    model.rejections.extend(crate::mesh::authz::Authorizer::build(&store, "cluster.local").rejections);
+    Ok((store.len(), model))
 }
 
 pub fn run(args: &ValidateArgs) -> ExitCode {

@@ -49,13 +49,25 @@ async fn payments_at(ca: Arc<Ca>, name: &str, ip: &str, inbound_port: u16) -> Pa
 
 /// `app` behind its gateway on the app's IP and `inbound_port` (0: any free port).
 async fn behind_gateway(ca: Arc<Ca>, app: EchoServer, inbound_port: u16) -> Payments {
+    behind_gateway_with(ca, app, inbound_port, None).await
+}
+
+/// [`behind_gateway`], the gateway reading `config` (if any) from its config dir.
+async fn behind_gateway_with(ca: Arc<Ca>, app: EchoServer, inbound_port: u16, config: Option<&str>) -> Payments {
     let dir = tempfile::tempdir().unwrap();
+    let config_dir = config.map(|c| {
+        let d = dir.path().join("config");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("mesh.yaml"), c).unwrap();
+        d
+    });
     let files = identity_files(dir.path(), &ca, PAYMENTS);
     let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
     let opts = MeshOptions {
         inbound: SocketAddr::new(app.addr().ip(), inbound_port),
         identity: files,
         workload,
+        config_dir,
         outbound: None,
         admin: "127.0.0.1:0".parse().unwrap(),
     };
@@ -96,9 +108,9 @@ async fn checkout_gateway_with(p: &Payments, config: &str) -> (MeshHandle, TempD
         identity: identity_files(dir.path(), &p.ca, CHECKOUT),
         workload: Workload { address: "127.0.0.1".parse().unwrap(), ports: vec![] },
         admin: "127.0.0.1:0".parse().unwrap(),
+        config_dir: Some(config_dir),
         outbound: Some(OutboundOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
-            config_dir,
             settings: OutboundSettings {
                 namespace: "shop".into(),
                 cluster_domain: "cluster.local".into(),
@@ -583,4 +595,139 @@ async fn a_failing_replica_is_ejected_then_readmitted() {
         pods[1].app.requests() > 2
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization
+
+const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+const OPS: &str = "spiffe://cluster.local/ns/ops/sa/debug";
+
+/// payments (pod 127.0.0.2) whose gateway reads its Service, EndpointSlice and `authorization`.
+async fn guarded_payments(authorization: &str) -> Payments {
+    let app = EchoServer::start("payments", "127.0.0.2:0".parse().unwrap()).await.unwrap();
+    let config = docs(&[
+        service_with_target_port("shop", "payments", 80, "http", app.addr().port()),
+        endpoints("shop", "payments", "http", app.addr().port(), &[app.addr()]),
+        authorization.to_string(),
+    ]);
+    behind_gateway_with(Arc::new(Ca::new("mesh CA").unwrap()), app, 0, Some(&config)).await
+}
+
+fn mesh_authorization(spec: &str) -> String {
+    format!("apiVersion: weir.dev/v1alpha1\nkind: MeshAuthorization\nmetadata: {{namespace: shop, name: payments}}\nspec:\n{}", indent(spec, 2))
+}
+
+/// `method path` from a caller with identity `id` (issued by `p`'s CA), with extra headers.
+async fn call_as(p: &Payments, id: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let caller = p.ca.issue(&LeafSpec::svid(id, DAY)).unwrap();
+    let mut conn =
+        H1::over(connect(p.mesh.inbound_addr, &p.ca.bundle_pem(), Some(&caller)).await.unwrap()).await.unwrap();
+    let port = p.app.addr().port().to_string();
+    let mut req =
+        http::Request::builder().method(method).uri(path).header("host", "payments").header("weir-target-port", port);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    conn.send(req.body(Full::<Bytes>::default()).unwrap()).await.unwrap()
+}
+
+const RULES: &str = "targetRef: {kind: Service, name: payments}
+defaultMode: Deny
+rules:
+- from: [{identity: 'spiffe://cluster.local/ns/shop/sa/checkout'}]
+  to: [{pathPrefix: /charge, methods: [POST]}]
+- from: [{namespace: ops}]
+  to: [{pathPrefix: /debug}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_allows_the_named_callers_and_denies_the_rest_with_a_reason() {
+    let p = guarded_payments(&mesh_authorization(RULES)).await;
+    call_as(&p, CHECKOUT, "POST", "/charge/42", &[]).await.assert_status(200);
+    call_as(&p, OPS, "GET", "/debug/vars", &[]).await.assert_status(200);
+    assert_eq!(p.app.requests(), 2);
+
+    let no_rule = call_as(&p, CHECKOUT, "GET", "/charge", &[]).await;
+    assert_eq!(no_rule.status, 403, "{no_rule}");
+    let reason = no_rule.header("weir-denied-reason").unwrap_or_default();
+    assert!(
+        reason.contains("no rule of MeshAuthorization shop/payments covers GET /charge")
+            && reason.contains("defaultMode: Deny"),
+        "{reason}"
+    );
+
+    let other = call_as(&p, CART, "POST", "/charge", &[]).await;
+    assert_eq!(other.status, 403, "{other}");
+    let reason = other.header("weir-denied-reason").unwrap_or_default();
+    assert!(reason.contains(&format!("{CART} may not POST /charge on Service shop/payments")), "{reason}");
+    // a caller cannot claim another identity in a header: only its certificate counts
+    let xfcc = format!("By=spiffe://cluster.local/ns/shop/sa/payments;URI={CHECKOUT}");
+    call_as(&p, CART, "POST", "/charge", &[("x-forwarded-client-cert", &xfcc)]).await.assert_status(403);
+    call_as(&p, CHECKOUT, "GET", "/debug", &[]).await.assert_status(403);
+    call_as(&p, CHECKOUT, "POST", "/chargeback", &[]).await.assert_status(403);
+    assert_eq!(p.app.requests(), 2, "no denied request reached the workload");
+
+    let text = p.mesh.metrics.encode();
+    let denials = |source: &str, reason: &str| {
+        metric(
+            &text,
+            "weir_mesh_authorization_denials_total",
+            &[("source", source), ("reason", reason), ("destination", "payments.shop")],
+        )
+    };
+    assert_eq!(denials(CHECKOUT, "no_rule"), 2.0, "GET /charge and POST /chargeback");
+    assert_eq!(denials(CART, "not_allowed"), 2.0);
+    assert_eq!(denials(CHECKOUT, "not_allowed"), 1.0, "GET /debug");
+    assert_eq!(
+        metric(
+            &text,
+            "weir_mesh_requests_total",
+            &[("direction", "inbound"), ("source", OPS), ("status_class", "2xx")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_every_authenticated_caller_is_allowed_and_policy_changes_apply_live() {
+    let p = guarded_payments("").await;
+    call_as(&p, CART, "DELETE", "/anything", &[]).await.assert_status(200);
+    let path = p._dir.path().join("config/policy.yaml");
+    let only = |rules: &str| {
+        mesh_authorization(&format!(
+            "targetRef: {{kind: Service, name: payments}}\ndefaultMode: Deny\nrules: {rules}\n"
+        ))
+    };
+    replace(&path, &only(&format!("[{{from: [{{identity: '{CART}'}}]}}]")));
+    wait_until("the policy applies", WAIT, || async { call_as(&p, CHECKOUT, "GET", "/", &[]).await.status == 403 })
+        .await;
+    call_as(&p, CART, "GET", "/", &[]).await.assert_status(200);
+    // a broken version is refused, and the last good one keeps serving (not everyone denied)
+    replace(&path, &only("[{from: [{identity: not-a-spiffe-id}]}]"));
+    wait_until("the broken version is refused", WAIT, || async {
+        metric(&p.mesh.metrics.encode(), "weir_config_rejected_objects", &[]) == 1.0
+    })
+    .await;
+    call_as(&p, CART, "GET", "/", &[]).await.assert_status(200);
+    call_as(&p, CHECKOUT, "GET", "/", &[]).await.assert_status(403);
+    replace(&path, &only("[]"));
+    wait_until("the fixed version applies", WAIT, || async { call_as(&p, CART, "GET", "/", &[]).await.status == 403 })
+        .await;
+    assert_eq!(metric(&p.mesh.metrics.encode(), "weir_config_rejected_objects", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_beside_the_identity_does_not_reload_it() {
+    // e.g. the gateway's own log in that directory: reloading on it would log again, and loop
+    let p = payments().await;
+    let dir = p.mesh.identity_files.cert.parent().unwrap().to_path_buf();
+    let count = |result: &str| metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", result)]);
+    std::fs::write(dir.join("gateway.log"), "serving\n").unwrap();
+    wait_until("the change is seen", WAIT, || async { count("unchanged") >= 1.0 }).await;
+    assert_eq!((count("ok"), count("refused")), (0.0, 0.0), "nothing reloaded");
+    let next = Ca::new("next mesh CA").unwrap();
+    replace(&p.mesh.identity_files.bundle, &format!("{}{}", p.ca.bundle_pem(), next.bundle_pem()));
+    reloads_reach(&p, 1.0).await;
+    assert_eq!(p.mesh.credentials.load().bundle.len(), 2);
 }

@@ -55,8 +55,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct MeshArgs {
-    /// Directory of manifests (Services, EndpointSlices) the outbound side routes with, watched.
-    /// Without it, only the inbound side runs.
+    /// Directory of manifests, watched: Services, EndpointSlices, HTTPRoutes and BackendPolicies
+    /// the outbound side routes with, MeshAuthorizations the inbound side enforces. Without it,
+    /// only the inbound side runs, allowing every caller of the trust domain.
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
     /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
@@ -80,8 +81,9 @@ pub struct MeshArgs {
     /// Where the workload listens (127.0.0.1 in a pod).
     #[arg(long, default_value = "127.0.0.1")]
     pub workload_address: IpAddr,
-    /// A port of the workload that callers may reach; repeat for several. No other port is.
-    #[arg(long = "workload-port", required = true)]
+    /// A port of the workload that callers may reach; repeat for several. Callers reach no
+    /// other port (none at all without this flag: an outbound-only gateway).
+    #[arg(long = "workload-port")]
     pub workload_ports: Vec<u16>,
     /// The workload's namespace, for short Service names (`payments`).
     #[arg(long, default_value = "default")]

@@ -5,6 +5,8 @@
 //! touches open connections). The caller's SPIFFE ID, taken from its verified certificate, rides
 //! on the connection's TLS digest to every request, and reaches the workload in
 //! `x-forwarded-client-cert` (Envoy's format), set here and never passed through from the caller.
+//! Each request is authorized ([`super::authz`]) for the Service of the endpoint the caller
+//! dialed.
 
 use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
@@ -24,9 +26,13 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType, Result};
 
+use tokio::time::Instant;
+
+use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
 use crate::proxy::buffered::Buffered;
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
+use crate::telemetry::mesh::Hop;
 use crate::telemetry::Metrics;
 
 /// The header the calling gateway names the workload port in.
@@ -105,16 +111,28 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     }
 }
 
-/// The inbound `ProxyHttp`: checks the target port, names the caller, forwards to the workload.
+/// The inbound `ProxyHttp`: checks the target port, authorizes the caller, names it, forwards to
+/// the workload.
 pub struct InboundProxy {
     pub workload: Workload,
     pub credentials: Arc<ArcSwap<Credentials>>,
+    pub authorizer: Arc<ArcSwap<Authorizer>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-request state of the inbound proxy.
 pub struct InboundCtx {
+    started: Instant,
     caller: Option<SpiffeId>,
     target: Option<SocketAddr>,
+    /// `name.namespace` of the Service the caller reached (metrics), if the endpoint is known.
+    service: String,
+}
+
+impl InboundCtx {
+    fn hop<'a>(&'a self, caller: &'a SpiffeId) -> Hop<'a> {
+        Hop { direction: "inbound", source: caller.as_str(), destination: &self.service, route: "" }
+    }
 }
 
 fn caller_of(session: &Session) -> Option<SpiffeId> {
@@ -139,7 +157,7 @@ impl ProxyHttp for InboundProxy {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { caller: None, target: None }
+        InboundCtx { started: Instant::now(), caller: None, target: None, service: String::new() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
@@ -155,9 +173,31 @@ impl ProxyHttp for InboundProxy {
             let reason = format!("port {port} is not a port of this workload");
             return deny(session, 403, &reason).await;
         }
+        // the Service is found from where the caller connected, not from anything it says
+        let dialed = session.server_addr().and_then(|a| a.as_inet()).map(|a| SocketAddr::new(a.ip(), port));
+        let authorizer = self.authorizer.load();
+        if let Some(at) = dialed {
+            if let Some((ns, name)) = authorizer.services_at(at).first() {
+                ctx.service = format!("{name}.{ns}");
+            }
+            let req = session.req_header();
+            if let Err(denial) = authorizer.decide(&caller, at, &req.method, req.uri.path()) {
+                let hop = Hop { destination: &denial.service, ..ctx.hop(&caller) };
+                self.metrics.mesh.denied(&hop, denial.label);
+                ctx.caller = Some(caller);
+                return deny(session, 403, &denial.text).await;
+            }
+        }
         ctx.caller = Some(caller);
         ctx.target = Some(SocketAddr::new(self.workload.address, port));
         Ok(false)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
+        if let Some(caller) = &ctx.caller {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            self.metrics.mesh.observe(&ctx.hop(caller), status, ctx.started.elapsed());
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> Result<Box<HttpPeer>> {

@@ -1,11 +1,13 @@
 //! The mesh gateway tier (east–west): mutual TLS between gateways with SPIFFE identities.
 //!
-//! Built so far: [`identity`] (SVIDs, trust bundles, the inbound acceptor and the outbound
-//! client material), [`source`] (identity files, watched and rotated), [`inbound`] (the mutual-TLS
-//! listener in front of a workload), [`outbound`] (Host → Service, or its HTTPRoutes → endpoint
-//! → the endpoint's gateway over mutual TLS) and [`ca`] (the demo's and the tests' certificate
-//! authority). Authorization, resilience and per-identity telemetry follow (issue 4).
+//! [`identity`] (SVIDs, trust bundles, the inbound acceptor and the outbound client material),
+//! [`source`] (identity files, watched and rotated), [`inbound`] (the mutual-TLS listener in front
+//! of a workload), [`authz`] (which callers may reach a Service), [`outbound`] (Host → Service, or
+//! its HTTPRoutes → endpoint → the endpoint's gateway over mutual TLS, with retries, timeouts and
+//! circuit breaking from `crate::resilience` and the pools) and [`ca`] (the demo's and the tests'
+//! certificate authority).
 
+pub mod authz;
 pub mod ca;
 pub mod identity;
 pub mod inbound;
@@ -26,15 +28,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use self::authz::Authorizer;
 use self::identity::{Credentials, OnRefusal};
 use self::inbound::{InboundProxy, Workload};
 use self::outbound::{server_identity_hook, Directory, OutboundProxy, OutboundSettings};
-use self::source::{watch_identity, IdentityFiles, OnReload};
+use self::source::{watch_identity, IdentityFiles, OnReload, Reload};
 use crate::admin::AdminApp;
 use crate::pool::PoolRegistry;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::watch_dir;
+use crate::store::{build_keeping_last_good, Rejection, Rejects, Store};
 use crate::telemetry::Metrics;
 
 /// How to run a mesh gateway.
@@ -43,7 +47,11 @@ pub struct MeshOptions {
     pub inbound: SocketAddr,
     pub identity: IdentityFiles,
     pub workload: Workload,
-    /// The outbound side, for local applications calling other Services.
+    /// Services, EndpointSlices, HTTPRoutes, BackendPolicies and MeshAuthorizations as
+    /// manifests, watched. Without it no authorization policy applies (every authenticated
+    /// caller of our trust domain is allowed) and there is no outbound side.
+    pub config_dir: Option<PathBuf>,
+    /// The outbound side, for local applications calling other Services (needs `config_dir`).
     pub outbound: Option<OutboundOptions>,
     /// Admin listener: /metrics, /ready, /live.
     pub admin: SocketAddr,
@@ -60,9 +68,9 @@ impl MeshOptions {
             },
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
             admin: a.admin,
-            outbound: a.config_dir.as_ref().map(|dir| OutboundOptions {
+            config_dir: a.config_dir.clone(),
+            outbound: a.config_dir.as_ref().map(|_| OutboundOptions {
                 listen: a.outbound,
-                config_dir: dir.clone(),
                 settings: OutboundSettings {
                     namespace: a.namespace.clone(),
                     cluster_domain: a.cluster_domain.clone(),
@@ -78,8 +86,6 @@ impl MeshOptions {
 pub struct OutboundOptions {
     /// Plain HTTP from local applications (default 127.0.0.1:15001).
     pub listen: SocketAddr,
-    /// Services, EndpointSlices (and later routes and policies) as manifests, watched.
-    pub config_dir: PathBuf,
     pub settings: OutboundSettings,
 }
 
@@ -93,7 +99,8 @@ pub struct MeshHandle {
     pub credentials: Arc<ArcSwap<Credentials>>,
     shutdown: watch::Sender<bool>,
     inbound_task: JoinHandle<()>,
-    outbound: Option<(Arc<Listeners<HttpProxy<OutboundProxy>>>, JoinHandle<()>)>,
+    outbound: Option<Arc<Listeners<HttpProxy<OutboundProxy>>>>,
+    config_task: Option<JoinHandle<()>>,
     admin: Arc<Listeners<AdminApp>>,
 }
 
@@ -102,9 +109,11 @@ impl MeshHandle {
     pub fn shutdown(self) {
         self.inbound_task.abort();
         self.admin.close_all();
-        if let Some((listeners, config_task)) = self.outbound {
+        if let Some(listeners) = self.outbound {
             listeners.close_all();
-            config_task.abort();
+        }
+        if let Some(task) = self.config_task {
+            task.abort();
         }
         let _ = self.shutdown.send(true);
     }
@@ -119,11 +128,12 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     let on_refusal: OnRefusal = Arc::new(move |r| counted.mesh_handshake_failure(r.as_str()));
     let reloads = metrics.clone();
     let on_reload: OnReload = Arc::new(move |result| match result {
-        Ok(creds) => {
+        Reload::Loaded(creds) => {
             reloads.mesh_identity_reloads.with_label_values(&["ok"]).inc();
             tracing::info!(identity = %creds.id, not_after = %creds.not_after, "mesh identity reloaded");
         }
-        Err(e) => {
+        Reload::Unchanged => reloads.mesh_identity_reloads.with_label_values(&["unchanged"]).inc(),
+        Reload::Refused(e) => {
             reloads.mesh_identity_reloads.with_label_values(&["refused"]).inc();
             tracing::error!(error = %e, "mesh identity not reloaded; the previous identity keeps serving");
         }
@@ -147,7 +157,13 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         bind_errors: Arc::new(Default::default),
     };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
-    let proxy = InboundProxy { workload: opts.workload.clone(), credentials: credentials.clone() };
+    let config = watch_config(&opts, pools, &metrics, &credentials)?;
+    let proxy = InboundProxy {
+        workload: opts.workload.clone(),
+        credentials: credentials.clone(),
+        authorizer: config.authorizer.clone(),
+        metrics: metrics.clone(),
+    };
     let mut app = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
     app.handle_init_modules();
     let inbound_task = tokio::spawn(inbound::accept_loop(
@@ -159,10 +175,13 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         shutdown_rx,
     ));
     let outbound = match &opts.outbound {
-        Some(o) => Some(start_outbound(o, pools, credentials.clone(), metrics.clone(), shutdown_rx2).await?),
+        Some(o) => {
+            let directory = config.directory.clone();
+            Some(start_outbound(o, directory, credentials.clone(), metrics.clone(), shutdown_rx2).await?)
+        }
         None => None,
     };
-    let outbound_addr = outbound.as_ref().map(|(addr, _, _)| *addr);
+    let outbound_addr = outbound.as_ref().map(|(addr, _)| *addr);
     tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, identity = %credentials.load().id, "weir mesh is serving");
     Ok(MeshHandle {
         inbound_addr,
@@ -174,41 +193,90 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         credentials,
         shutdown: shutdown_tx,
         inbound_task,
-        outbound: outbound.map(|(_, l, t)| (l, t)),
+        outbound: outbound.map(|(_, l)| l),
+        config_task: config.task,
     })
 }
 
-type Outbound = (SocketAddr, Arc<Listeners<HttpProxy<OutboundProxy>>>, JoinHandle<()>);
+/// What the config dir feeds: the outbound side's Services and the inbound side's authorization.
+struct Config {
+    directory: Arc<ArcSwap<Directory>>,
+    authorizer: Arc<ArcSwap<Authorizer>>,
+    task: Option<JoinHandle<()>>,
+}
 
-/// Binds the outbound listener and keeps its Service directory in step with the config dir.
+/// The authorizer and the directory built from one store, and every rejection of both.
+struct Built {
+    authorizer: Authorizer,
+    directory: Option<Directory>,
+    rejections: Vec<Rejection>,
+}
+
+impl Rejects for Built {
+    fn rejections_mut(&mut self) -> &mut Vec<Rejection> {
+        &mut self.rejections
+    }
+}
+
+/// Reads the config dir (if any) and keeps the directory and the authorizer in step with it.
+fn watch_config(
+    opts: &MeshOptions,
+    pools: Arc<PoolRegistry>,
+    metrics: &Arc<Metrics>,
+    credentials: &Arc<ArcSwap<Credentials>>,
+) -> anyhow::Result<Config> {
+    let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
+    let authorizer = Arc::new(ArcSwap::from_pointee(Authorizer::default()));
+    let Some(dir) = &opts.config_dir else {
+        anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
+        return Ok(Config { directory, authorizer, task: None });
+    };
+    let mut store_rx =
+        watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?;
+    let cluster_domain = opts.outbound.as_ref().map(|o| o.settings.cluster_domain.clone());
+    let (metrics, credentials) = (metrics.clone(), credentials.clone());
+    let (directory_w, authorizer_w) = (directory.clone(), authorizer.clone());
+    let mut previous = Store::default();
+    let mut apply = move |store: Store| {
+        let trust_domain = credentials.load().id.trust_domain().to_string();
+        let build = |s: &Store| {
+            let mut authorizer = Authorizer::build(s, &trust_domain);
+            let mut directory = cluster_domain.as_ref().map(|domain| Directory::build(s, &pools, &metrics, domain));
+            let mut rejections = std::mem::take(&mut authorizer.rejections);
+            rejections.extend(directory.as_mut().map(|d| std::mem::take(&mut d.rejections)).unwrap_or_default());
+            Built { authorizer, directory, rejections }
+        };
+        let (served, built) = build_keeping_last_good(store, &previous, build);
+        previous = served;
+        metrics.rejected_objects.set(built.rejections.len() as i64);
+        log_rejections(&built.rejections);
+        authorizer_w.store(Arc::new(built.authorizer));
+        if let Some(d) = built.directory {
+            metrics.retire_unused_targets();
+            directory_w.store(Arc::new(d));
+        }
+    };
+    apply(store_rx.borrow().store.clone());
+    let task = tokio::spawn(async move {
+        while store_rx.changed().await.is_ok() {
+            let loaded = store_rx.borrow_and_update().clone();
+            apply(loaded.store);
+        }
+    });
+    Ok(Config { directory, authorizer, task: Some(task) })
+}
+
+/// Binds the outbound listener, serving the Services of `directory`.
 async fn start_outbound(
     o: &OutboundOptions,
-    pools: Arc<PoolRegistry>,
+    directory: Arc<ArcSwap<Directory>>,
     credentials: Arc<ArcSwap<Credentials>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
-) -> anyhow::Result<Outbound> {
+) -> anyhow::Result<(SocketAddr, Arc<Listeners<HttpProxy<OutboundProxy>>>)> {
     let listener = TcpListener::bind(o.listen)
         .await
         .with_context(|| format!("cannot listen on {} (the mesh outbound listener)", o.listen))?;
-    let mut store_rx = watch_dir(o.config_dir.clone())
-        .with_context(|| format!("cannot read the config directory {}", o.config_dir.display()))?;
-    let first = Directory::build(&store_rx.borrow().store, &pools, &metrics, &o.settings.cluster_domain);
-    metrics.retire_unused_targets();
-    log_rejections(&first);
-    let directory = Arc::new(ArcSwap::from_pointee(first));
-    let serving = directory.clone();
-    let route_metrics = metrics.clone();
-    let cluster_domain = o.settings.cluster_domain.clone();
-    let config_task = tokio::spawn(async move {
-        while store_rx.changed().await.is_ok() {
-            let loaded = store_rx.borrow_and_update().clone();
-            let next = Directory::build(&loaded.store, &pools, &route_metrics, &cluster_domain);
-            route_metrics.retire_unused_targets();
-            log_rejections(&next);
-            serving.store(Arc::new(next));
-        }
-    });
     let conf = Arc::new(ServerConf::default());
     let apps = Apps::proxies(&conf, || OutboundProxy {
         settings: o.settings.clone(),
@@ -221,11 +289,11 @@ async fn start_outbound(
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let listeners = Arc::new(Listeners::new(apps, snapshot, metrics, shutdown));
     let addr = listeners.adopt(listener)?;
-    Ok((addr, listeners, config_task))
+    Ok((addr, listeners))
 }
 
-fn log_rejections(d: &Directory) {
-    for r in &d.rejections {
+fn log_rejections(rejections: &[Rejection]) {
+    for r in rejections {
         tracing::warn!(kind = %r.kind, namespace = %r.namespace, name = %r.name, file = %r.file, "rejected: {}", r.reason);
     }
 }

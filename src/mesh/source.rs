@@ -25,14 +25,19 @@ pub struct IdentityFiles {
 impl IdentityFiles {
     /// Reads and checks the three files.
     pub fn load(&self, on_refusal: OnRefusal) -> Result<Credentials, String> {
+        let (cert, key, bundle) = self.read()?;
+        Credentials::from_pem(&cert, &key, &bundle, on_refusal)
+    }
+
+    /// The three files' contents.
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
         let read =
             |what: &str, p: &Path| std::fs::read(p).map_err(|e| format!("cannot read the {what} {}: {e}", p.display()));
-        let (cert, key, bundle) = (
+        Ok((
             read("identity certificate", &self.cert)?,
             read("identity key", &self.key)?,
             read("trust bundle", &self.bundle)?,
-        );
-        Credentials::from_pem(&cert, &key, &bundle, on_refusal)
+        ))
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -46,17 +51,29 @@ impl IdentityFiles {
     }
 }
 
-/// Called after each reload attempt: the new identity's description, or why it was refused.
-pub type OnReload = Arc<dyn Fn(Result<&Credentials, &str>) + Send + Sync>;
+/// What a change in the identity's directories led to.
+pub enum Reload<'a> {
+    /// A new set is serving.
+    Loaded(&'a Credentials),
+    /// The new files were refused (why); the last good set keeps serving.
+    Refused(&'a str),
+    /// Something changed there, but not the three files (say, a log written beside them).
+    Unchanged,
+}
 
-/// Loads the identity (failing if it cannot be loaded at start), then keeps it current: each
-/// change to the files' directories reloads the set.
+/// Called after each change.
+pub type OnReload = Arc<dyn Fn(Reload) + Send + Sync>;
+
+/// Loads the identity (failing if it cannot be loaded at start), then keeps it current: a change
+/// in the files' directories reloads the set when the files' contents differ from the last set
+/// seen (other files there, such as a log, change nothing).
 pub fn watch_identity(
     files: IdentityFiles,
     on_refusal: OnRefusal,
     on_reload: OnReload,
 ) -> Result<Arc<ArcSwap<Credentials>>, String> {
-    let first = files.load(on_refusal.clone())?;
+    let mut seen = files.read()?;
+    let first = Credentials::from_pem(&seen.0, &seen.1, &seen.2, on_refusal.clone())?;
     let current = Arc::new(ArcSwap::from_pointee(first));
     let dirs = files.dirs();
     let mut changes = Changes::watch(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
@@ -64,12 +81,24 @@ pub fn watch_identity(
     let serving = current.clone();
     tokio::spawn(async move {
         while changes.next().await.is_some() {
-            match files.load(on_refusal.clone()) {
+            let loaded = match files.read() {
+                Ok(contents) if contents == seen => {
+                    on_reload(Reload::Unchanged);
+                    continue;
+                }
+                Ok(contents) => {
+                    let loaded = Credentials::from_pem(&contents.0, &contents.1, &contents.2, on_refusal.clone());
+                    seen = contents;
+                    loaded
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok(creds) => {
-                    on_reload(Ok(&creds));
+                    on_reload(Reload::Loaded(&creds));
                     serving.store(Arc::new(creds));
                 }
-                Err(e) => on_reload(Err(&e)),
+                Err(e) => on_reload(Reload::Refused(&e)),
             }
         }
     });

@@ -51,6 +51,7 @@ fn object_key(o: &Object) -> (String, String, String) {
         Object::EndpointSlice(x) => key!("EndpointSlice", x),
         Object::Secret(x) => key!("Secret", x),
         Object::BackendPolicy(x) => key!("BackendPolicy", x),
+        Object::MeshAuthorization(x) => key!("MeshAuthorization", x),
     }
 }
 

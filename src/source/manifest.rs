@@ -61,13 +61,14 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
         ("v1", "Secret") => Object::Secret(typed(value)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value)?),
         ("weir.dev/v1alpha1", "BackendPolicy") => Object::BackendPolicy(typed(value)?),
+        ("weir.dev/v1alpha1", "MeshAuthorization") => Object::MeshAuthorization(typed(value)?),
         ("", _) | (_, "") => return Err("apiVersion and kind are required".into()),
         _ => {
             return Err(format!(
                 "{api_version} {kind} is not a kind weir reads; weir reads Ingress, IngressClass \
                  (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute \
                  (gateway.networking.k8s.io/v1), Service, Secret (v1), EndpointSlice \
-                 (discovery.k8s.io/v1) and BackendPolicy (weir.dev/v1alpha1)"
+                 (discovery.k8s.io/v1), BackendPolicy and MeshAuthorization (weir.dev/v1alpha1)"
             ))
         }
     })

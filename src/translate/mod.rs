@@ -46,6 +46,12 @@ pub struct Model {
     pub rejections: Vec<Rejection>,
 }
 
+impl crate::store::Rejects for Model {
+    fn rejections_mut(&mut self) -> &mut Vec<Rejection> {
+        &mut self.rejections
+    }
+}
+
 /// Plain HTTP or TLS-terminating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Protocol {

@@ -1,0 +1,393 @@
+//! Mesh authorization: `MeshAuthorization` (`weir.dev/v1alpha1`), which callers may reach a
+//! Service, and the inbound gateway's decision for each request.
+//!
+//! A `MeshAuthorization` targets one Service of its namespace. Its rules allow callers (an exact
+//! SPIFFE ID, or every identity of a namespace of our trust domain) to make some requests (a
+//! path prefix, methods; every request when `to` is absent). A request that some rule covers
+//! (its `to` matches) is allowed only if one of the covering rules names the caller; a request no
+//! rule covers gets the default mode: `AllowAuthenticated` (every caller that passed the mutual
+//! TLS handshake, the default) or `Deny`.
+//!
+//! The inbound gateway learns the destination Service from where the request arrived, never from
+//! what the caller says: the address the caller dialed (the endpoint's IP) and the target port
+//! are looked up in the EndpointSlices. When several Services select that endpoint, each of their
+//! authorizations must allow the request.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::identity::SpiffeId;
+use crate::store::{NsName, Rejection, Store};
+use crate::translate::reject;
+
+/// Which callers may reach a Service, and what they may do there.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(group = "weir.dev", version = "v1alpha1", kind = "MeshAuthorization", namespaced)]
+#[kube(derive = "PartialEq")]
+#[kube(doc = "MeshAuthorization says which mesh callers (SPIFFE identities) may send which requests to a \
+              Service; the Service's mesh gateways answer everything else 403.")]
+#[serde(rename_all = "camelCase")]
+pub struct MeshAuthorizationSpec {
+    /// The Service (in this namespace) the rules protect. Required.
+    pub target_ref: ServiceRef,
+
+    /// What happens to a request no rule covers: `AllowAuthenticated` (any caller with a valid
+    /// identity of our trust domain) or `Deny`. Default: AllowAuthenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<Mode>,
+
+    /// Allow rules. Default: none (the default mode decides every request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A Service of the policy's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Must be "" (the core API group). Default: "".
+    #[serde(default)]
+    pub group: String,
+    /// Must be Service. Default: Service.
+    #[serde(default = "service_kind")]
+    pub kind: String,
+    /// The Service's name. Required.
+    pub name: String,
+}
+
+fn service_kind() -> String {
+    "Service".into()
+}
+
+/// The decision for requests no rule covers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    AllowAuthenticated,
+    Deny,
+}
+
+/// Callers allowed to make the requests of `to`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// The callers, each by exact identity or by namespace. Required, at least one.
+    #[schemars(length(min = 1))]
+    pub from: Vec<CallerSpec>,
+    /// The requests the rule covers; any of them. Default: absent, meaning every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<OperationSpec>>,
+}
+
+/// One caller or a namespace of callers; set exactly one field.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CallerSpec {
+    /// An exact SPIFFE ID, e.g. spiffe://cluster.local/ns/shop/sa/checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Every identity `spiffe://<our trust domain>/ns/<namespace>/sa/...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Requests: a path prefix and methods, both optional.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationSpec {
+    /// Matches this path and the paths below it, by whole segments (`/pay` covers `/pay` and
+    /// `/pay/x`, not `/payments`). Default: every path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// HTTP methods, upper case. Default: every method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+}
+
+/// The `MeshAuthorization` CRD rendered as YAML (`deploy/crds/meshauthorizations.weir.dev.yaml`).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&MeshAuthorization::crd()).expect("the MeshAuthorization CRD serializes to YAML")
+}
+
+/// A validated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Caller {
+    Exact(SpiffeId),
+    Namespace(String),
+}
+
+/// A validated operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Operation {
+    /// Without a trailing `/` (empty: every path).
+    path_prefix: String,
+    methods: Vec<http::Method>,
+}
+
+impl Operation {
+    fn covers(&self, method: &http::Method, path: &str) -> bool {
+        let path_ok =
+            path.strip_prefix(self.path_prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        path_ok && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rule {
+    from: Vec<Caller>,
+    /// Empty: every request.
+    to: Vec<Operation>,
+}
+
+/// The authorization of one Service, merged from every MeshAuthorization targeting it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Policy {
+    /// `namespace/name` of the MeshAuthorizations, for messages.
+    names: Vec<String>,
+    mode: Mode,
+    rules: Vec<Rule>,
+}
+
+/// Why a request was refused: the `reason` label and the text for `weir-denied-reason`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub label: &'static str,
+    pub text: String,
+    /// `name.namespace` of the Service whose authorization refused.
+    pub service: String,
+}
+
+/// Every Service's authorization, and which Services each endpoint serves.
+#[derive(Default)]
+pub struct Authorizer {
+    /// Endpoint (pod IP, port) → the Services selecting it.
+    services_at: HashMap<SocketAddr, Vec<NsName>>,
+    policies: HashMap<NsName, Policy>,
+    trust_domain: String,
+    pub rejections: Vec<Rejection>,
+}
+
+impl Authorizer {
+    /// Builds the authorizer from `store`; `trust_domain` is ours (namespace callers are in it).
+    pub fn build(store: &Store, trust_domain: &str) -> Authorizer {
+        let mut rejections = vec![];
+        let mut policies: HashMap<NsName, Policy> = HashMap::new();
+        for ((ns, name), stored) in &store.mesh_authorizations {
+            let r = |reason: String| reject("MeshAuthorization", ns, name, &stored.origin, reason);
+            let spec = &stored.object.spec;
+            match compile(spec) {
+                Err(problems) => {
+                    // a refused policy must not open the Service: it denies until fixed
+                    rejections.push(r(format!(
+                        "{}; the Service denies every request until it is fixed",
+                        problems.join("; ")
+                    )));
+                    let p = policies.entry((ns.clone(), spec.target_ref.name.clone())).or_insert_with(empty_policy);
+                    p.names.push(format!("{ns}/{name}"));
+                    p.mode = Mode::Deny;
+                }
+                Ok((mode, rules)) => {
+                    if !store.services.contains_key(&(ns.clone(), spec.target_ref.name.clone())) {
+                        let reason = format!(
+                            "targetRef: no Service {ns}/{} (the rules apply once it exists)",
+                            spec.target_ref.name
+                        );
+                        rejections.push(Rejection { served: true, ..r(reason) });
+                    }
+                    let p = policies.entry((ns.clone(), spec.target_ref.name.clone())).or_insert_with(empty_policy);
+                    p.names.push(format!("{ns}/{name}"));
+                    // several policies on one Service: their rules add up, and Deny wins
+                    if mode == Mode::Deny {
+                        p.mode = Mode::Deny;
+                    }
+                    p.rules.extend(rules);
+                }
+            }
+        }
+        let mut services_at: HashMap<SocketAddr, Vec<NsName>> = HashMap::new();
+        for stored in store.endpoint_slices.values() {
+            let slice = &stored.object;
+            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) else {
+                continue;
+            };
+            let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ports: Vec<u16> = slice.ports.iter().flatten().filter_map(|p| p.port).map(|p| p as u16).collect();
+            for ep in &slice.endpoints {
+                for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    for port in &ports {
+                        let key = (ns.clone(), service.clone());
+                        let at = services_at.entry(SocketAddr::new(ip, *port)).or_default();
+                        if !at.contains(&key) {
+                            at.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        Authorizer { services_at, policies, trust_domain: trust_domain.to_string(), rejections }
+    }
+
+    /// The Services the endpoint `at` (the address a caller dialed, with the target port) serves.
+    pub fn services_at(&self, at: SocketAddr) -> &[NsName] {
+        self.services_at.get(&at).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `caller` may make this request to the endpoint `at`.
+    pub fn decide(&self, caller: &SpiffeId, at: SocketAddr, method: &http::Method, path: &str) -> Result<(), Denial> {
+        for service in self.services_at(at) {
+            if let Some(policy) = self.policies.get(service) {
+                self.check(policy, service, caller, method, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(
+        &self,
+        p: &Policy,
+        (ns, name): &NsName,
+        caller: &SpiffeId,
+        method: &http::Method,
+        path: &str,
+    ) -> Result<(), Denial> {
+        let covering: Vec<&Rule> =
+            p.rules.iter().filter(|r| r.to.is_empty() || r.to.iter().any(|o| o.covers(method, path))).collect();
+        let names = p.names.join(", ");
+        let deny = |label, text| Err(Denial { label, text, service: format!("{name}.{ns}") });
+        if covering.is_empty() {
+            return match p.mode {
+                Mode::AllowAuthenticated => Ok(()),
+                Mode::Deny => deny(
+                    "no_rule",
+                    format!("no rule of MeshAuthorization {names} covers {method} {path} on Service {ns}/{name} (defaultMode: Deny)"),
+                ),
+            };
+        }
+        if covering.iter().any(|r| r.from.iter().any(|c| self.matches(c, caller))) {
+            return Ok(());
+        }
+        deny(
+            "not_allowed",
+            format!("{caller} may not {method} {path} on Service {ns}/{name} (MeshAuthorization {names})"),
+        )
+    }
+
+    fn matches(&self, c: &Caller, caller: &SpiffeId) -> bool {
+        match c {
+            Caller::Exact(id) => id == caller,
+            Caller::Namespace(ns) => caller.trust_domain() == self.trust_domain && caller.namespace() == Some(ns),
+        }
+    }
+}
+
+fn empty_policy() -> Policy {
+    Policy { names: vec![], mode: Mode::AllowAuthenticated, rules: vec![] }
+}
+
+/// Validates a spec: every problem, each with its field and what to do.
+fn compile(spec: &MeshAuthorizationSpec) -> Result<(Mode, Vec<Rule>), Vec<String>> {
+    let mut problems = vec![];
+    let t = &spec.target_ref;
+    if !(t.group.is_empty() || t.group == "core") || t.kind != "Service" {
+        problems.push(format!(
+            "spec.targetRef: {}/{} is not supported; a MeshAuthorization targets a Service (group \"\", kind Service)",
+            t.group, t.kind
+        ));
+    }
+    if t.name.is_empty() {
+        problems.push("spec.targetRef.name: is empty; name a Service of this namespace".into());
+    }
+    let mut rules = vec![];
+    for (i, r) in spec.rules.iter().enumerate() {
+        if r.from.is_empty() {
+            problems.push(format!("spec.rules[{i}].from: is empty; list the callers allowed (identity or namespace)"));
+        }
+        let mut from = vec![];
+        for (j, c) in r.from.iter().enumerate() {
+            let at = format!("spec.rules[{i}].from[{j}]");
+            match (&c.identity, &c.namespace) {
+                (Some(id), None) => match SpiffeId::parse(id) {
+                    Ok(id) => from.push(Caller::Exact(id)),
+                    Err(e) => problems.push(format!("{at}.identity: {e}")),
+                },
+                (None, Some(ns)) if !ns.is_empty() => from.push(Caller::Namespace(ns.clone())),
+                (None, Some(_)) => problems.push(format!("{at}.namespace: is empty; name a namespace")),
+                _ => problems.push(format!("{at}: set exactly one of identity or namespace")),
+            }
+        }
+        let mut to = vec![];
+        for (j, o) in r.to.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].to[{j}]");
+            let prefix = o.path_prefix.as_deref().unwrap_or("/");
+            if !prefix.starts_with('/') {
+                problems.push(format!("{at}.pathPrefix: {prefix:?} must start with /"));
+            }
+            let mut methods = vec![];
+            for m in o.methods.iter().flatten() {
+                match http::Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if m.chars().all(|c| c.is_ascii_uppercase()) => methods.push(method),
+                    _ => problems.push(format!("{at}.methods: {m:?} is not an HTTP method in upper case, e.g. GET")),
+                }
+            }
+            to.push(Operation { path_prefix: prefix.trim_end_matches('/').to_string(), methods });
+        }
+        rules.push(Rule { from, to });
+    }
+    if problems.is_empty() {
+        Ok((spec.default_mode.unwrap_or_default(), rules))
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> MeshAuthorizationSpec {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn invalid_specs_say_every_problem() {
+        let problems = compile(&spec(
+            "targetRef: {kind: Deployment, name: ''}
+rules:
+- from: [{identity: 'http://x'}, {}, {identity: 'spiffe://cluster.local/ns/a/sa/b', namespace: a}]
+  to: [{pathPrefix: pay, methods: [get, POST]}]
+- from: []",
+        ))
+        .unwrap_err();
+        let text = problems.join("\n");
+        for needle in [
+            "spec.targetRef: /Deployment is not supported",
+            "spec.targetRef.name: is empty",
+            "spec.rules[0].from[0].identity: \"http://x\" is not a SPIFFE ID",
+            "spec.rules[0].from[1]: set exactly one of identity or namespace",
+            "spec.rules[0].from[2]: set exactly one",
+            "spec.rules[0].to[0].pathPrefix: \"pay\" must start with /",
+            "spec.rules[0].to[0].methods: \"get\" is not an HTTP method in upper case",
+            "spec.rules[1].from: is empty",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_crd_on_disk_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/meshauthorizations.weir.dev.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(on_disk == crd_yaml(), "{path} is stale; regenerate it with `weir crds`");
+    }
+
+    #[test]
+    fn path_prefixes_match_whole_segments() {
+        let o = Operation { path_prefix: "/pay".into(), methods: vec![http::Method::POST] };
+        assert!(o.covers(&http::Method::POST, "/pay") && o.covers(&http::Method::POST, "/pay/42"));
+        assert!(!o.covers(&http::Method::POST, "/payments") && !o.covers(&http::Method::GET, "/pay"));
+        let all = Operation { path_prefix: String::new(), methods: vec![] };
+        assert!(all.covers(&http::Method::DELETE, "/") && all.covers(&http::Method::GET, "/x"));
+    }
+}
