@@ -722,7 +722,8 @@ async fn a_file_written_beside_the_identity_does_not_reload_it() {
     // e.g. the gateway's own log in that directory: reloading on it would log again, and loop
     let p = payments().await;
     let dir = p.mesh.identity_files.cert.parent().unwrap().to_path_buf();
-    let count = |result: &str| metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", result)]);
+    let count =
+        |result: &str| metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", result)]);
     std::fs::write(dir.join("gateway.log"), "serving\n").unwrap();
     wait_until("the change is seen", WAIT, || async { count("unchanged") >= 1.0 }).await;
     assert_eq!((count("ok"), count("refused")), (0.0, 0.0), "nothing reloaded");

@@ -20,7 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::Digest;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
@@ -268,6 +268,8 @@ pub struct OutboundCtx {
     backoff: Option<Duration>,
     /// Why the request failed, for `weir-denied-reason` (set with the error).
     failure: Option<String>,
+    /// The failure is an overload answer, counted in metrics: not logged as an error.
+    overflowed: bool,
 }
 
 impl OutboundCtx {
@@ -299,6 +301,7 @@ impl OutboundProxy {
         let creds = self.credentials.load();
         match verdict {
             RetryVerdict::Granted => {
+                tracing::debug!(why, retry = ctx.attempt.retries, "mesh outbound: retrying on another endpoint");
                 self.metrics.mesh.retry(&ctx.hop(&creds.id), why);
                 ctx.backoff = wait;
                 true
@@ -314,6 +317,7 @@ impl OutboundProxy {
     /// Fails the request at once with 503: a circuit-breaker limit is reached.
     fn overflow(&self, ctx: &mut OutboundCtx, o: &Overflow) -> Box<Error> {
         self.metrics.mesh.overflow(&ctx.hop(&self.credentials.load().id), o.limit.as_str());
+        ctx.overflowed = true;
         ctx.failure = Some(format!("{o} for {}", ctx.pool.as_ref().map_or(String::new(), |p| p.key.to_string())));
         Error::explain(ErrorType::HTTPStatus(503), "circuit breaker open")
     }
@@ -338,6 +342,7 @@ impl ProxyHttp for OutboundProxy {
             retrying_status: false,
             backoff: None,
             failure: None,
+            overflowed: false,
         }
     }
 
@@ -545,6 +550,15 @@ impl ProxyHttp for OutboundProxy {
             let _ = deny(session, code, &reason).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Retries are counted (`weir_mesh_retries_total`), not logged one by one.
+    fn suppress_proxy_warn_log(&self, _: &Session, _: &OutboundCtx, _: &Error, c: ProxyWarnLogContext) -> bool {
+        matches!(c, ProxyWarnLogContext::UpstreamRetry)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &OutboundCtx, _error: &Error) -> bool {
+        ctx.overflowed
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {

@@ -172,6 +172,11 @@ impl TestWeir {
         weir
     }
 
+    /// The snapshot serving traffic.
+    pub fn snapshot(&self) -> std::sync::Arc<weir::snapshot::Snapshot> {
+        self.edge.as_ref().expect("weir is running").snapshot()
+    }
+
     /// The directory weir watches.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,7 +1,10 @@
 //! `weir demo`: the quickstart on one machine. Starts a demo backend (an [`EchoServer`]
-//! answering with its Service's name) on every address of every EndpointSlice, starts the edge,
-//! sends a burst through the weighted split to show it working, prints what to try, and runs
-//! until Ctrl-C.
+//! answering with its Service's name) on every address of every EndpointSlice, the mesh story
+//! ([`mesh`]: checkout calling payments through mesh gateways), starts the edge, sends a burst
+//! through the weighted split and one through the mesh to show them working, prints what
+//! happened and what to try, and runs until Ctrl-C.
+
+pub mod mesh;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +23,12 @@ use crate::translate::Protocol;
 /// Requests in the demo's burst through each Gateway route.
 pub const BURST: usize = 100;
 
-/// Starts an echo backend for every endpoint in the manifests.
+/// Requests in the demo's burst through the mesh.
+pub const MESH_BURST: u64 = 300;
+/// The host whose `/api` goes to checkout (conf/quickstart/40-mesh.yaml).
+pub const MESH_HOST: &str = "shop.example.com";
+
+/// Starts an echo backend for every endpoint in the manifests (but the mesh story's own).
 async fn start_backends(store: &crate::store::Store) -> anyhow::Result<Vec<EchoServer>> {
     let mut servers = vec![];
     for stored in store.endpoint_slices.values() {
@@ -32,6 +40,9 @@ async fn start_backends(store: &crate::store::Store) -> anyhow::Result<Vec<EchoS
             .and_then(|l| l.get("kubernetes.io/service-name"))
             .cloned()
             .unwrap_or_else(|| slice.metadata.name.clone().unwrap_or_default());
+        if mesh::SERVICES.contains(&name.as_str()) {
+            continue;
+        }
         for port in slice.ports.iter().flatten().filter_map(|p| p.port) {
             for ep in &slice.endpoints {
                 for a in &ep.addresses {
@@ -81,6 +92,15 @@ async fn burst(snap: &Snapshot) {
     }
 }
 
+/// The address of the Gateway HTTP listener serving `host`.
+pub fn gateway_for(snap: &Snapshot, host: &str) -> Option<SocketAddr> {
+    snap.listeners
+        .values()
+        .filter(|l| l.name.starts_with("gateway:") && l.protocol == Protocol::Http)
+        .find(|l| l.router.virtual_hosts().iter().any(|vh| vh.pattern.display() == host))
+        .map(|l| l.addr_for_clients())
+}
+
 trait ClientAddr {
     fn addr_for_clients(&self) -> SocketAddr;
 }
@@ -115,6 +135,9 @@ fn print_tries(snap: &Snapshot, admin: SocketAddr, config_dir: &std::path::Path)
             }
         }
     }
+    if let Some(addr) = gateway_for(snap, MESH_HOST) {
+        println!("  curl -si -H 'Host: {MESH_HOST}' http://{addr}/api/checkout      # through the mesh");
+    }
     println!("  curl -s http://{admin}/metrics | grep weir_requests_total");
     println!("  curl -s http://{admin}/config_dump");
     println!("\nweir is running; edit the manifests in {} and watch them apply. Ctrl-C stops.", config_dir.display());
@@ -129,6 +152,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for s in &servers {
         println!("  {} on {}", s.name(), s.addr());
     }
+    let story = mesh::MeshStory::start(&store, &args.config_dir, mesh::GatewayPorts::default())
+        .await
+        .context("the mesh story (checkout and payments pods on 127.0.0.2-4)")?;
     let handle = start_edge(EdgeOptions::from_args(args.config_dir.clone(), &args.listen)).await?;
     let snap = handle.snapshot();
     for r in &snap.rejections {
@@ -139,9 +165,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         handle.http_addr, handle.https_addr, handle.admin_addr
     );
     burst(&snap).await;
+    if let Some(edge) = gateway_for(&snap, MESH_HOST) {
+        story.burst(edge, MESH_HOST, MESH_BURST).await.print(&story);
+    }
     print_tries(&snap, handle.admin_addr, &args.config_dir);
     tokio::signal::ctrl_c().await?;
     handle.shutdown().await;
+    story.shutdown();
     drop(servers);
     Ok(())
 }
