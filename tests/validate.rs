@@ -621,21 +621,28 @@ fn every_bad_input_at_once_is_reported_file_by_file() {
 // weir crds
 
 #[test]
-fn crds_prints_the_backend_policy_crd_shipped_in_deploy() {
+fn crds_prints_the_crds_shipped_in_deploy() {
     let out = run(&["crds"]);
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stdout.contains("kind: CustomResourceDefinition"), "{out}");
-    assert!(out.stdout.contains("backendpolicies.weir.dev"), "{out}");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds/backendpolicies.weir.dev.yaml");
-    let shipped = std::fs::read_to_string(&shipped).expect("read deploy/crds/backendpolicies.weir.dev.yaml");
+    let shipped = |file: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds").join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    };
+    let files = ["backendpolicies.weir.dev.yaml", "meshauthorizations.weir.dev.yaml"];
     assert!(
-        out.stdout == shipped,
-        "`weir crds` and deploy/crds/backendpolicies.weir.dev.yaml differ; regenerate the file with \
-         `weir crds > deploy/crds/backendpolicies.weir.dev.yaml`"
+        out.stdout == files.map(shipped).join("---\n"),
+        "`weir crds` and deploy/crds/ differ; regenerate the files from `weir crds` (one document each)"
     );
-    // it is one YAML document a cluster accepts: a v1 CRD for the weir.dev group
-    let crd: serde_json::Value = serde_yaml_ng::from_str(&out.stdout).expect("`weir crds` prints valid YAML");
-    assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
-    assert_eq!(crd["spec"]["group"], "weir.dev");
-    assert_eq!(crd["spec"]["names"]["kind"], "BackendPolicy");
+    // documents a cluster accepts: v1 CRDs of the weir.dev group
+    let kinds: Vec<String> = out
+        .stdout
+        .split("---\n")
+        .map(|doc| {
+            let crd: serde_json::Value = serde_yaml_ng::from_str(doc).expect("`weir crds` prints valid YAML");
+            assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
+            assert_eq!(crd["spec"]["group"], "weir.dev");
+            crd["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["BackendPolicy", "MeshAuthorization"]);
 }
