@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         }),
         Command::Demo(args) => run(args.listen.threads, weir::demo::run(args)),
         Command::Mesh(args) => run(args.threads, async move {
-            let handle = weir::mesh::start_mesh(weir::mesh::MeshOptions::from_args(&args)).await?;
+            let handle = weir::mesh::start_mesh(weir::mesh::MeshOptions::from_args(&args)?).await?;
             let signal = stop_signal().await?;
             tracing::info!(signal, "stopping: no new connections; open ones finish");
             handle.shutdown();

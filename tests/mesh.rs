@@ -22,7 +22,7 @@ use weir::mesh::ca::{Ca, Issued, LeafSpec};
 use weir::mesh::inbound::Workload;
 use weir::mesh::outbound::OutboundSettings;
 use weir::mesh::source::IdentityFiles;
-use weir::mesh::{start_mesh, MeshHandle, MeshOptions, OutboundOptions};
+use weir::mesh::{start_mesh, IdentitySource, MeshHandle, MeshOptions, OutboundOptions};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
@@ -65,7 +65,7 @@ async fn behind_gateway_with(ca: Arc<Ca>, app: EchoServer, inbound_port: u16, co
     let workload = Workload { address: app.addr().ip(), ports: vec![app.addr().port()] };
     let opts = MeshOptions {
         inbound: SocketAddr::new(app.addr().ip(), inbound_port),
-        identity: files,
+        identity: IdentitySource::Files(files),
         workload,
         config_dir,
         outbound: None,
@@ -105,7 +105,7 @@ async fn checkout_gateway_with(p: &Payments, config: &str) -> (MeshHandle, TempD
     std::fs::write(config_dir.join("mesh.yaml"), config).unwrap();
     let opts = MeshOptions {
         inbound: "127.0.0.1:0".parse().unwrap(),
-        identity: identity_files(dir.path(), &p.ca, CHECKOUT),
+        identity: IdentitySource::Files(identity_files(dir.path(), &p.ca, CHECKOUT)),
         workload: Workload { address: "127.0.0.1".parse().unwrap(), ports: vec![] },
         admin: "127.0.0.1:0".parse().unwrap(),
         config_dir: Some(config_dir),
@@ -265,7 +265,7 @@ async fn identity_and_trust_bundle_rotate_under_load_without_a_failed_request() 
     let p = payments().await;
     let new_ca = Ca::new("next mesh CA").unwrap();
     let both = format!("{}{}", p.ca.bundle_pem(), new_ca.bundle_pem());
-    let files = p.mesh.identity_files.clone();
+    let files = p.mesh.identity_files.clone().unwrap();
     let port = p.app.addr().port();
     // the caller's side: its bundle and identity, rotated by the test in step with the server's
     let caller = std::sync::Arc::new(std::sync::Mutex::new((
@@ -721,14 +721,64 @@ async fn without_a_policy_every_authenticated_caller_is_allowed_and_policy_chang
 async fn a_file_written_beside_the_identity_does_not_reload_it() {
     // e.g. the gateway's own log in that directory: reloading on it would log again, and loop
     let p = payments().await;
-    let dir = p.mesh.identity_files.cert.parent().unwrap().to_path_buf();
+    let files = p.mesh.identity_files.clone().unwrap();
+    let dir = files.cert.parent().unwrap().to_path_buf();
     let count =
         |result: &str| metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", result)]);
     std::fs::write(dir.join("gateway.log"), "serving\n").unwrap();
     wait_until("the change is seen", WAIT, || async { count("unchanged") >= 1.0 }).await;
     assert_eq!((count("ok"), count("refused")), (0.0, 0.0), "nothing reloaded");
     let next = Ca::new("next mesh CA").unwrap();
-    replace(&p.mesh.identity_files.bundle, &format!("{}{}", p.ca.bundle_pem(), next.bundle_pem()));
+    replace(&files.bundle, &format!("{}{}", p.ca.bundle_pem(), next.bundle_pem()));
     reloads_reach(&p, 1.0).await;
     assert_eq!(p.mesh.credentials.load().bundle.len(), 2);
+}
+
+/// A `kubernetes.io/tls` Secret `shop/payments-identity` holding `issued` and `bundle_pem`.
+fn identity_secret(issued: &Issued, bundle_pem: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{namespace: shop, name: payments-identity}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        indent(&issued.chain_pem, 4),
+        indent(&issued.key_pem, 4),
+        indent(bundle_pem, 4)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
+    let ca = Arc::new(Ca::new("mesh CA").unwrap());
+    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("identity.yaml");
+    let first = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+    std::fs::write(&secret_file, identity_secret(&first, &ca.bundle_pem())).unwrap();
+    let opts = MeshOptions {
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        identity: IdentitySource::Secret("shop".into(), "payments-identity".into()),
+        workload: Workload { address: app.addr().ip(), ports: vec![app.addr().port()] },
+        config_dir: Some(dir.path().to_path_buf()),
+        outbound: None,
+        admin: "127.0.0.1:0".parse().unwrap(),
+    };
+    let mesh = start_mesh(opts).await.unwrap();
+    let p = Payments { mesh, ca: ca.clone(), app, _dir: dir };
+    let checkout = ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
+    assert_eq!(p.mesh.credentials.load().id.to_string(), PAYMENTS);
+    let served_first = p.mesh.credentials.load().not_after.clone();
+
+    // a new certificate in the Secret is served without a restart
+    let next = ca.issue(&LeafSpec::svid(PAYMENTS, 2 * DAY)).unwrap();
+    replace(&secret_file, &identity_secret(&next, &ca.bundle_pem()));
+    reloads_reach(&p, 1.0).await;
+    assert_ne!(p.mesh.credentials.load().not_after, served_first);
+    call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
+
+    // a Secret whose key does not match is refused; the last good identity keeps serving
+    let other = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+    let mismatched = Issued { chain_pem: first.chain_pem.clone(), key_pem: other.key_pem.clone() };
+    replace(&secret_file, &identity_secret(&mismatched, &ca.bundle_pem()));
+    let refused = || metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", "refused")]);
+    wait_until("the broken Secret is refused", WAIT, || async { refused() == 1.0 }).await;
+    call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
 }

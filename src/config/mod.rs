@@ -62,13 +62,18 @@ pub struct MeshArgs {
     pub config_dir: Option<PathBuf>,
     /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
     #[arg(long)]
-    pub identity_cert: PathBuf,
+    pub identity_cert: Option<PathBuf>,
     /// The SVID's private key (PEM), watched and reloaded.
     #[arg(long)]
-    pub identity_key: PathBuf,
+    pub identity_key: Option<PathBuf>,
     /// CA certificates of the trust domain (PEM), watched and reloaded.
     #[arg(long)]
-    pub trust_bundle: PathBuf,
+    pub trust_bundle: Option<PathBuf>,
+    /// Instead of the three files: a Secret of --config-dir, `<namespace>/<name>`, holding the
+    /// identity as `tls.crt`, `tls.key` and `ca.crt` (cert-manager's keys); reloaded when it
+    /// changes.
+    #[arg(long, requires = "config_dir")]
+    pub identity_secret: Option<String>,
     /// Inbound listener: mutual TLS from other gateways.
     #[arg(long, default_value = DEFAULT_MESH_INBOUND)]
     pub inbound: SocketAddr,

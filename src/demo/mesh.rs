@@ -20,7 +20,7 @@ use crate::mesh::ca::{Ca, LeafSpec};
 use crate::mesh::inbound::Workload;
 use crate::mesh::outbound::OutboundSettings;
 use crate::mesh::source::IdentityFiles;
-use crate::mesh::{start_mesh, MeshHandle, MeshOptions, OutboundOptions};
+use crate::mesh::{start_mesh, IdentitySource, MeshHandle, MeshOptions, OutboundOptions};
 use crate::store::Store;
 
 /// The Services the story runs itself (the demo starts no plain backend for them).
@@ -120,7 +120,7 @@ impl MeshStory {
             let ip = app.ip();
             Ok(MeshOptions {
                 inbound: SocketAddr::new(ip, ports.inbound),
-                identity: identity(&dir, &ca, sa)?,
+                identity: IdentitySource::Files(identity(&dir, &ca, sa)?),
                 workload: Workload { address: ip, ports: vec![app.port()] },
                 config_dir: Some(config_dir.to_path_buf()),
                 outbound: outbound.then(|| OutboundOptions {

@@ -32,20 +32,29 @@ use self::authz::Authorizer;
 use self::identity::{Credentials, OnRefusal};
 use self::inbound::{InboundProxy, Workload};
 use self::outbound::{server_identity_hook, Directory, OutboundProxy, OutboundSettings};
-use self::source::{watch_identity, IdentityFiles, OnReload, Reload};
+use self::source::{watch_identity, IdentityFiles, OnReload, Reload, SecretIdentity};
 use crate::admin::AdminApp;
 use crate::pool::PoolRegistry;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
-use crate::source::dir::watch_dir;
+use crate::source::dir::{watch_dir, Loaded};
 use crate::store::{build_keeping_last_good, Rejection, Rejects, Store};
 use crate::telemetry::Metrics;
+
+/// Where the workload's identity comes from.
+#[derive(Clone, Debug)]
+pub enum IdentitySource {
+    /// Three PEM files, watched.
+    Files(IdentityFiles),
+    /// A Secret `(namespace, name)` of the config dir: `tls.crt`, `tls.key`, `ca.crt`.
+    Secret(String, String),
+}
 
 /// How to run a mesh gateway.
 #[derive(Clone, Debug)]
 pub struct MeshOptions {
     pub inbound: SocketAddr,
-    pub identity: IdentityFiles,
+    pub identity: IdentitySource,
     pub workload: Workload,
     /// Services, EndpointSlices, HTTPRoutes, BackendPolicies and MeshAuthorizations as
     /// manifests, watched. Without it no authorization policy applies (every authenticated
@@ -58,14 +67,25 @@ pub struct MeshOptions {
 }
 
 impl MeshOptions {
-    pub fn from_args(a: &crate::config::MeshArgs) -> Self {
-        MeshOptions {
+    /// The options `weir mesh` was given; fails, saying what to fix, on an identity given
+    /// neither as files nor as a Secret.
+    pub fn from_args(a: &crate::config::MeshArgs) -> anyhow::Result<Self> {
+        let identity = match (&a.identity_secret, &a.identity_cert, &a.identity_key, &a.trust_bundle) {
+            (Some(secret), None, None, None) => {
+                let (ns, name) = secret.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                    .ok_or_else(|| anyhow::anyhow!("--identity-secret {secret:?}: write it as <namespace>/<name>"))?;
+                IdentitySource::Secret(ns.into(), name.into())
+            }
+            (None, Some(cert), Some(key), Some(bundle)) => {
+                IdentitySource::Files(IdentityFiles { cert: cert.clone(), key: key.clone(), bundle: bundle.clone() })
+            }
+            _ => anyhow::bail!(
+                "give the identity either as --identity-cert, --identity-key and --trust-bundle (PEM files) or as --identity-secret <namespace>/<name> (a Secret in --config-dir)"
+            ),
+        };
+        Ok(MeshOptions {
             inbound: a.inbound,
-            identity: IdentityFiles {
-                cert: a.identity_cert.clone(),
-                key: a.identity_key.clone(),
-                bundle: a.trust_bundle.clone(),
-            },
+            identity,
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
             admin: a.admin,
             config_dir: a.config_dir.clone(),
@@ -77,7 +97,7 @@ impl MeshOptions {
                     mesh_port: a.mesh_port,
                 },
             }),
-        }
+        })
     }
 }
 
@@ -94,7 +114,8 @@ pub struct MeshHandle {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
-    pub identity_files: IdentityFiles,
+    /// The identity's files (`None` when it comes from a Secret).
+    pub identity_files: Option<IdentityFiles>,
     pub metrics: Arc<Metrics>,
     pub credentials: Arc<ArcSwap<Credentials>>,
     shutdown: watch::Sender<bool>,
@@ -138,8 +159,23 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
             tracing::error!(error = %e, "mesh identity not reloaded; the previous identity keeps serving");
         }
     });
-    let credentials = watch_identity(opts.identity.clone(), on_refusal, on_reload)
-        .map_err(|e| anyhow::anyhow!("mesh identity: {e}"))?;
+    let store_rx = match &opts.config_dir {
+        Some(dir) => Some(
+            watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let (credentials, secret) = match &opts.identity {
+        IdentitySource::Files(files) => (watch_identity(files.clone(), on_refusal, on_reload), None),
+        IdentitySource::Secret(ns, name) => {
+            let store = store_rx.as_ref().map(|rx| rx.borrow().store.clone()).unwrap_or_default();
+            match SecretIdentity::load(&store, ns, name, on_refusal, on_reload) {
+                Ok(s) => (Ok(s.current()), Some(s)),
+                Err(e) => (Err(e), None),
+            }
+        }
+    };
+    let credentials = credentials.map_err(|e| anyhow::anyhow!("mesh identity: {e}"))?;
     let inbound = TcpListener::bind(opts.inbound)
         .await
         .with_context(|| format!("cannot listen on {} (the mesh inbound listener)", opts.inbound))?;
@@ -157,7 +193,7 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         bind_errors: Arc::new(Default::default),
     };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
-    let config = watch_config(&opts, pools, &metrics, &credentials)?;
+    let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials)?;
     let proxy = InboundProxy {
         workload: opts.workload.clone(),
         credentials: credentials.clone(),
@@ -188,7 +224,10 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         outbound_addr,
         admin_addr,
         admin,
-        identity_files: opts.identity,
+        identity_files: match opts.identity {
+            IdentitySource::Files(f) => Some(f),
+            IdentitySource::Secret(..) => None,
+        },
         metrics,
         credentials,
         shutdown: shutdown_tx,
@@ -221,23 +260,26 @@ impl Rejects for Built {
 /// Reads the config dir (if any) and keeps the directory and the authorizer in step with it.
 fn watch_config(
     opts: &MeshOptions,
+    store_rx: Option<watch::Receiver<Loaded>>,
+    mut secret: Option<SecretIdentity>,
     pools: Arc<PoolRegistry>,
     metrics: &Arc<Metrics>,
     credentials: &Arc<ArcSwap<Credentials>>,
 ) -> anyhow::Result<Config> {
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let authorizer = Arc::new(ArcSwap::from_pointee(Authorizer::default()));
-    let Some(dir) = &opts.config_dir else {
+    let Some(mut store_rx) = store_rx else {
         anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
         return Ok(Config { directory, authorizer, task: None });
     };
-    let mut store_rx =
-        watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?;
     let cluster_domain = opts.outbound.as_ref().map(|o| o.settings.cluster_domain.clone());
     let (metrics, credentials) = (metrics.clone(), credentials.clone());
     let (directory_w, authorizer_w) = (directory.clone(), authorizer.clone());
     let mut previous = Store::default();
     let mut apply = move |store: Store| {
+        if let Some(secret) = &mut secret {
+            secret.update(&store);
+        }
         let trust_domain = credentials.load().id.trust_domain().to_string();
         let build = |s: &Store| {
             let mut authorizer = Authorizer::build(s, &trust_domain);

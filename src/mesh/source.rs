@@ -1,5 +1,6 @@
 //! Where the mesh identity comes from: three PEM files (certificate chain, key, trust bundle),
-//! watched, as a Kubernetes Secret volume or cert-manager's csi-driver presents them.
+//! watched, as a Kubernetes Secret volume or cert-manager's csi-driver presents them; or a Secret
+//! object of the config dir (`tls.crt`, `tls.key`, `ca.crt`).
 //!
 //! A change is loaded as one set; a set that fails to load (a half-written file, a key that does
 //! not match, an expired certificate) is reported and the last good set keeps serving.
@@ -11,6 +12,8 @@ use arc_swap::ArcSwap;
 
 use super::identity::{Credentials, OnRefusal};
 use crate::source::dir::Changes;
+use crate::store::Store;
+use crate::translate::tls::secret_field;
 
 /// The files of one identity.
 #[derive(Clone, Debug)]
@@ -64,6 +67,52 @@ pub enum Reload<'a> {
 /// Called after each change.
 pub type OnReload = Arc<dyn Fn(Reload) + Send + Sync>;
 
+/// The three PEM contents of an identity: certificate chain, key, trust bundle.
+type Contents = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// The identity serving, the contents it came from, and what to tell of changes. Shared by the
+/// file and the Secret sources.
+struct Watched {
+    seen: Contents,
+    current: Arc<ArcSwap<Credentials>>,
+    on_refusal: OnRefusal,
+    on_reload: OnReload,
+}
+
+impl Watched {
+    /// The first identity: it must load.
+    fn start(
+        contents: Result<Contents, String>,
+        on_refusal: OnRefusal,
+        on_reload: OnReload,
+    ) -> Result<Watched, String> {
+        let seen = contents?;
+        let first = Credentials::from_pem(&seen.0, &seen.1, &seen.2, on_refusal.clone())?;
+        Ok(Watched { seen, current: Arc::new(ArcSwap::from_pointee(first)), on_refusal, on_reload })
+    }
+
+    /// New contents (or why they could not be read): loaded and served if they differ from the
+    /// last seen and are valid; a refused set leaves the last good one serving.
+    fn offer(&mut self, contents: Result<Contents, String>) {
+        let loaded = match contents {
+            Ok(contents) if contents == self.seen => return (self.on_reload)(Reload::Unchanged),
+            Ok(contents) => {
+                let loaded = Credentials::from_pem(&contents.0, &contents.1, &contents.2, self.on_refusal.clone());
+                self.seen = contents;
+                loaded
+            }
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(creds) => {
+                (self.on_reload)(Reload::Loaded(&creds));
+                self.current.store(Arc::new(creds));
+            }
+            Err(e) => (self.on_reload)(Reload::Refused(&e)),
+        }
+    }
+}
+
 /// Loads the identity (failing if it cannot be loaded at start), then keeps it current: a change
 /// in the files' directories reloads the set when the files' contents differ from the last set
 /// seen (other files there, such as a log, change nothing).
@@ -72,35 +121,59 @@ pub fn watch_identity(
     on_refusal: OnRefusal,
     on_reload: OnReload,
 ) -> Result<Arc<ArcSwap<Credentials>>, String> {
-    let mut seen = files.read()?;
-    let first = Credentials::from_pem(&seen.0, &seen.1, &seen.2, on_refusal.clone())?;
-    let current = Arc::new(ArcSwap::from_pointee(first));
+    let mut watched = Watched::start(files.read(), on_refusal, on_reload)?;
+    let current = watched.current.clone();
     let dirs = files.dirs();
     let mut changes = Changes::watch(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
         .map_err(|e| format!("cannot watch the identity files: {e}"))?;
-    let serving = current.clone();
     tokio::spawn(async move {
         while changes.next().await.is_some() {
-            let loaded = match files.read() {
-                Ok(contents) if contents == seen => {
-                    on_reload(Reload::Unchanged);
-                    continue;
-                }
-                Ok(contents) => {
-                    let loaded = Credentials::from_pem(&contents.0, &contents.1, &contents.2, on_refusal.clone());
-                    seen = contents;
-                    loaded
-                }
-                Err(e) => Err(e),
-            };
-            match loaded {
-                Ok(creds) => {
-                    on_reload(Reload::Loaded(&creds));
-                    serving.store(Arc::new(creds));
-                }
-                Err(e) => on_reload(Reload::Refused(&e)),
-            }
+            watched.offer(files.read());
         }
     });
     Ok(current)
+}
+
+/// The identity in a Secret of the config dir, `tls.crt`, `tls.key` and `ca.crt` (the keys
+/// cert-manager writes), reloaded when the Secret changes.
+pub struct SecretIdentity {
+    namespace: String,
+    name: String,
+    watched: Watched,
+}
+
+impl SecretIdentity {
+    /// Loads the identity from Secret `namespace/name` in `store`; it must be there and valid.
+    pub fn load(
+        store: &Store,
+        namespace: &str,
+        name: &str,
+        on_refusal: OnRefusal,
+        on_reload: OnReload,
+    ) -> Result<SecretIdentity, String> {
+        let watched = Watched::start(secret_contents(store, namespace, name), on_refusal, on_reload)?;
+        Ok(SecretIdentity { namespace: namespace.into(), name: name.into(), watched })
+    }
+
+    /// The identity serving.
+    pub fn current(&self) -> Arc<ArcSwap<Credentials>> {
+        self.watched.current.clone()
+    }
+
+    /// Takes the Secret's version in `store` (a change to anything else reloads nothing).
+    pub fn update(&mut self, store: &Store) {
+        let contents = secret_contents(store, &self.namespace, &self.name);
+        if contents.as_ref().ok() != Some(&self.watched.seen) {
+            self.watched.offer(contents);
+        }
+    }
+}
+
+fn secret_contents(store: &Store, namespace: &str, name: &str) -> Result<Contents, String> {
+    let key = (namespace.to_string(), name.to_string());
+    let secret = store.secrets.get(&key).ok_or_else(|| {
+        format!("no Secret {namespace}/{name} in the config directory (it holds the mesh identity: tls.crt, tls.key, ca.crt)")
+    })?;
+    let field = |k| secret_field(&secret.object, k).map_err(|e| format!("Secret {namespace}/{name}: {e}"));
+    Ok((field("tls.crt")?, field("tls.key")?, field("ca.crt")?))
 }

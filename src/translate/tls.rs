@@ -81,17 +81,19 @@ fn load_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Result<LoadedCert
             secret.type_.as_deref().unwrap_or("")
         ));
     }
-    let field = |k: &str| -> Result<Vec<u8>, String> {
-        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(k)) {
-            return Ok(v.0.clone());
-        }
-        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(k)) {
-            return Ok(v.as_bytes().to_vec());
-        }
-        Err(format!("it has no {k}"))
-    };
-    let (crt, key) = (field("tls.crt")?, field("tls.key")?);
+    let (crt, key) = (secret_field(secret, "tls.crt")?, secret_field(secret, "tls.key")?);
     build_context(&crt, &key)
+}
+
+/// The value of `key` in a Secret's `data` (or `stringData`).
+pub(crate) fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Result<Vec<u8>, String> {
+    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.0.clone());
+    }
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.as_bytes().to_vec());
+    }
+    Err(format!("it has no {key}"))
 }
 
 /// Builds a server context from a PEM chain and key, checking that they belong together and
