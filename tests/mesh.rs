@@ -782,3 +782,32 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
     wait_until("the broken Secret is refused", WAIT, || async { refused() == 1.0 }).await;
     call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_timeout_on_a_service_bounds_its_requests() {
+    let pods = pods(1).await;
+    pods[0].app.set_delay(Duration::from_secs(10));
+    let app = pods[0].app.addr();
+    let config = docs(&[
+        service_with_target_port("shop", "payments", 80, "http", app.port()),
+        endpoints("shop", "payments", "http", app.port(), &[app]),
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: shop, name: payments}
+spec:
+  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /slow}}]
+      timeouts: {request: 300ms}
+      backendRefs: [{name: payments, port: 80}]
+"
+        .to_string(),
+    ]);
+    let (checkout, _dir) = checkout_gateway_with(&pods[0], &config).await;
+    let started = std::time::Instant::now();
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments").path("/slow").send().await;
+    assert_eq!(resp.status, 504, "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut at the route's 300ms, not the app's 10 s");
+    let route = "httproute/shop/payments/rule/0";
+    assert_eq!(mesh_metric(&checkout, "weir_mesh_requests_total", &[("route", route), ("status_class", "5xx")]), 1.0);
+}
