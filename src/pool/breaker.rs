@@ -40,11 +40,6 @@ impl Counters {
             Limit::Pending => &self.pending,
         }
     }
-
-    /// Current count for `limit`.
-    pub fn current(&self, limit: Limit) -> u32 {
-        self.of(limit).load(Relaxed)
-    }
 }
 
 /// A request counted against one limit of a pool until dropped.
