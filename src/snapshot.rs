@@ -14,7 +14,8 @@ use crate::routing::{HostPattern, Router, Rule};
 use crate::store::Rejection;
 use crate::telemetry::{Metrics, TargetMetrics};
 use crate::translate::{
-    ActionKind, ActionModel, HeaderMods, ListenerModel, Model, PoolKey, Protocol, Redirect, Rewrite, Timeouts,
+    ActionKind, ActionModel, HeaderMods, ListenerModel, Model, PoolKey, Protocol, Redirect, Rewrite, RouteRetry,
+    Timeouts,
 };
 
 /// The one published configuration.
@@ -52,6 +53,7 @@ pub struct RouteAction {
     pub response_headers: HeaderMods,
     pub rewrite: Option<Rewrite>,
     pub timeouts: Timeouts,
+    pub retry: RouteRetry,
 }
 
 pub enum Action {
@@ -191,5 +193,6 @@ pub(crate) fn compile_action(
         response_headers: a.response_headers.clone(),
         rewrite: a.rewrite.clone(),
         timeouts: a.timeouts,
+        retry: a.retry,
     }
 }

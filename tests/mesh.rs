@@ -485,12 +485,12 @@ async fn retries_hide_a_replica_that_fails_a_third_of_its_requests() {
     let failed = pods[1].app.requests() / 3;
     let retries = mesh_metric(&checkout, "weir_mesh_retries_total", &[("reason", "status_503")]);
     assert!(failed > 250 && retries >= failed as f64, "{failed} failures were retried ({retries} retries)");
-    let served = mesh_metric(
-        &checkout,
-        "weir_mesh_requests_total",
-        &[("destination", "payments.shop"), ("source", CHECKOUT), ("status_class", "2xx")],
-    );
-    assert_eq!(served, f64::from(ok), "requests counted by caller and destination");
+    // counted when each request is logged, just after its answer
+    let labels = [("destination", "payments.shop"), ("source", CHECKOUT), ("status_class", "2xx")];
+    wait_until("requests counted by caller and destination", WAIT, || async {
+        mesh_metric(&checkout, "weir_mesh_requests_total", &labels) == f64::from(ok)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,14 +679,12 @@ async fn authorization_allows_the_named_callers_and_denies_the_rest_with_a_reaso
     assert_eq!(denials(CHECKOUT, "no_rule"), 2.0, "GET /charge and POST /chargeback");
     assert_eq!(denials(CART, "not_allowed"), 2.0);
     assert_eq!(denials(CHECKOUT, "not_allowed"), 1.0, "GET /debug");
-    assert_eq!(
-        metric(
-            &text,
-            "weir_mesh_requests_total",
-            &[("direction", "inbound"), ("source", OPS), ("status_class", "2xx")]
-        ),
-        1.0
-    );
+    // requests are counted when logged, just after the answer
+    let ops = [("direction", "inbound"), ("source", OPS), ("status_class", "2xx")];
+    wait_until("ops' request counted", WAIT, || async {
+        metric(&p.mesh.metrics.encode(), "weir_mesh_requests_total", &ops) == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,6 +806,48 @@ spec:
     let resp = request(checkout.outbound_addr.unwrap()).host("payments").path("/slow").send().await;
     assert_eq!(resp.status, 504, "{resp}");
     assert!(started.elapsed() < Duration::from_secs(5), "cut at the route's 300ms, not the app's 10 s");
+    // counted when the request is logged, just after the answer
     let route = "httproute/shop/payments/rule/0";
-    assert_eq!(mesh_metric(&checkout, "weir_mesh_requests_total", &[("route", route), ("status_class", "5xx")]), 1.0);
+    wait_until("the request is counted under its route", WAIT, || async {
+        mesh_metric(&checkout, "weir_mesh_requests_total", &[("route", route), ("status_class", "5xx")]) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_say_its_non_idempotent_requests_are_retried() {
+    let pods = pods(2).await;
+    pods[1].app.set_status(503);
+    let port = pods[0].app.addr().port();
+    let route = |name: &str, path: &str, annotations: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{namespace: shop, name: {name}{annotations}}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: payments, port: 80}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+      backendRefs: [{{name: payments, port: 80}}]
+"
+        )
+    };
+    let config = docs(&[
+        service_with_target_port("shop", "payments", 80, "http", port),
+        endpoints("shop", "payments", "http", port, &[pods[0].app.addr(), pods[1].app.addr()]),
+        route("refunds", "/refund", ""),
+        route("charges", "/charge", ", annotations: {weir.dev/retry-non-idempotent: 'true'}"),
+    ]);
+    let (checkout, _dir) = checkout_gateway_with(&pods[0], &config).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    let post = |path: &'static str| request(outbound).host("payments").method("POST").path(path).body("x").send();
+    let mut refunds = vec![];
+    for _ in 0..4 {
+        refunds.push(post("/refund").await.status);
+    }
+    assert_eq!(refunds.iter().filter(|s| **s == 503).count(), 2, "a POST is not retried by default: {refunds:?}");
+    for i in 0..10 {
+        let resp = post("/charge").await;
+        assert_eq!(resp.status, 200, "charge {i}: the route allows retrying its POSTs: {resp}");
+    }
 }

@@ -162,6 +162,15 @@ impl MeshStory {
         for _ in 0..n {
             succeeded += u64::from(matches!(super::get(edge, host, "/api/checkout").await, Ok((200, _))));
         }
+        // payments' gateways count a request when they log it, just after answering: wait (at
+        // most a second) until they have counted every request their replicas saw
+        let answered = |p: &Pod| sum(&p.gateway.metrics, "weir_mesh_requests_total", &[("direction", "inbound")]);
+        for _ in 0..100 {
+            if self.payments.iter().all(|(p, echo)| answered(p) >= echo.requests()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
 
         let co = &self.checkout.gateway;
         Report {

@@ -296,7 +296,7 @@ impl OutboundProxy {
         if !replayable || session.response_written().is_some() || plan.expired() {
             return false;
         }
-        let verdict = ctx.attempt.may_retry(&pool, plan.retry().attempts);
+        let verdict = ctx.attempt.may_retry(&pool, plan.attempts());
         let wait = sent.then(|| plan.backoff(ctx.attempt.retries));
         let creds = self.credentials.load();
         match verdict {
@@ -386,8 +386,8 @@ impl ProxyHttp for OutboundProxy {
         // the server to verify is the chosen backend's (a route may send payments to payments-v2)
         let backend = directory.get(&pool.key.namespace, &pool.key.service);
         ctx.destination = Some(backend.unwrap_or(dest).clone());
-        let timeouts = ctx.route.as_ref().map(|r| r.timeouts).unwrap_or_default();
-        ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, &MESH_DEFAULT, ctx.started));
+        let (timeouts, retry) = ctx.route.as_ref().map(|r| (r.timeouts, r.retry)).unwrap_or_default();
+        ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, retry, &MESH_DEFAULT, ctx.started));
         ctx.pool = Some(pool.clone());
         match pool.hold(Limit::Requests) {
             Ok(held) => ctx.in_flight = Some(held),

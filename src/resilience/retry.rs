@@ -9,13 +9,15 @@ use http::Method;
 use tokio::time::Instant;
 
 use crate::policy::RetryModel;
-use crate::translate::{PoolSpec, Timeouts};
+use crate::translate::{PoolSpec, RouteRetry, Timeouts};
 
 /// What a request may spend on tries, fixed when it is routed.
 pub struct TryPlan {
     /// The Service port's spec (its BackendPolicy), held for the request.
     spec: Arc<PoolSpec>,
     default: &'static RetryModel,
+    /// The route's own retry settings, over the policy's.
+    route_retry: RouteRetry,
     /// The whole request must have its response headers by then.
     pub deadline: Option<Instant>,
     /// Longest one try may wait for the endpoint.
@@ -28,11 +30,22 @@ pub static MESH_DEFAULT: LazyLock<RetryModel> = LazyLock::new(RetryModel::defaul
 
 impl TryPlan {
     /// The plan of a request that started at `start`: route timeouts win over the policy's.
-    pub fn new(spec: Arc<PoolSpec>, route: Timeouts, default: &'static RetryModel, start: Instant) -> TryPlan {
+    pub fn new(
+        spec: Arc<PoolSpec>,
+        route: Timeouts,
+        route_retry: RouteRetry,
+        default: &'static RetryModel,
+        start: Instant,
+    ) -> TryPlan {
         let timeouts = &spec.policy.timeouts;
         let deadline = route.request.or(timeouts.request).map(|t| start + t);
         let per_try = route.backend_request.or(timeouts.per_try);
-        TryPlan { spec, default, deadline, per_try }
+        TryPlan { spec, default, route_retry, deadline, per_try }
+    }
+
+    /// Retries after the first try: the route's, else the policy's (or the default).
+    pub fn attempts(&self) -> u32 {
+        self.route_retry.attempts.unwrap_or(self.retry().attempts)
     }
 
     /// The retry settings: the BackendPolicy's, else the tier's default.
@@ -64,7 +77,7 @@ impl TryPlan {
 
     /// Whether a request with `method` may be retried at all.
     pub fn method_retryable(&self, method: &Method) -> bool {
-        self.retry().non_idempotent || method.is_idempotent()
+        self.route_retry.non_idempotent.unwrap_or(self.retry().non_idempotent) || method.is_idempotent()
     }
 
     /// Whether a response with `status` is retried.
@@ -93,7 +106,7 @@ mod tests {
     }
 
     fn plan(policy: &BackendPolicyModel) -> TryPlan {
-        TryPlan::new(spec(policy.clone()), Timeouts::default(), &MESH_DEFAULT, Instant::now())
+        TryPlan::new(spec(policy.clone()), Timeouts::default(), RouteRetry::default(), &MESH_DEFAULT, Instant::now())
     }
 
     #[tokio::test(start_paused = true)]
@@ -127,9 +140,14 @@ mod tests {
         let mut policy = BackendPolicyModel::default();
         policy.timeouts.request = Some(Duration::from_secs(10));
         let route = Timeouts { request: Some(Duration::from_secs(1)), backend_request: None };
-        let p = TryPlan::new(spec(policy), route, &MESH_DEFAULT, Instant::now());
+        let p = TryPlan::new(spec(policy.clone()), route, RouteRetry::default(), &MESH_DEFAULT, Instant::now());
         assert_eq!(p.remaining(), Some(Duration::from_secs(1)));
         assert!(!p.method_retryable(&Method::POST) && p.method_retryable(&Method::PUT));
         assert!(p.status_retryable(503) && !p.status_retryable(500));
+        assert_eq!(p.attempts(), 2);
+        let says = RouteRetry { attempts: Some(0), non_idempotent: Some(true) };
+        let p = TryPlan::new(spec(policy), route, says, &MESH_DEFAULT, Instant::now());
+        assert!(p.method_retryable(&Method::POST), "the route says POST may be retried");
+        assert_eq!(p.attempts(), 0, "the route's attempts win");
     }
 }

@@ -13,7 +13,7 @@ use super::backend::{Backends, PortRef};
 use super::tls::{CertModel, Secrets};
 use super::{
     created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
-    Redirect, Rewrite, RouteModel, Timeouts, TranslateOptions,
+    Redirect, Rewrite, RouteModel, RouteRetry, Timeouts, TranslateOptions,
 };
 use crate::policy::parse_duration;
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
@@ -262,6 +262,10 @@ pub(crate) fn compile_route(
     let mut errors = vec![];
     let mut warnings = vec![];
     let mut out = vec![];
+    let retry = RouteRetry::from_annotations(route.metadata.annotations.as_ref()).unwrap_or_else(|e| {
+        errors.push(e);
+        RouteRetry::default()
+    });
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
         let at = format!("spec.rules[{ri}]");
         let default_match = [HttpRouteRulesMatches::default()];
@@ -283,7 +287,7 @@ pub(crate) fn compile_route(
                 continue;
             }
         };
-        let action = Arc::new(ActionModel { name: format!("httproute/{ns}/{name}/rule/{ri}"), ..action });
+        let action = Arc::new(ActionModel { name: format!("httproute/{ns}/{name}/rule/{ri}"), retry, ..action });
         for (mi, matcher) in matchers.into_iter().enumerate() {
             let order =
                 Order { created: created(&route.metadata), owner: format!("{ns}/{name}"), rule: ri, matched: mi };
@@ -493,7 +497,15 @@ fn rule_action(
         Some(r) => ActionKind::Redirect(r),
         None => ActionKind::Forward(backend_refs(rule, ns, at, backends, warnings)?),
     };
-    Ok(ActionModel { name: String::new(), kind, request_headers, response_headers, rewrite, timeouts })
+    Ok(ActionModel {
+        name: String::new(),
+        kind,
+        request_headers,
+        response_headers,
+        rewrite,
+        timeouts,
+        retry: RouteRetry::default(),
+    })
 }
 
 fn backend_refs(

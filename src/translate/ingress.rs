@@ -126,6 +126,7 @@ pub fn translate(
                 response_headers: Default::default(),
                 rewrite: None,
                 timeouts: Default::default(),
+                retry: Default::default(),
             })
         };
         let ssl_redirect = SSL_REDIRECT_ANNOTATIONS.iter().all(|a| annotation(ing, a) != Some("false"));

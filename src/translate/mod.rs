@@ -90,6 +90,8 @@ pub struct ActionModel {
     pub response_headers: HeaderMods,
     pub rewrite: Option<Rewrite>,
     pub timeouts: Timeouts,
+    /// The route's own retry settings (mesh), over its Service's.
+    pub retry: RouteRetry,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +145,54 @@ pub struct Redirect {
     pub port: Option<u16>,
     pub path: Option<PathRewrite>,
     pub status: u16,
+}
+
+/// Retry settings an HTTPRoute gives in its annotations (the standard HTTPRoute has no `retry`
+/// field; Linkerd configures route retries the same way): each overrides its Service's
+/// BackendPolicy for the requests the route matches (mesh tier).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteRetry {
+    /// `weir.dev/retry-attempts`: retries after the first try, 0 to 5.
+    pub attempts: Option<u32>,
+    /// `weir.dev/retry-non-idempotent`: "true" retries POST and PATCH too.
+    pub non_idempotent: Option<bool>,
+}
+
+/// Annotation of an HTTPRoute: its retries (0 to 5).
+pub const RETRY_ATTEMPTS_ANNOTATION: &str = "weir.dev/retry-attempts";
+/// Annotation of an HTTPRoute: "true" retries its non-idempotent requests too.
+pub const RETRY_NON_IDEMPOTENT_ANNOTATION: &str = "weir.dev/retry-non-idempotent";
+
+impl RouteRetry {
+    /// Reads the annotations; an invalid value is an error naming the annotation and what to write.
+    pub fn from_annotations(
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<RouteRetry, String> {
+        let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
+        let attempts = match get(RETRY_ATTEMPTS_ANNOTATION) {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if n <= crate::policy::MAX_RETRY_ATTEMPTS => Some(n),
+                _ => {
+                    return Err(format!(
+                        "annotation {RETRY_ATTEMPTS_ANNOTATION}: {v:?} is not a number of retries from 0 to {}",
+                        crate::policy::MAX_RETRY_ATTEMPTS
+                    ))
+                }
+            },
+        };
+        let non_idempotent = match get(RETRY_NON_IDEMPOTENT_ANNOTATION) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(v) => {
+                return Err(format!(
+                    "annotation {RETRY_NON_IDEMPOTENT_ANNOTATION}: {v:?} must be \"true\" or \"false\""
+                ))
+            }
+        };
+        Ok(RouteRetry { attempts, non_idempotent })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -228,4 +278,26 @@ pub fn translate(store: &Store, opts: &TranslateOptions) -> Model {
     model.rejections.sort();
     model.rejections.dedup();
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_retry_annotations_are_checked() {
+        let of = |pairs: &[(&str, &str)]| {
+            let map = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            RouteRetry::from_annotations(Some(&map))
+        };
+        assert_eq!(of(&[]), Ok(RouteRetry::default()));
+        assert_eq!(
+            of(&[(RETRY_ATTEMPTS_ANNOTATION, "3"), (RETRY_NON_IDEMPOTENT_ANNOTATION, "true")]),
+            Ok(RouteRetry { attempts: Some(3), non_idempotent: Some(true) })
+        );
+        let err = of(&[(RETRY_ATTEMPTS_ANNOTATION, "9")]).unwrap_err();
+        assert!(err.contains("weir.dev/retry-attempts: \"9\" is not a number of retries from 0 to 5"), "{err}");
+        let err = of(&[(RETRY_NON_IDEMPOTENT_ANNOTATION, "yes")]).unwrap_err();
+        assert!(err.contains("must be \"true\" or \"false\""), "{err}");
+    }
 }
