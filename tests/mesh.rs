@@ -529,7 +529,7 @@ async fn the_retry_budget_stops_a_retry_storm_when_every_replica_fails() {
 async fn a_try_that_takes_too_long_is_abandoned_for_another_replica() {
     let pods = pods(2).await;
     pods[0].app.set_delay(Duration::from_secs(10));
-    let (checkout, _dir) = checkout_to(&pods, "timeouts: {perTry: 500ms}").await;
+    let (checkout, _dir) = checkout_to(&pods, "timeouts: {perTry: 1s}").await;
     for i in 0..6 {
         let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
         assert_eq!(resp.status, 200, "request {i}: {resp}");
@@ -554,13 +554,14 @@ async fn a_request_timeout_answers_504_across_every_try() {
     assert_eq!(resp.status, 504, "{resp}");
     assert_eq!(resp.header("weir-denied-reason"), Some("the request timed out (timeouts.request)"));
     assert!(started.elapsed() < Duration::from_secs(5), "answered at the deadline, not the endpoints' 10 s");
-    assert_eq!(pods.iter().map(|p| p.app.requests()).sum::<u64>(), 2, "one try per replica, cut by the deadline");
+    let tries = pods.iter().map(|p| p.app.requests()).sum::<u64>();
+    assert!((1..=2).contains(&tries), "{tries} tries: at most one per replica, cut by the deadline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_circuit_breaker_limit_are_answered_503_at_once() {
     let pods = pods(1).await;
-    pods[0].app.set_delay(Duration::from_secs(2));
+    pods[0].app.set_delay(Duration::from_secs(4));
     let (checkout, _dir) = checkout_to(&pods, "circuitBreaker: {maxRequests: 2}").await;
     let outbound = checkout.outbound_addr.unwrap();
     let slow: Vec<_> = (0..2).map(|_| tokio::spawn(request(outbound).host("payments").send())).collect();
@@ -571,7 +572,7 @@ async fn requests_over_the_circuit_breaker_limit_are_answered_503_at_once() {
     let started = std::time::Instant::now();
     let resp = request(outbound).host("payments").send().await;
     assert_eq!(resp.status, 503, "{resp}");
-    assert!(started.elapsed() < Duration::from_secs(1), "not queued behind the slow requests");
+    assert!(started.elapsed() < Duration::from_secs(2), "not queued behind the slow requests");
     let reason = resp.header("weir-denied-reason").unwrap_or_default();
     assert!(reason.contains("circuitBreaker.maxRequests"), "{reason}");
     assert_eq!(mesh_metric(&checkout, "weir_mesh_circuit_breaker_overflows_total", &[("limit", "maxRequests")]), 1.0);
