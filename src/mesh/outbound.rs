@@ -411,8 +411,7 @@ impl ProxyHttp for OutboundProxy {
             ctx.failure = Some("the request timed out (timeouts.request)".into());
             return Error::e_explain(ErrorType::HTTPStatus(504), "request timeout");
         }
-        let (connect_timeout, try_timeout) =
-            (plan.try_timeout(plan.spec().policy.connect_timeout), plan.try_timeout(DEFAULT_UPSTREAM_IO_TIMEOUT));
+        let (connect_timeout, try_timeout) = (plan.connect_timeout(), plan.try_timeout(DEFAULT_UPSTREAM_IO_TIMEOUT));
         match pool.hold(Limit::Pending) {
             Ok(held) => ctx.pending = Some(held),
             Err(o) => return Err(self.overflow(ctx, &o)),

@@ -75,6 +75,13 @@ impl TryPlan {
         self.remaining().map_or(t, |r| t.min(r))
     }
 
+    /// How long the next try may take to connect: the policy's connect timeout, within the try's
+    /// and the request's time.
+    pub fn connect_timeout(&self) -> Duration {
+        let t = self.spec.policy.connect_timeout;
+        self.try_timeout(t).min(t)
+    }
+
     /// Whether a request with `method` may be retried at all.
     pub fn method_retryable(&self, method: &Method) -> bool {
         self.route_retry.non_idempotent.unwrap_or(self.retry().non_idempotent) || method.is_idempotent()
@@ -128,6 +135,10 @@ mod tests {
         policy.timeouts.per_try = Some(Duration::from_millis(80));
         let p = plan(&policy);
         assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(80));
+        assert_eq!(p.connect_timeout(), Duration::from_millis(80), "within the try");
+        let mut long_tries = policy.clone();
+        long_tries.timeouts = crate::policy::TimeoutsModel { request: None, per_try: Some(Duration::from_secs(30)) };
+        assert_eq!(plan(&long_tries).connect_timeout(), crate::policy::DEFAULT_CONNECT_TIMEOUT, "the policy's");
         tokio::time::advance(Duration::from_millis(70)).await;
         assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(30), "what is left of 100ms");
         assert!(p.backoff(5) <= Duration::from_millis(30));
