@@ -1063,7 +1063,8 @@ def handshake_load(port: int, host: str, duration: float, threads: int) -> dict:
     }
 
 
-def weir_requests_total(admin: int) -> float | None:
+def metric_sum(admin: int, name: str) -> float | None:
+    """The sum of a metric's series (0 if it has none yet) from an admin /metrics; None if unreachable."""
     try:
         conn = http.client.HTTPConnection(LOOPBACK, admin, timeout=2)
         conn.request("GET", "/metrics")
@@ -1071,7 +1072,8 @@ def weir_requests_total(admin: int) -> float | None:
         conn.close()
     except OSError:
         return None
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("weir_requests_total{"))
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
 
 
 def load_target(sc: Scenario, r: Running) -> tuple[str, str | None, str | None]:
@@ -1130,7 +1132,7 @@ def aggregate(sc: Scenario, runs: list[dict]) -> dict:
 
 def one_run(r: Running, load, duration: float) -> dict:
     pids = r.proc.pids() if r.proc else []
-    weir_before = weir_requests_total(r.admin) if r.name == "weir" else None
+    weir_before = metric_sum(r.admin, "weir_requests_total") if r.name == "weir" else None
     ticks0 = cpu_ticks()
     cpu0 = cpu_seconds(pids)
     res = load(duration)
@@ -1144,7 +1146,7 @@ def one_run(r: Running, load, duration: float) -> dict:
         res["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / res["responses"] if res["responses"] else None
         res["proxy_cpu_busy"] = round((cpu1 - cpu0) / res["wall_s"], 3) if res["wall_s"] else None
     if weir_before is not None:
-        after = weir_requests_total(r.admin)
+        after = metric_sum(r.admin, "weir_requests_total")
         res["weir_counted_requests"] = after - weir_before if after is not None else None
     return res
 
@@ -1278,19 +1280,6 @@ class MeshPair:
     def stop(self) -> None:
         for p in self.procs.values():
             p.stop()
-
-
-def metric_sum(admin: int, name: str) -> float | None:
-    """The sum of a metric's series (0 if it has none yet) from an admin /metrics; None if unreachable."""
-    try:
-        conn = http.client.HTTPConnection(LOOPBACK, admin, timeout=2)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
-    except OSError:
-        return None
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.startswith(name + "{") or l.startswith(name + " "))
 
 
 def start_gateways(ctx: dict, work: Path) -> MeshPair:

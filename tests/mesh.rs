@@ -686,7 +686,7 @@ async fn authorization_allows_the_named_callers_and_denies_the_rest_with_a_reaso
     assert_eq!(denials(CART, "not_allowed"), 2.0);
     assert_eq!(denials(CHECKOUT, "not_allowed"), 1.0, "GET /debug");
     // requests are counted when logged, just after the answer
-    let ops = [("direction", "inbound"), ("source", OPS), ("status_class", "2xx")];
+    let ops = [("direction", "inbound"), ("source", OPS), ("destination", "payments.shop"), ("status_class", "2xx")];
     wait_until("ops' request counted", WAIT, || async {
         metric(&p.mesh.metrics.encode(), "weir_mesh_requests_total", &ops) == 1.0
     })

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -164,6 +165,8 @@ pub struct Denial {
 pub struct Authorizer {
     /// Endpoint (pod IP, port) → the Services selecting it.
     services_at: HashMap<SocketAddr, Vec<NsName>>,
+    /// Endpoint → `name.namespace` of its first Service, the `destination` label of metrics.
+    labels: HashMap<SocketAddr, Arc<str>>,
     policies: HashMap<NsName, Policy>,
     trust_domain: String,
     pub rejections: Vec<Rejection>,
@@ -226,12 +229,18 @@ impl Authorizer {
                 }
             }
         }
-        Authorizer { services_at, policies, trust_domain: trust_domain.to_string(), rejections }
+        let labels = services_at.iter().map(|(at, s)| (*at, Arc::from(format!("{}.{}", s[0].1, s[0].0)))).collect();
+        Authorizer { services_at, labels, policies, trust_domain: trust_domain.to_string(), rejections }
     }
 
     /// The Services the endpoint `at` (the address a caller dialed, with the target port) serves.
     pub fn services_at(&self, at: SocketAddr) -> &[NsName] {
         self.services_at.get(&at).map_or(&[], Vec::as_slice)
+    }
+
+    /// `name.namespace` of the (first) Service the endpoint `at` serves, if any.
+    pub fn label_at(&self, at: SocketAddr) -> Option<&Arc<str>> {
+        self.labels.get(&at)
     }
 
     /// Whether `caller` may make this request to the endpoint `at`.

@@ -126,12 +126,17 @@ pub struct InboundCtx {
     caller: Option<SpiffeId>,
     target: Option<SocketAddr>,
     /// `name.namespace` of the Service the caller reached (metrics), if the endpoint is known.
-    service: String,
+    service: Option<Arc<str>>,
 }
 
 impl InboundCtx {
     fn hop<'a>(&'a self, caller: &'a SpiffeId) -> Hop<'a> {
-        Hop { direction: "inbound", source: caller.as_str(), destination: &self.service, route: "" }
+        Hop {
+            direction: "inbound",
+            source: caller.as_str(),
+            destination: self.service.as_deref().unwrap_or(""),
+            route: "",
+        }
     }
 }
 
@@ -157,7 +162,7 @@ impl ProxyHttp for InboundProxy {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { started: Instant::now(), caller: None, target: None, service: String::new() }
+        InboundCtx { started: Instant::now(), caller: None, target: None, service: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
@@ -177,9 +182,7 @@ impl ProxyHttp for InboundProxy {
         let dialed = session.server_addr().and_then(|a| a.as_inet()).map(|a| SocketAddr::new(a.ip(), port));
         let authorizer = self.authorizer.load();
         if let Some(at) = dialed {
-            if let Some((ns, name)) = authorizer.services_at(at).first() {
-                ctx.service = format!("{name}.{ns}");
-            }
+            ctx.service = authorizer.label_at(at).cloned();
             let req = session.req_header();
             if let Err(denial) = authorizer.decide(&caller, at, &req.method, req.uri.path()) {
                 let hop = Hop { destination: &denial.service, ..ctx.hop(&caller) };
