@@ -77,6 +77,8 @@ pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_millis(250);
 pub const DEFAULT_MAX_REQUESTS: u32 = 1024;
 /// Default `circuitBreaker.maxPendingRequests` (Envoy's default).
 pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
+/// Default `circuitBreaker.maxConnections` (Envoy's default).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 
 /// The GEP-2257 regular expression a Gateway API duration must match; it is
 /// also put in the CRD schema so the API server rejects malformed durations.
@@ -142,8 +144,8 @@ pub struct BackendPolicySpec {
     pub timeouts: Option<TimeoutsSpec>,
 
     /// Limits that fail requests at once (503) instead of queueing them when the Service is
-    /// saturated (mesh tier). Default: absent, meaning 1024 requests in flight and 1024 waiting
-    /// for a connection.
+    /// saturated (mesh tier). Default: absent, meaning 1024 requests in flight, 1024 waiting
+    /// for a connection and 1024 connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
 }
@@ -215,6 +217,14 @@ pub struct CircuitBreakerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_pending_requests: Option<u32>,
+
+    /// Connections open (or opening) from this gateway to the Service's endpoints at once (at
+    /// least 1). Each connection carries up to 100 concurrent requests, and a new one is opened
+    /// only when the open ones have no room; a request that would need one more is answered 503
+    /// at once. Default: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
 }
 
 /// Reference to a Service this policy attaches to (Gateway API
@@ -582,11 +592,16 @@ pub struct TimeoutsModel {
 pub struct CircuitBreakerModel {
     pub max_requests: u32,
     pub max_pending_requests: u32,
+    pub max_connections: u32,
 }
 
 impl Default for CircuitBreakerModel {
     fn default() -> Self {
-        CircuitBreakerModel { max_requests: DEFAULT_MAX_REQUESTS, max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS }
+        CircuitBreakerModel {
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -840,6 +855,11 @@ impl TryFrom<&BackendPolicySpec> for BackendPolicyModel {
                     "spec.circuitBreaker.maxPendingRequests",
                     cb.max_pending_requests,
                     DEFAULT_MAX_PENDING_REQUESTS,
+                ),
+                max_connections: p.at_least_one(
+                    "spec.circuitBreaker.maxConnections",
+                    cb.max_connections,
+                    DEFAULT_MAX_CONNECTIONS,
                 ),
             });
 
@@ -1181,7 +1201,11 @@ mod tests {
         let spec = BackendPolicySpec {
             retry: Some(RetrySpec { attempts: Some(3), backoff: Some("1s".into()), ..Default::default() }),
             timeouts: Some(TimeoutsSpec { request: Some("5s".into()), per_try: Some("500ms".into()) }),
-            circuit_breaker: Some(CircuitBreakerSpec { max_requests: Some(10), max_pending_requests: None }),
+            circuit_breaker: Some(CircuitBreakerSpec {
+                max_requests: Some(10),
+                max_pending_requests: None,
+                max_connections: Some(4),
+            }),
             ..minimal_spec()
         };
         let m = BackendPolicyModel::try_from(&spec).unwrap();
@@ -1191,6 +1215,7 @@ mod tests {
         assert_eq!(m.timeouts, TimeoutsModel { request: Some(secs(5)), per_try: Some(Duration::from_millis(500)) });
         assert_eq!(m.circuit_breaker.max_requests, 10);
         assert_eq!(m.circuit_breaker.max_pending_requests, DEFAULT_MAX_PENDING_REQUESTS);
+        assert_eq!(m.circuit_breaker.max_connections, 4);
 
         let bad = BackendPolicySpec {
             retry: Some(RetrySpec {
@@ -1201,7 +1226,11 @@ mod tests {
                 non_idempotent: None,
             }),
             timeouts: Some(TimeoutsSpec { request: Some("0s".into()), per_try: Some("1.5s".into()) }),
-            circuit_breaker: Some(CircuitBreakerSpec { max_requests: Some(0), max_pending_requests: None }),
+            circuit_breaker: Some(CircuitBreakerSpec {
+                max_requests: Some(0),
+                max_pending_requests: None,
+                max_connections: Some(0),
+            }),
             ..minimal_spec()
         };
         let problems = problems_of(&bad);
@@ -1214,7 +1243,8 @@ mod tests {
                 "spec.retry.maxBackoff",
                 "spec.timeouts.request",
                 "spec.timeouts.perTry",
-                "spec.circuitBreaker.maxRequests"
+                "spec.circuitBreaker.maxRequests",
+                "spec.circuitBreaker.maxConnections"
             ],
             "{text:#?}"
         );

@@ -558,27 +558,78 @@ async fn a_request_timeout_answers_504_across_every_try() {
     assert!((1..=2).contains(&tries), "{tries} tries: at most one per replica, cut by the deadline");
 }
 
+/// Sends `n` requests to payments through `outbound` at once; returns the tasks.
+fn burst(outbound: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<Resp>> {
+    (0..n).map(|_| tokio::spawn(request(outbound).host("payments").send())).collect()
+}
+
+fn inbound_connections(p: &Payments) -> f64 {
+    mesh_metric(&p.mesh, "weir_mesh_inbound_connections_total", &[])
+}
+
+/// One more request to payments through `checkout` is answered 503 at once by the circuit
+/// breaker's `limit`, with the reason, and counted.
+async fn one_more_overflows(checkout: &MeshHandle, limit: &str) {
+    let started = std::time::Instant::now();
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments").send().await;
+    assert_eq!(resp.status, 503, "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(2), "not queued behind the slow requests");
+    let reason = resp.header("weir-denied-reason").unwrap_or_default();
+    assert!(reason.contains(&format!("circuitBreaker.{limit}")), "{reason}");
+    assert_eq!(mesh_metric(checkout, "weir_mesh_circuit_breaker_overflows_total", &[("limit", limit)]), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_circuit_breaker_limit_are_answered_503_at_once() {
     let pods = pods(1).await;
     pods[0].app.set_delay(Duration::from_secs(4));
     let (checkout, _dir) = checkout_to(&pods, "circuitBreaker: {maxRequests: 2}").await;
     let outbound = checkout.outbound_addr.unwrap();
-    let slow: Vec<_> = (0..2).map(|_| tokio::spawn(request(outbound).host("payments").send())).collect();
+    let slow = burst(outbound, 2);
     wait_until("2 requests in flight", WAIT, || async {
         metric(&checkout.metrics.encode(), "weir_endpoint_inflight_requests", &[]) >= 2.0
     })
     .await;
-    let started = std::time::Instant::now();
-    let resp = request(outbound).host("payments").send().await;
-    assert_eq!(resp.status, 503, "{resp}");
-    assert!(started.elapsed() < Duration::from_secs(2), "not queued behind the slow requests");
-    let reason = resp.header("weir-denied-reason").unwrap_or_default();
-    assert!(reason.contains("circuitBreaker.maxRequests"), "{reason}");
-    assert_eq!(mesh_metric(&checkout, "weir_mesh_circuit_breaker_overflows_total", &[("limit", "maxRequests")]), 1.0);
+    one_more_overflows(&checkout, "maxRequests").await;
     for s in slow {
         assert_eq!(s.await.unwrap().status, 200, "the requests within the limit are served");
     }
+    assert_eq!(request(outbound).host("payments").send().await.status, 200, "room again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_shares_one_connection_between_the_gateways() {
+    let pods = pods(1).await;
+    pods[0].app.set_delay(Duration::from_millis(300));
+    let (checkout, _dir) = checkout_to(&pods, "").await;
+    // 60 requests arrive before any connection to payments' gateway exists: they wait for the
+    // first one and share it (within its 100 streams) instead of opening their own
+    for r in burst(checkout.outbound_addr.unwrap(), 60) {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    assert_eq!(inbound_connections(&pods[0]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_would_need_a_connection_over_max_connections_are_answered_503() {
+    let pods = pods(1).await;
+    pods[0].app.set_delay(Duration::from_secs(3));
+    let (checkout, _dir) = checkout_to(&pods, "circuitBreaker: {maxConnections: 1}").await;
+    let outbound = checkout.outbound_addr.unwrap();
+    // one connection carries 100 concurrent requests
+    let slow = burst(outbound, 100);
+    let app = &pods[0].app;
+    wait_until("100 requests at the app", WAIT, || async { app.requests() >= 100 }).await;
+    one_more_overflows(&checkout, "maxConnections").await;
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200, "the requests the connection carries are served");
+    }
+    assert_eq!(inbound_connections(&pods[0]), 1.0);
+    assert_eq!(
+        mesh_metric(&checkout, "weir_endpoint_ejections_total", &[]),
+        0.0,
+        "the refusal is not held against the endpoint"
+    );
     assert_eq!(request(outbound).host("payments").send().await.status, 200, "room again");
 }
 

@@ -26,7 +26,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::identity::{spiffe_id_of, Credentials, SpiffeId};
 use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::attempt::Attempt;
-use crate::pool::breaker::{Held, Limit, Overflow};
+use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::MESH_DEFAULT;
@@ -438,6 +438,7 @@ impl ProxyHttp for OutboundProxy {
         o.write_timeout = Some(try_timeout);
         o.idle_timeout = Some(IDLE_TIMEOUT);
         o.upstream_tls_handshake_complete_hook = Some(self.handshake_hook.clone());
+        o.connection_gate = Some(pool.gate.clone());
         peer.client_cert_key = Some(creds.client_cert.clone());
         Ok(Box::new(peer))
     }
@@ -528,6 +529,13 @@ impl ProxyHttp for OutboundProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.pending = None;
+        if e.etype() == &CONNECTIONS_FULL {
+            // the whole pool is at maxConnections: another endpoint would not do either
+            ctx.attempt.release(); // not the endpoint's failure
+                                   // (a request that waited for another's connection attempt gets its error, not its cause)
+            let max = ctx.pool.as_ref().map_or(0, |p| p.spec().policy.circuit_breaker.max_connections);
+            return self.overflow(ctx, &Overflow { limit: Limit::Connections, max });
+        }
         // nothing was sent: another endpoint at once, no backoff
         let retry = self.retry_after_failure(session, ctx, "connect", false);
         e.set_retry(retry);

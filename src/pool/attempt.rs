@@ -90,7 +90,8 @@ impl Attempt {
         &self.tried.addrs[..self.tried.len]
     }
 
-    fn release(&mut self) {
+    /// Lets go of the held endpoint without reporting an outcome (the request never reached it).
+    pub fn release(&mut self) {
         if let Some(ep) = self.endpoint.take() {
             ep.inflight.fetch_sub(1, Relaxed);
         }

@@ -1,9 +1,19 @@
-//! Circuit breaking: a pool admits at most `maxRequests` requests in flight and
-//! `maxPendingRequests` waiting for a connection; a request over a limit is failed at once (503)
-//! rather than queued behind a saturated Service, as Envoy's circuit breakers do.
+//! Circuit breaking: a pool admits at most `maxRequests` requests in flight,
+//! `maxPendingRequests` waiting for a connection and `maxConnections` connections to its
+//! endpoints; a request over a limit is failed at once (503) rather than queued behind a
+//! saturated Service, as Envoy's circuit breakers do.
+//!
+//! Connections are counted by Pingora's connector (weir's patch in `vendor/pingora-core`): it asks
+//! the pool's [`Gate`] before opening an HTTP/2 connection, and keeps what it gets for as long as
+//! the connection lives. It opens one only when the open ones have no free stream, and one at a
+//! time per endpoint, so a request refused is one that could not have been carried.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use pingora::upstreams::peer::ConnectionGate;
+use pingora::{Error, ErrorSource, ErrorType};
 
 use super::Pool;
 
@@ -14,6 +24,8 @@ pub enum Limit {
     Requests,
     /// Requests waiting for a connection to an endpoint (connect and handshake).
     Pending,
+    /// Connections open or opening to the pool's endpoints.
+    Connections,
 }
 
 impl Limit {
@@ -22,6 +34,7 @@ impl Limit {
         match self {
             Limit::Requests => "maxRequests",
             Limit::Pending => "maxPendingRequests",
+            Limit::Connections => "maxConnections",
         }
     }
 }
@@ -31,6 +44,7 @@ impl Limit {
 pub struct Counters {
     requests: AtomicU32,
     pending: AtomicU32,
+    connections: AtomicU32,
 }
 
 impl Counters {
@@ -38,7 +52,13 @@ impl Counters {
         match limit {
             Limit::Requests => &self.requests,
             Limit::Pending => &self.pending,
+            Limit::Connections => &self.connections,
         }
+    }
+
+    /// How many are counted against `limit` now.
+    pub fn count(&self, limit: Limit) -> u32 {
+        self.of(limit).load(Relaxed)
     }
 }
 
@@ -60,6 +80,7 @@ impl std::fmt::Display for Overflow {
         let what = match self.limit {
             Limit::Requests => "requests in flight",
             Limit::Pending => "requests waiting for a connection",
+            Limit::Connections => "connections open to its endpoints, each with no free stream",
         };
         write!(f, "circuit breaker open: {} {what} (BackendPolicy circuitBreaker.{})", self.max, self.limit.as_str())
     }
@@ -72,6 +93,7 @@ impl Pool {
         let max = match limit {
             Limit::Requests => cb.max_requests,
             Limit::Pending => cb.max_pending_requests,
+            Limit::Connections => cb.max_connections,
         };
         let counter = self.breaker.of(limit);
         if counter.fetch_add(1, Relaxed) >= max {
@@ -85,5 +107,25 @@ impl Pool {
 impl Drop for Held {
     fn drop(&mut self) {
         self.pool.breaker.of(self.limit).fetch_sub(1, Relaxed);
+    }
+}
+
+impl std::error::Error for Overflow {}
+
+/// The error type of a connection refused by `maxConnections` (its cause is the [`Overflow`]).
+pub const CONNECTIONS_FULL: ErrorType = ErrorType::Custom("circuit breaker: maxConnections");
+
+/// What Pingora's connector asks before opening a connection to one of the pool's endpoints.
+pub struct Gate(pub(super) Weak<Pool>);
+
+impl ConnectionGate for Gate {
+    fn open(&self) -> pingora::Result<Box<dyn Any + Send + Sync>> {
+        let Some(pool) = self.0.upgrade() else {
+            return Error::e_explain(ErrorType::ConnectError, "the pool is gone");
+        };
+        match pool.hold(Limit::Connections) {
+            Ok(held) => Ok(Box::new(held)),
+            Err(o) => Err(Error::create(CONNECTIONS_FULL, ErrorSource::Internal, None, Some(Box::new(o)))),
+        }
     }
 }

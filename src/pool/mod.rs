@@ -94,6 +94,8 @@ pub struct Pool {
     pub retry_budget: RetryBudget,
     /// Counts against the circuit-breaker limits.
     pub breaker: breaker::Counters,
+    /// Counts the connections to the endpoints against `maxConnections` (given to the connector).
+    pub gate: Arc<breaker::Gate>,
 }
 
 fn address_key(b: &Backend) -> u64 {
@@ -115,7 +117,7 @@ impl Pool {
         let endpoints = Arc::new(SharedEndpoints::default());
         let view = Backends::new_with_health_registry(Box::new(Discovery(endpoints.clone())), registry.clone());
         let selector = Selector::build(&BTreeSet::new(), &HashMap::new(), &spec.policy.algorithm);
-        let pool = Arc::new(Pool {
+        let pool = Arc::new_cyclic(|pool| Pool {
             key,
             spec: ArcSwap::from_pointee(spec.clone()),
             view,
@@ -127,6 +129,7 @@ impl Pool {
             health_task: Mutex::new(None),
             retry_budget: RetryBudget::default(),
             breaker: breaker::Counters::default(),
+            gate: Arc::new(breaker::Gate(pool.clone())),
         });
         pool.apply(spec, true);
         pool
