@@ -838,26 +838,31 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
     call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
 }
 
+/// Service `shop/payments` (port 80) with `apps` as endpoints, and an HTTPRoute on it with `rules`
+/// (YAML items of `spec.rules`).
+fn payments_routed(apps: &[SocketAddr], rules: &str) -> String {
+    let port = apps[0].port();
+    docs(&[
+        service_with_target_port("shop", "payments", 80, "http", port),
+        endpoints("shop", "payments", "http", port, apps),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: shop, name: payments}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: payments, port: 80}}]\n  rules:\n{}\n",
+            indent(rules, 4)
+        ),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_httproute_timeout_on_a_service_bounds_its_requests() {
     let pods = pods(1).await;
     pods[0].app.set_delay(Duration::from_secs(10));
     let app = pods[0].app.addr();
-    let config = docs(&[
-        service_with_target_port("shop", "payments", 80, "http", app.port()),
-        endpoints("shop", "payments", "http", app.port(), &[app]),
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {namespace: shop, name: payments}
-spec:
-  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
-  rules:
-    - matches: [{path: {type: PathPrefix, value: /slow}}]
-      timeouts: {request: 300ms}
-      backendRefs: [{name: payments, port: 80}]
-"
-        .to_string(),
-    ]);
+    let config = payments_routed(
+        &[app],
+        "- matches: [{path: {type: PathPrefix, value: /slow}}]
+  timeouts: {request: 300ms}
+  backendRefs: [{name: payments, port: 80}]",
+    );
     let (checkout, _dir) = checkout_gateway_with(&pods[0], &config).await;
     let started = std::time::Instant::now();
     let resp = request(checkout.outbound_addr.unwrap()).host("payments").path("/slow").send().await;
@@ -907,4 +912,46 @@ spec:
         let resp = post("/charge").await;
         assert_eq!(resp.status, 200, "charge {i}: the route allows retrying its POSTs: {resp}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_filters_apply_in_the_mesh_on_every_try() {
+    let pods = pods(2).await;
+    pods[1].app.set_status(503); // every request that lands there is retried on pods[0]
+    let config = payments_routed(
+        &[pods[0].app.addr(), pods[1].app.addr()],
+        "- matches: [{path: {type: PathPrefix, value: /v1}}]
+  filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: payments.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-api-version, value: '2'}], remove: [x-debug]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-served-by-route, value: v1-compat}]}
+  backendRefs: [{name: payments, port: 80}]
+- matches: [{path: {type: PathPrefix, value: /old}}]
+  filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}",
+    );
+    let (checkout, _dir) = checkout_gateway_with(&pods[0], &config).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for i in 0..10 {
+        let resp = request(outbound).host("payments").path("/v1/charges?id=7").header("x-debug", "1").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp}");
+        assert_eq!(resp.upstream_path(), "/v2/charges?id=7", "the rewrite reaches the app, on a retry too");
+        assert_eq!(resp.upstream_host(), "payments.internal");
+        assert_eq!(resp.upstream_header("x-api-version").as_deref(), Some("2"));
+        assert_eq!(resp.upstream_header("x-debug"), None);
+        assert_eq!(resp.header("x-served-by-route"), Some("v1-compat"));
+    }
+    assert!(pods[1].app.requests() > 0, "some requests were retried");
+    assert_eq!(pods[1].app.requests(), mesh_metric(&checkout, "weir_mesh_retries_total", &[]) as u64);
+
+    let served = || pods.iter().map(|p| p.app.requests()).sum::<u64>();
+    let before = served();
+    let resp = request(outbound).host("payments").path("/old/receipts?id=7").send().await;
+    assert_eq!(resp.status, 301, "{resp}");
+    assert_eq!(resp.location(), Some("http://payments/new/receipts?id=7"));
+    assert_eq!(served(), before, "the gateway answers the redirect itself");
 }

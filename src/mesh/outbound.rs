@@ -29,9 +29,11 @@ use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
+use crate::proxy::filters::{filter_request, filter_response, respond, rewritten_path};
+use crate::proxy::rewrite::redirect_location;
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
-use crate::routing::{normalize_host, HostPattern, RequestView, Router, Rule};
+use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
 use crate::telemetry::mesh::Hop;
@@ -181,7 +183,7 @@ impl Directory {
 }
 
 /// HTTPRoutes whose parent is a Service, compiled, by that Service (with the parent's port).
-/// Only producer routes (in the Service's own namespace) for now.
+/// Only producer routes (in the Service's own namespace) for now; a consumer route is rejected.
 fn mesh_routes(
     store: &Store,
     backends: &mut Backends<'_>,
@@ -270,6 +272,8 @@ pub struct OutboundCtx {
     failure: Option<String>,
     /// The failure is an overload answer, counted in metrics: not logged as an error.
     overflowed: bool,
+    /// The path and query the route's URLRewrite sends instead (every try).
+    new_path: Option<String>,
 }
 
 impl OutboundCtx {
@@ -343,6 +347,7 @@ impl ProxyHttp for OutboundProxy {
             backoff: None,
             failure: None,
             overflowed: false,
+            new_path: None,
         }
     }
 
@@ -370,15 +375,25 @@ impl ProxyHttp for OutboundProxy {
                     return deny(session, 404, &reason).await;
                 };
                 ctx.route = Some(rule.action.clone());
+                let matched_prefix = match &rule.matcher.path {
+                    PathMatch::Prefix(p) => Some(p.as_str()),
+                    _ => None,
+                };
                 match &rule.action.kind {
                     Action::Forward { targets, cycle, .. } => {
+                        ctx.new_path = rewritten_path(&rule.action, matched_prefix, &req.uri);
                         match cycle.next().and_then(|i| targets[i].pool.clone()) {
                             Some(pool) => pool,
                             None => return deny(session, 500, "the route's backend is not available").await,
                         }
                     }
-                    Action::Redirect { .. } => {
-                        return deny(session, 501, "redirects are not supported by the mesh yet").await;
+                    Action::Redirect { redirect, .. } => {
+                        // the application spoke plain HTTP to the Service's port
+                        let (path, query) = (req.uri.path(), req.uri.query());
+                        let location =
+                            redirect_location(redirect, matched_prefix, "http", view.host, dp.port, path, query);
+                        respond(session, redirect.status, "", Some(location)).await?;
+                        return Ok(true);
                     }
                 }
             }
@@ -473,6 +488,9 @@ impl ProxyHttp for OutboundProxy {
         upstream: &mut RequestHeader,
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            filter_request(upstream, route, ctx.new_path.as_deref())?;
+        }
         // the caller's identity is the certificate this gateway presents, never a header
         upstream.remove_header(&CLIENT_CERT);
         upstream.insert_header(TARGET_PORT, ctx.target_port.to_string())?;
@@ -497,6 +515,18 @@ impl ProxyHttp for OutboundProxy {
         let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on another endpoint");
         e.set_retry(true);
         Err(e)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut OutboundCtx,
+    ) -> Result<()> {
+        match &ctx.route {
+            Some(route) => filter_response(resp, route),
+            None => Ok(()),
+        }
     }
 
     fn error_while_proxy(

@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::rewrite::{redirect_location, rewrite_path};
+use super::filters::{filter_request, filter_response, respond, rewritten_path};
+use super::rewrite::redirect_location;
 use crate::policy::{AlgorithmModel, HashKey};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
 use crate::pool::Pool;
 use crate::routing::{normalize_host, PathMatch, RequestView};
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
-use crate::translate::{HeaderMods, Protocol, UpstreamProtocol};
+use crate::translate::{Protocol, UpstreamProtocol};
 
 /// How long an idle upstream connection is kept for reuse.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,57 +99,6 @@ pub(crate) fn error_status(e: &Error) -> u16 {
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
     }
-}
-
-async fn respond(session: &mut Session, status: u16, body: &'static str, location: Option<String>) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    if let Some(l) = location {
-        resp.insert_header("location", l)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
-    Ok(())
-}
-
-/// The header operations pingora's request and response headers share.
-trait EditHeaders {
-    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
-    fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
-    fn remove(&mut self, name: &http::HeaderName);
-}
-
-macro_rules! edit_headers {
-    ($t:ty) => {
-        impl EditHeaders for $t {
-            fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
-                self.insert_header(name, value).map(|_| ())
-            }
-            fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
-                self.append_header(name, value).map(|_| ())
-            }
-            fn remove(&mut self, name: &http::HeaderName) {
-                self.remove_header(name);
-            }
-        }
-    };
-}
-edit_headers!(RequestHeader);
-edit_headers!(ResponseHeader);
-
-/// Applies a RequestHeaderModifier or ResponseHeaderModifier filter.
-fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
-    for (n, v) in &mods.set {
-        headers.set(n.clone(), v.clone())?;
-    }
-    for (n, v) in &mods.add {
-        headers.add(n.clone(), v.clone())?;
-    }
-    for n in &mods.remove {
-        headers.remove(n);
-    }
-    Ok(())
 }
 
 /// An IP address as a header value, formatted on the stack (one allocation: the value's own).
@@ -261,14 +210,7 @@ impl ProxyHttp for EdgeProxy {
             Action::Forward { targets, cycle, .. } => {
                 let chosen = cycle.next().filter(|&i| targets[i].pool.is_some());
                 ctx.target = chosen;
-                if let Some(path) = action.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
-                    let mut p = rewrite_path(path, matched_prefix, req.uri.path());
-                    if let Some(q) = req.uri.query() {
-                        p.push('?');
-                        p.push_str(q);
-                    }
-                    ctx.new_path = Some(p);
-                }
+                ctx.new_path = rewritten_path(&action, matched_prefix, &req.uri);
                 drop(host);
                 ctx.action = Some(action);
                 ctx.snap = Some(snap);
@@ -334,19 +276,10 @@ impl ProxyHttp for EdgeProxy {
             ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port)).is_some_and(|l| l.protocol == Protocol::Https);
         let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
-        let Some(action) = ctx.action.clone() else { return Ok(()) };
-        if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
-            upstream.insert_header(http::header::HOST, host.as_str())?;
+        match &ctx.action {
+            Some(action) => filter_request(upstream, action, ctx.new_path.as_deref()),
+            None => Ok(()),
         }
-        if let Some(p) = ctx.new_path.take() {
-            let uri =
-                p.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "rewritten path", e))?;
-            upstream.set_uri(uri);
-        }
-        if !action.request_headers.is_empty() {
-            apply_mods(upstream, &action.request_headers)?;
-        }
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -368,8 +301,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         match &ctx.action {
-            Some(a) if !a.response_headers.is_empty() => apply_mods(resp, &a.response_headers),
-            _ => Ok(()),
+            Some(action) => filter_response(resp, action),
+            None => Ok(()),
         }
     }
 

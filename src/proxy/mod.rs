@@ -2,6 +2,7 @@
 
 pub mod buffered;
 pub mod edge;
+pub mod filters;
 pub mod listeners;
 pub mod rewrite;
 

@@ -1,0 +1,99 @@
+//! A route's filters at request time, shared by the edge and the mesh outbound: URL rewrites,
+//! request and response header modifiers, and the answer of a redirect.
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::rewrite::rewrite_path;
+use crate::snapshot::RouteAction;
+use crate::translate::HeaderMods;
+
+/// The path and query a URLRewrite filter sends upstream instead of the request's, if the route
+/// has one (`matched_prefix`: the rule's path prefix, for ReplacePrefixMatch).
+pub fn rewritten_path(action: &RouteAction, matched_prefix: Option<&str>, uri: &http::Uri) -> Option<String> {
+    let rewrite = action.rewrite.as_ref()?.path.as_ref()?;
+    let mut p = rewrite_path(rewrite, matched_prefix, uri.path());
+    if let Some(q) = uri.query() {
+        p.push('?');
+        p.push_str(q);
+    }
+    Some(p)
+}
+
+/// Applies the route's filters to the request sent upstream: the URLRewrite hostname and path
+/// (`new_path`, from [`rewritten_path`]) and the RequestHeaderModifier.
+pub fn filter_request(upstream: &mut RequestHeader, action: &RouteAction, new_path: Option<&str>) -> Result<()> {
+    if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
+        upstream.insert_header(http::header::HOST, host.as_str())?;
+    }
+    if let Some(p) = new_path {
+        let uri = p.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "rewritten path", e))?;
+        upstream.set_uri(uri);
+    }
+    if !action.request_headers.is_empty() {
+        apply_mods(upstream, &action.request_headers)?;
+    }
+    Ok(())
+}
+
+/// Applies the route's ResponseHeaderModifier to the response sent downstream.
+pub fn filter_response(resp: &mut ResponseHeader, action: &RouteAction) -> Result<()> {
+    if action.response_headers.is_empty() {
+        return Ok(());
+    }
+    apply_mods(resp, &action.response_headers)
+}
+
+/// Answers the request with `status`, a short plain-text body and, for a redirect, `location`.
+pub async fn respond(session: &mut Session, status: u16, body: &'static str, location: Option<String>) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(l) = location {
+        resp.insert_header("location", l)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    Ok(())
+}
+
+/// The header operations pingora's request and response headers share.
+trait EditHeaders {
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &http::HeaderName);
+}
+
+macro_rules! edit_headers {
+    ($t:ty) => {
+        impl EditHeaders for $t {
+            fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.insert_header(name, value).map(|_| ())
+            }
+            fn add(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+edit_headers!(RequestHeader);
+edit_headers!(ResponseHeader);
+
+/// Applies a RequestHeaderModifier or ResponseHeaderModifier filter.
+fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
+    for (n, v) in &mods.set {
+        headers.set(n.clone(), v.clone())?;
+    }
+    for (n, v) in &mods.add {
+        headers.add(n.clone(), v.clone())?;
+    }
+    for n in &mods.remove {
+        headers.remove(n);
+    }
+    Ok(())
+}
