@@ -955,3 +955,43 @@ async fn a_routes_filters_apply_in_the_mesh_on_every_try() {
     assert_eq!(resp.location(), Some("http://payments/new/receipts?id=7"));
     assert_eq!(served(), before, "the gateway answers the redirect itself");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_route_steers_only_its_own_namespaces_calls() {
+    // billing's payments (producer route: all to payments-v1) and, in checkout's namespace shop, a
+    // stub that shop's consumer route sends billing/payments traffic to
+    let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
+    let stub = payments_at(v1.ca.clone(), "payments-stub", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
+    let (a1, a2) = (v1.app.addr(), stub.app.addr());
+    let route = |ns: &str, name: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: {ns}, name: {name}}}\nspec:\n  parentRefs: [{{group: '', kind: Service, namespace: billing, name: payments, port: 80}}]\n  rules:\n    - backendRefs: [{{name: {backend}, port: 80}}]\n"
+        )
+    };
+    let mut objects = vec![
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: billing, name: payments}\nspec: {ports: [{name: http, port: 80}]}\n".to_string(),
+        service_with_target_port("billing", "payments-v1", 80, "http", a1.port()),
+        endpoints("billing", "payments-v1", "http", a1.port(), &[a1]),
+        service_with_target_port("shop", "payments-stub", 80, "http", a2.port()),
+        endpoints("shop", "payments-stub", "http", a2.port(), &[a2]),
+        route("billing", "payments", "payments-v1"),
+        // another namespace's consumer route is for that namespace's callers, not shop's
+        route("ops", "payments-for-ops", "payments-v1"),
+    ];
+    let without_consumer_route = docs(&objects);
+    objects.push(route("shop", "payments-for-shop", "payments-stub"));
+    let (checkout, _dir) = checkout_gateway_with(&v1, &docs(&objects)).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for _ in 0..5 {
+        let resp = request(outbound).host("payments.billing").send().await;
+        assert_eq!(resp.status, 200, "{resp}");
+        assert_eq!(resp.echo_name(), Some("payments-stub"), "shop's consumer route wins for shop's calls");
+    }
+    assert_eq!(v1.app.requests(), 0);
+    assert_eq!(mesh_metric(&checkout, "weir_config_rejected_objects", &[]), 0.0, "every route is valid");
+
+    // without it, the producer route applies
+    let (checkout, _dir) = checkout_gateway_with(&v1, &without_consumer_route).await;
+    let resp = request(checkout.outbound_addr.unwrap()).host("payments.billing").send().await;
+    assert_eq!(resp.echo_name(), Some("payments-v1"), "{resp}");
+}

@@ -272,7 +272,7 @@ fn watch_config(
         anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
         return Ok(Config { directory, authorizer, task: None });
     };
-    let cluster_domain = opts.outbound.as_ref().map(|o| o.settings.cluster_domain.clone());
+    let outbound_settings = opts.outbound.as_ref().map(|o| o.settings.clone());
     let (metrics, credentials) = (metrics.clone(), credentials.clone());
     let (directory_w, authorizer_w) = (directory.clone(), authorizer.clone());
     let mut previous = Store::default();
@@ -283,7 +283,7 @@ fn watch_config(
         let trust_domain = credentials.load().id.trust_domain().to_string();
         let build = |s: &Store| {
             let mut authorizer = Authorizer::build(s, &trust_domain);
-            let mut directory = cluster_domain.as_ref().map(|domain| Directory::build(s, &pools, &metrics, domain));
+            let mut directory = outbound_settings.as_ref().map(|o| Directory::build(s, &pools, &metrics, o));
             let mut rejections = std::mem::take(&mut authorizer.rejections);
             rejections.extend(directory.as_mut().map(|d| std::mem::take(&mut d.rejections)).unwrap_or_default());
             Built { authorizer, directory, rejections }

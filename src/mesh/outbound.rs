@@ -80,12 +80,13 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Builds the directory from `store`, syncing `pools` (health state survives changes) and
-    /// linking route metrics in `metrics`.
-    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics, cluster_domain: &str) -> Directory {
+    /// Builds the directory of the gateway with `settings` from `store`, syncing `pools` (health
+    /// state survives changes) and linking route metrics in `metrics`.
+    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics, settings: &OutboundSettings) -> Directory {
+        let cluster_domain = &settings.cluster_domain;
         let mut rejections = vec![];
         let mut backends = Backends::new(store, &mut rejections);
-        let routes = mesh_routes(store, &mut backends, &mut rejections);
+        let routes = mesh_routes(store, &settings.namespace, &mut backends, &mut rejections);
         let mut wanted = vec![];
         for ((ns, name), stored) in &store.services {
             let annotation = stored
@@ -182,17 +183,21 @@ impl Directory {
     }
 }
 
-/// HTTPRoutes whose parent is a Service, compiled, by that Service (with the parent's port).
-/// Only producer routes (in the Service's own namespace) for now; a consumer route is rejected.
+/// HTTPRoutes whose parent is a Service, compiled, by that Service (with the parent's port), as
+/// the Gateway API mesh profile binds them for a workload in `namespace`: "consumer" routes (in
+/// `namespace`, for another namespace's Service) replace that Service's "producer" routes (in its
+/// own namespace, for every caller). Consumer routes of other namespaces are not for this gateway.
 fn mesh_routes(
     store: &Store,
+    namespace: &str,
     backends: &mut Backends<'_>,
     rejections: &mut Vec<Rejection>,
 ) -> HashMap<(String, String), Vec<(Option<u16>, RouteModel)>> {
-    let mut out: HashMap<_, Vec<_>> = HashMap::new();
+    let mut producer: HashMap<_, Vec<_>> = HashMap::new();
+    let mut consumer: HashMap<_, Vec<_>> = HashMap::new();
     for ((ns, name), stored) in &store.http_routes {
         let parents = service_parents(&stored.object, ns);
-        if parents.is_empty() {
+        if parents.is_empty() || (ns != namespace && parents.iter().all(|(parent_ns, ..)| parent_ns != ns)) {
             continue;
         }
         let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
@@ -207,16 +212,16 @@ fn mesh_routes(
             rejections.push(Rejection { served: true, ..r(warnings.join("; ")) });
         }
         for (parent_ns, service, port) in parents {
-            if parent_ns != *ns {
-                rejections.push(r(format!(
-                    "parentRef Service {parent_ns}/{service}: routes for another namespace's Service (consumer routes) are not supported yet"
-                )));
-                continue;
-            }
-            out.entry((parent_ns, service)).or_default().extend(models.iter().map(|m| (port, m.clone())));
+            let bound = match (parent_ns == *ns, ns == namespace) {
+                (true, _) => &mut producer,
+                (false, true) => &mut consumer,
+                (false, false) => continue,
+            };
+            bound.entry((parent_ns, service)).or_default().extend(models.iter().map(|m| (port, m.clone())));
         }
     }
-    out
+    producer.extend(consumer);
+    producer
 }
 
 /// Settings of the outbound side.
