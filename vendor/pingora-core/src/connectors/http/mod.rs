@@ -114,24 +114,29 @@ where
                 .get_peer_options()
                 .is_some_and(|o| o.alpn.get_min_http_version() == 2)
                 && !self.h2.h1_is_preferred(peer);
+            // weir patch: whether requests can share a new connection (see below)
+            let shared = h2_only && peer.get_peer_options().is_some_and(|o| o.max_h2_streams > 1);
             loop {
                 // the peer allows h2, we first check the h2 reuse pool
                 let reused_h2 = self.h2.reused_http_session(peer).await?;
                 if let Some(h2) = reused_h2 {
                     return Ok((HttpSession::H2(h2), true));
                 }
-                if !h2_only {
-                    // We next check the reuse pool for h1 before creating a new h2 connection.
-                    // This is because the server may not support h2 at all, connections to
-                    // the server could all be h1.
-                    if let Some(h1) = self.h1.reused_http_session(peer).await {
-                        return Ok((HttpSession::H1(h1), true));
+                if !shared {
+                    if !h2_only {
+                        // We next check the reuse pool for h1 before creating a new h2 connection.
+                        // This is because the server may not support h2 at all, connections to
+                        // the server could all be h1.
+                        if let Some(h1) = self.h1.reused_http_session(peer).await {
+                            return Ok((HttpSession::H1(h1), true));
+                        }
                     }
                     let session = self.h2.new_http_session(peer).await?;
                     return Ok((session, false));
                 }
-                // weir patch: an h2-only peer gets one new connection at a time; requests that
-                // arrive while it is being opened wait for it and share it
+                // weir patch: an h2-only peer whose connections carry several streams gets one new
+                // connection at a time; requests that arrive while it is being opened wait for it
+                // and share it
                 match self.h2.take_turn(peer.reuse_hash()) {
                     v2::Turn::Open(opener) => {
                         // a request that opened a connection before this turn has put it in the
