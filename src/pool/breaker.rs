@@ -55,11 +55,6 @@ impl Counters {
             Limit::Connections => &self.connections,
         }
     }
-
-    /// How many are counted against `limit` now.
-    pub fn count(&self, limit: Limit) -> u32 {
-        self.of(limit).load(Relaxed)
-    }
 }
 
 /// A request counted against one limit of a pool until dropped.
