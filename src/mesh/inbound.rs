@@ -10,7 +10,7 @@
 
 use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,7 +32,7 @@ use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
 use crate::proxy::buffered::Buffered;
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
-use crate::telemetry::mesh::Hop;
+use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
 
 /// The header the calling gateway names the workload port in.
@@ -51,14 +51,25 @@ pub struct Workload {
     pub ports: Vec<u16>,
 }
 
-/// Puts the caller's SPIFFE ID on the connection's TLS digest once the handshake is done.
+/// The caller of a connection, kept on its TLS digest for its requests: its SPIFFE ID, and the
+/// series its requests are counted in (made on its first request).
+#[derive(Clone)]
+struct Caller(Arc<(SpiffeId, OnceLock<HopSeries>)>);
+
+impl Caller {
+    fn id(&self) -> &SpiffeId {
+        &self.0 .0
+    }
+}
+
+/// Puts the [`Caller`] on the connection's TLS digest once the handshake is done.
 struct CallerIdentity;
 
 #[async_trait]
 impl TlsAccept for CallerIdentity {
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         let id = ssl.peer_certificate().and_then(|c| spiffe_id_of(&c).ok())?;
-        Some(Arc::new(id))
+        Some(Arc::new(Caller(Arc::new((id, OnceLock::new())))))
     }
 }
 
@@ -123,7 +134,7 @@ pub struct InboundProxy {
 /// Per-request state of the inbound proxy.
 pub struct InboundCtx {
     started: Instant,
-    caller: Option<SpiffeId>,
+    caller: Option<Caller>,
     target: Option<SocketAddr>,
     /// `name.namespace` of the Service the caller reached (metrics), if the endpoint is known.
     service: Option<Arc<str>>,
@@ -140,9 +151,9 @@ impl InboundCtx {
     }
 }
 
-fn caller_of(session: &Session) -> Option<SpiffeId> {
+fn caller_of(session: &Session) -> Option<Caller> {
     let digest = session.digest()?.ssl_digest.as_ref()?;
-    digest.extension.get::<SpiffeId>().cloned()
+    digest.extension.get::<Caller>().cloned()
 }
 
 /// Answers `status` with `reason` in the body and in `weir-denied-reason`; the request ends here.
@@ -184,8 +195,8 @@ impl ProxyHttp for InboundProxy {
         if let Some(at) = dialed {
             ctx.service = authorizer.label_at(at).cloned();
             let req = session.req_header();
-            if let Err(denial) = authorizer.decide(&caller, at, &req.method, req.uri.path()) {
-                let hop = Hop { destination: &denial.service, ..ctx.hop(&caller) };
+            if let Err(denial) = authorizer.decide(caller.id(), at, &req.method, req.uri.path()) {
+                let hop = Hop { destination: &denial.service, ..ctx.hop(caller.id()) };
                 self.metrics.mesh.denied(&hop, denial.label);
                 ctx.caller = Some(caller);
                 return deny(session, 403, &denial.text).await;
@@ -199,7 +210,14 @@ impl ProxyHttp for InboundProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         if let Some(caller) = &ctx.caller {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            self.metrics.mesh.observe(&ctx.hop(caller), status, ctx.started.elapsed());
+            let hop = ctx.hop(caller.id());
+            let series = caller.0 .1.get_or_init(|| self.metrics.mesh.series(&hop));
+            if series.destination() == hop.destination {
+                series.observe(status, ctx.started.elapsed());
+            } else {
+                // a request to another of the workload's Services than the connection's first
+                self.metrics.mesh.observe(&hop, status, ctx.started.elapsed());
+            }
         }
     }
 
@@ -222,7 +240,7 @@ impl ProxyHttp for InboundProxy {
         upstream.remove_header(&TARGET_PORT);
         upstream.remove_header(&CLIENT_CERT);
         if let Some(caller) = &ctx.caller {
-            let xfcc = format!("By={};URI={caller}", self.credentials.load().id);
+            let xfcc = format!("By={};URI={}", self.credentials.load().id, caller.id());
             upstream.insert_header(CLIENT_CERT, xfcc)?;
         }
         Ok(())

@@ -280,10 +280,13 @@ fn watch_config(
         if let Some(secret) = &mut secret {
             secret.update(&store);
         }
-        let trust_domain = credentials.load().id.trust_domain().to_string();
+        let (trust_domain, source) = {
+            let id = &credentials.load().id;
+            (id.trust_domain().to_string(), id.to_string())
+        };
         let build = |s: &Store| {
             let mut authorizer = Authorizer::build(s, &trust_domain);
-            let mut directory = outbound_settings.as_ref().map(|o| Directory::build(s, &pools, &metrics, o));
+            let mut directory = outbound_settings.as_ref().map(|o| Directory::build(s, &pools, &metrics, o, &source));
             let mut rejections = std::mem::take(&mut authorizer.rejections);
             rejections.extend(directory.as_mut().map(|d| std::mem::take(&mut d.rejections)).unwrap_or_default());
             Built { authorizer, directory, rejections }

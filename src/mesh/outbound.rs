@@ -36,7 +36,7 @@ use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::store::{Rejection, Store};
-use crate::telemetry::mesh::Hop;
+use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
 use crate::translate::backend::{Backends, PortRef};
 use crate::translate::gateway::{compile_route, service_parents};
@@ -59,6 +59,8 @@ pub struct Destination {
     pub sni: String,
     /// `name.namespace`, the `destination` label of metrics.
     pub label: String,
+    /// This gateway's requests to it that no route matched.
+    pub series: HopSeries,
 }
 
 /// One port of a Service: its own endpoints, and the HTTPRoutes attached to it (as a parent) that
@@ -66,7 +68,21 @@ pub struct Destination {
 pub struct DestinationPort {
     pub port: u16,
     pub pool: Arc<Pool>,
-    pub routes: Option<Router<Arc<RouteAction>>>,
+    pub routes: Option<Router<Arc<MeshRoute>>>,
+}
+
+/// A compiled HTTPRoute rule on a Service, with the series of the requests it routes.
+pub struct MeshRoute {
+    pub action: RouteAction,
+    pub series: HopSeries,
+}
+
+impl std::ops::Deref for MeshRoute {
+    type Target = RouteAction;
+
+    fn deref(&self) -> &RouteAction {
+        &self.action
+    }
 }
 
 /// Every reachable Service, by (namespace, name), with what could not be used.
@@ -80,9 +96,15 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Builds the directory of the gateway with `settings` from `store`, syncing `pools` (health
-    /// state survives changes) and linking route metrics in `metrics`.
-    pub fn build(store: &Store, pools: &PoolRegistry, metrics: &Metrics, settings: &OutboundSettings) -> Directory {
+    /// Builds the directory of the gateway with `settings` and SPIFFE ID `source` from `store`,
+    /// syncing `pools` (health state survives changes) and linking route metrics in `metrics`.
+    pub fn build(
+        store: &Store,
+        pools: &PoolRegistry,
+        metrics: &Metrics,
+        settings: &OutboundSettings,
+        source: &str,
+    ) -> Directory {
         let cluster_domain = &settings.cluster_domain;
         let mut rejections = vec![];
         let mut backends = Backends::new(store, &mut rejections);
@@ -118,6 +140,9 @@ impl Directory {
         let pools = pools.sync(&backends.into_pools());
         let mut services: HashMap<String, HashMap<String, Arc<Destination>>> = HashMap::new();
         for (namespace, name, keys, identity) in wanted {
+            let label = format!("{name}.{namespace}");
+            let series =
+                |route: &str| metrics.mesh.series(&Hop { direction: "outbound", source, destination: &label, route });
             let dest = {
                 let attached = routes.get(&(namespace.clone(), name.clone()));
                 let ports = keys
@@ -128,7 +153,8 @@ impl Directory {
                             .flatten()
                             .filter(|(p, _)| p.is_none_or(|p| p == port))
                             .map(|(_, r)| {
-                                let action = Arc::new(compile_action("mesh", &r.action, &pools, metrics));
+                                let action = compile_action("mesh", &r.action, &pools, metrics);
+                                let action = Arc::new(MeshRoute { series: series(&action.name), action });
                                 (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
                             })
                             .collect();
@@ -137,8 +163,16 @@ impl Directory {
                     })
                     .collect();
                 let sni = format!("{name}.{namespace}.svc.{cluster_domain}");
-                let label = format!("{name}.{namespace}");
-                Arc::new(Destination { namespace: namespace.clone(), name: name.clone(), ports, identity, sni, label })
+                let series = series("");
+                Arc::new(Destination {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    ports,
+                    identity,
+                    sni,
+                    label,
+                    series,
+                })
             };
             services.entry(namespace).or_default().insert(name, dest);
         }
@@ -259,7 +293,7 @@ pub struct OutboundCtx {
     addressed: Option<Arc<Destination>>,
     /// The Service whose endpoints serve the request (its identity is verified).
     destination: Option<Arc<Destination>>,
-    route: Option<Arc<RouteAction>>,
+    route: Option<Arc<MeshRoute>>,
     pool: Option<Arc<Pool>>,
     target_port: u16,
     /// The endpoint held and those tried.
@@ -610,9 +644,15 @@ impl ProxyHttp for OutboundProxy {
             let failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
             ctx.attempt.finish(&pool, !failed);
         }
-        if ctx.addressed.is_some() {
+        if let Some(addressed) = &ctx.addressed {
             let creds = self.credentials.load();
-            self.metrics.mesh.observe(&ctx.hop(&creds.id), status, ctx.started.elapsed());
+            let series = ctx.route.as_ref().map_or(&addressed.series, |r| &r.series);
+            if series.source() == creds.id.as_str() {
+                series.observe(status, ctx.started.elapsed());
+            } else {
+                // the identity changed its SPIFFE ID since the directory was built
+                self.metrics.mesh.observe(&ctx.hop(&creds.id), status, ctx.started.elapsed());
+            }
         }
     }
 }

@@ -4,12 +4,13 @@
 //! connections are in [`super::Metrics`]; endpoint ejections are per pool,
 //! `weir_endpoint_ejections_total{pool="<ns>/<service>:<port>"}`.)
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-use super::metrics::{must, status_class, LATENCY_BUCKETS};
+use super::metrics::{class_index, must, status_class, LATENCY_BUCKETS, STATUS_CLASSES};
 
 /// Who called whom: the labels every mesh request series has.
 pub struct Hop<'a> {
@@ -22,6 +23,40 @@ pub struct Hop<'a> {
     pub destination: &'a str,
     /// The HTTPRoute that routed the request, `<namespace>/<name>`, or empty.
     pub route: &'a str,
+}
+
+/// One hop's request series (requests and latency by status class), looked up when the hop is
+/// first seen rather than per request. A status class's series is made on its first request, so
+/// only the classes a hop answered appear.
+pub struct HopSeries {
+    labels: [String; 4],
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    by_class: [OnceLock<(IntCounter, Histogram)>; STATUS_CLASSES.len()],
+}
+
+impl HopSeries {
+    /// The caller's SPIFFE ID the series are labelled with.
+    pub fn source(&self) -> &str {
+        &self.labels[1]
+    }
+
+    /// The destination Service the series are labelled with.
+    pub fn destination(&self) -> &str {
+        &self.labels[2]
+    }
+
+    /// Records a finished request. Status 0 (no response) counts as 5xx.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = class_index(status);
+        let (requests, duration) = self.by_class[class].get_or_init(|| {
+            let [direction, source, destination, route] = &self.labels;
+            let labels = [direction.as_str(), source, destination, route, STATUS_CLASSES[class]];
+            (self.requests.with_label_values(&labels), self.duration.with_label_values(&labels))
+        });
+        requests.inc();
+        duration.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// The mesh's request metrics.
@@ -76,7 +111,18 @@ impl MeshMetrics {
         MeshMetrics { requests, duration, retries, budget_exhausted, overflows, denials }
     }
 
-    /// Records a finished request. Status 0 (no response) counts as 5xx.
+    /// The series of `hop`, to keep and [`HopSeries::observe`] its requests with.
+    pub fn series(&self, hop: &Hop) -> HopSeries {
+        HopSeries {
+            labels: [hop.direction, hop.source, hop.destination, hop.route].map(str::to_string),
+            requests: self.requests.clone(),
+            duration: self.duration.clone(),
+            by_class: Default::default(),
+        }
+    }
+
+    /// Records a finished request of a hop without kept series. Status 0 (no response) counts as
+    /// 5xx.
     pub fn observe(&self, hop: &Hop, status: u16, elapsed: Duration) {
         let labels = [hop.direction, hop.source, hop.destination, hop.route, status_class(status)];
         self.requests.with_label_values(&labels).inc();
@@ -98,5 +144,36 @@ impl MeshMetrics {
 
     pub fn denied(&self, hop: &Hop, reason: &str) {
         self.denials.with_label_values(&[hop.direction, hop.source, hop.destination, hop.route, reason]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hops_kept_series_count_under_its_labels_with_the_per_request_path_and_only_classes_seen() {
+        let registry = Registry::new_custom(Some("weir".into()), None).unwrap();
+        let metrics = MeshMetrics::new(&registry);
+        let hop = Hop {
+            direction: "outbound",
+            source: "spiffe://td/ns/shop/sa/checkout",
+            destination: "payments.shop",
+            route: "",
+        };
+        let series = metrics.series(&hop);
+        assert_eq!((series.source(), series.destination()), (hop.source, hop.destination));
+        for status in [200, 204, 0] {
+            series.observe(status, Duration::from_millis(3));
+        }
+        metrics.observe(&hop, 201, Duration::from_millis(3)); // the path without kept series
+        let mut text = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text).unwrap();
+        let labels =
+            r#"destination="payments.shop",direction="outbound",route="",source="spiffe://td/ns/shop/sa/checkout""#;
+        assert!(text.contains(&format!("weir_mesh_requests_total{{{labels},status_class=\"2xx\"}} 3")), "{text}");
+        assert!(text.contains(&format!("weir_mesh_requests_total{{{labels},status_class=\"5xx\"}} 1")), "{text}");
+        assert!(text.contains(&format!("weir_mesh_request_duration_seconds_count{{{labels},status_class=\"2xx\"}} 3")));
+        assert!(!text.contains("status_class=\"4xx\""), "no series for a class never answered: {text}");
     }
 }

@@ -17,7 +17,7 @@ use crate::pool::PoolRegistry;
 
 pub(crate) const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every metric weir exports.
 pub struct Metrics {
@@ -79,7 +79,7 @@ impl TargetMetrics {
 }
 
 /// Index in [`STATUS_CLASSES`] of a status; 0 (no response) counts as 5xx.
-fn class_index(status: u16) -> usize {
+pub(crate) fn class_index(status: u16) -> usize {
     match status {
         100..=599 => (status / 100 - 1) as usize,
         _ => 4,
