@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -13,6 +14,9 @@ use serde::Serialize;
 
 use crate::mesh::authz::MeshAuthorization;
 use crate::policy::BackendPolicy;
+
+/// The Gateway API's group, of the kinds a ReferenceGrant lets refer across namespaces.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// `namespace/name` (cluster-scoped objects have an empty namespace).
 pub type NsName = (String, String);
@@ -37,6 +41,7 @@ pub enum Object {
     Secret(Box<Secret>),
     BackendPolicy(Box<BackendPolicy>),
     MeshAuthorization(Box<MeshAuthorization>),
+    ReferenceGrant(Box<ReferenceGrant>),
 }
 
 /// An object weir could not use, and why. Shown in `/config_dump`, in the log and by
@@ -114,6 +119,7 @@ pub struct Store {
     pub secrets: BTreeMap<NsName, Stored<Secret>>,
     pub backend_policies: BTreeMap<NsName, Stored<BackendPolicy>>,
     pub mesh_authorizations: BTreeMap<NsName, Stored<MeshAuthorization>>,
+    pub reference_grants: BTreeMap<NsName, Stored<ReferenceGrant>>,
     /// Objects the source could not even read (parse errors, unknown kinds).
     pub source_errors: Vec<Rejection>,
 }
@@ -151,6 +157,7 @@ impl Store {
             Object::Secret(o) => drop(put!(secrets, o, namespaced)),
             Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
             Object::MeshAuthorization(o) => drop(put!(mesh_authorizations, o, namespaced)),
+            Object::ReferenceGrant(o) => drop(put!(reference_grants, o, namespaced)),
         }
     }
 
@@ -193,9 +200,30 @@ impl Store {
             + self.secrets.len()
             + self.backend_policies.len()
             + self.mesh_authorizations.len()
+            + self.reference_grants.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a Gateway API `from_kind` (HTTPRoute, Gateway) in `from_ns` may refer to the core
+    /// `to_kind` (Service, Secret) `to_ns/to_name`: the same namespace, or a ReferenceGrant in
+    /// `to_ns` allows it.
+    pub fn grants(&self, from_kind: &str, from_ns: &str, to_kind: &str, to_ns: &str, to_name: &str) -> bool {
+        let in_to_ns = self.reference_grants.range((to_ns.to_string(), String::new())..);
+        from_ns == to_ns
+            || in_to_ns.take_while(|((ns, _), _)| ns == to_ns).any(|(_, g)| {
+                let spec = &g.object.spec;
+                let from = |f: &gateway_api::referencegrants::ReferenceGrantFrom| {
+                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
+                };
+                let to = |t: &gateway_api::referencegrants::ReferenceGrantTo| {
+                    matches!(t.group.as_str(), "" | "core")
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                };
+                spec.from.iter().any(from) && spec.to.iter().any(to)
+            })
     }
 }

@@ -198,6 +198,57 @@ async fn allowed_routes_from_all_admits_other_namespaces() {
     assert!(edge.weir.rejection("HTTPRoute", "other", "guest").await.is_none());
 }
 
+/// A ReferenceGrant in `billing` letting `from_kind`s of `from_ns` refer to its `to_kind`s.
+fn reference_grant(name: &str, from_kind: &str, from_ns: &str, to_kind: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{namespace: billing, name: {name}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]
+  to: [{{group: '', kind: {to_kind}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_in_another_namespace_is_served_once_a_reference_grant_allows_it() {
+    let route = "
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {namespace: default, name: pay}
+    spec:
+      parentRefs: [{name: edge}]
+      rules:
+      - backendRefs: [{name: payments, namespace: billing, port: 80}]
+";
+    let edge = Edge::start_with("billing", &["payments"], |port| gateway("default", "edge", port), &[route]).await;
+    edge.get("foo.example.com", "/").await.assert_status(500);
+    let rejection = edge.weir.expect_rejection("HTTPRoute", "default", "pay").await;
+    let reason = rejection["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("needs a ReferenceGrant in billing allowing HTTPRoutes of default"), "{reason}");
+
+    // a grant for another kind, or for another namespace, does not do
+    edge.weir
+        .apply(
+            "grant-wrong.yaml",
+            &docs(&[
+                reference_grant("for-gateways", "Gateway", "default", "Service"),
+                reference_grant("for-others", "HTTPRoute", "other", "Service"),
+            ]),
+        )
+        .await;
+    edge.get("foo.example.com", "/").await.assert_status(500);
+
+    edge.weir.apply("grant.yaml", &reference_grant("routes-of-default", "HTTPRoute", "default", "Service")).await;
+    edge.get("foo.example.com", "/").await.assert_served_by("payments");
+    assert!(edge.weir.rejection("HTTPRoute", "default", "pay").await.is_none());
+
+    // withdrawn: the reference stops being served
+    edge.weir.delete("grant.yaml").await;
+    edge.get("foo.example.com", "/").await.assert_status(500);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn section_name_attaches_a_route_to_one_listener() {
     let ports = free_ports(2);

@@ -473,13 +473,11 @@ async fn plain_http_to_a_tls_host_is_redirected_with_308_and_https_serves_it() {
 // ---------------------------------------------------------------------------------------------
 // Gateway API
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_https_listener_terminates_tls_for_its_routes() {
-    let ca = Ca::new();
-    let leaf = ca.leaf("gateway cert", &["gw.example.com"]);
-    let b = backends("default", &["app"]).await;
-    let port = free_port();
-    let gateway = format!(
+/// Gateway `default/edge` with an HTTPS listener for gw.example.com on `port`, its certificate
+/// Secret `gw-tls` (`namespace` set if not empty).
+fn https_gateway(port: u16, namespace: &str) -> String {
+    let namespace = if namespace.is_empty() { String::new() } else { format!("\n        namespace: {namespace}") };
+    format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
@@ -496,29 +494,38 @@ spec:
       mode: Terminate
       certificateRefs:
       - kind: Secret
-        name: gw-tls
+        name: gw-tls{namespace}
 "
-    );
-    let route = "
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata:
-          namespace: default
-          name: app
-        spec:
-          parentRefs:
-          - name: edge
-          hostnames: [gw.example.com]
-          rules:
-          - backendRefs:
-            - {name: app, port: 80}
-    ";
+    )
+}
+
+const GATEWAY_ROUTE: &str = "
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata:
+      namespace: default
+      name: app
+    spec:
+      parentRefs:
+      - name: edge
+      hostnames: [gw.example.com]
+      rules:
+      - backendRefs:
+        - {name: app, port: 80}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_https_listener_terminates_tls_for_its_routes() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("gateway cert", &["gw.example.com"]);
+    let b = backends("default", &["app"]).await;
+    let port = free_port();
     let weir = TestWeir::start(&[
         ("backends.yaml", &b.yaml),
         ("class.yaml", &gateway_class()),
         ("secret.yaml", &leaf_secret("gw-tls", &leaf)),
-        ("gateway.yaml", &gateway),
-        ("route.yaml", route),
+        ("gateway.yaml", &https_gateway(port, "")),
+        ("route.yaml", GATEWAY_ROUTE),
     ])
     .await;
     let addr = local(port);
@@ -538,4 +545,41 @@ spec:
     let plain = request(addr).host("gw.example.com").try_send().await;
     assert!(plain.is_err() || plain.as_ref().is_ok_and(|r| r.status >= 400), "plain HTTP was served: {plain:?}");
     assert_eq!(b.echo("app").requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_uses_a_certificate_of_another_namespace_once_a_reference_grant_allows_it() {
+    let ca = Ca::new();
+    let leaf = ca.leaf("shared cert", &["gw.example.com"]);
+    let b = backends("default", &["app"]).await;
+    let port = free_port();
+    let secret = leaf_secret("gw-tls", &leaf).replace("namespace: default", "namespace: certs");
+    let weir = TestWeir::start(&[
+        ("backends.yaml", &b.yaml),
+        ("class.yaml", &gateway_class()),
+        ("secret.yaml", &secret),
+        ("gateway.yaml", &https_gateway(port, "certs")),
+        ("route.yaml", GATEWAY_ROUTE),
+    ])
+    .await;
+    let rejection = weir.expect_rejection("Gateway", "default", "edge").await;
+    let reason = rejection["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("needs a ReferenceGrant in certs allowing Gateways of default"), "{reason}");
+
+    let grant = "apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {namespace: certs, name: gateways-of-default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: default}]
+  to: [{group: '', kind: Secret, name: gw-tls}]
+";
+    weir.apply("grant.yaml", grant).await;
+    let addr = local(port);
+    wait_listening(addr).await;
+    let (peer, resp) = TlsClient::new(addr, "gw.example.com", &ca)
+        .get("gw.example.com", "/")
+        .await
+        .expect("HTTPS with the certificate of namespace certs");
+    peer.assert_is(&leaf, &["gw.example.com"]);
+    resp.assert_served_by("app");
 }

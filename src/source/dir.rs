@@ -52,6 +52,7 @@ fn object_key(o: &Object) -> (String, String, String) {
         Object::Secret(x) => key!("Secret", x),
         Object::BackendPolicy(x) => key!("BackendPolicy", x),
         Object::MeshAuthorization(x) => key!("MeshAuthorization", x),
+        Object::ReferenceGrant(x) => key!("ReferenceGrant", x),
     }
 }
 

@@ -62,12 +62,15 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value)?),
         ("weir.dev/v1alpha1", "BackendPolicy") => Object::BackendPolicy(typed(value)?),
         ("weir.dev/v1alpha1", "MeshAuthorization") => Object::MeshAuthorization(typed(value)?),
+        ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "ReferenceGrant") => {
+            Object::ReferenceGrant(typed(value)?)
+        }
         ("", _) | (_, "") => return Err("apiVersion and kind are required".into()),
         _ => {
             return Err(format!(
                 "{api_version} {kind} is not a kind weir reads; weir reads Ingress, IngressClass \
-                 (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute \
-                 (gateway.networking.k8s.io/v1), Service, Secret (v1), EndpointSlice \
+                 (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute, ReferenceGrant \
+                 (gateway.networking.k8s.io/v1; ReferenceGrant also v1beta1), Service, Secret (v1), EndpointSlice \
                  (discovery.k8s.io/v1), BackendPolicy and MeshAuthorization (weir.dev/v1alpha1)"
             ))
         }

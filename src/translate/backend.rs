@@ -51,6 +51,10 @@ pub struct Backends<'a> {
 }
 
 impl<'a> Backends<'a> {
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
     /// Indexes the store's BackendPolicies, rejecting invalid ones.
     pub fn new(store: &'a Store, rejections: &mut Vec<Rejection>) -> Self {
         let mut policies: HashMap<_, Vec<_>> = HashMap::new();

@@ -199,17 +199,19 @@ fn listener(
             if c.kind.as_deref().unwrap_or("Secret") != "Secret" || !c.group.as_deref().unwrap_or("").is_empty() {
                 return Err(format!("certificateRef {}: only core Secrets are supported", c.name));
             }
-            if c.namespace.as_deref().is_some_and(|n| n != ns) {
+            let secret_ns = c.namespace.as_deref().unwrap_or(ns);
+            if !secrets.store().grants("Gateway", ns, "Secret", secret_ns, &c.name) {
                 return Err(format!(
-                    "certificateRef {}: a Secret in another namespace needs a ReferenceGrant, which weir does not read yet",
+                    "certificateRef {secret_ns}/{}: a Secret in another namespace needs a ReferenceGrant in {secret_ns} \
+                     allowing Gateways of {ns}",
                     c.name
                 ));
             }
-            let loaded = secrets.load(ns, &c.name)?;
+            let loaded = secrets.load(secret_ns, &c.name)?;
             let hosts = if hostname == HostPattern::Any { vec![] } else { vec![hostname.clone()] };
             certs.push(CertModel {
                 hosts,
-                secret: format!("{ns}/{}", c.name),
+                secret: format!("{secret_ns}/{}", c.name),
                 context: loaded.context,
                 not_after: loaded.not_after,
             });
@@ -530,8 +532,10 @@ fn backend_refs(
         let pool =
             if !b.group.as_deref().unwrap_or("").is_empty() || b.kind.as_deref().unwrap_or("Service") != "Service" {
                 Err(format!("only Service backends are supported, not {}", b.kind.as_deref().unwrap_or("")))
-            } else if target_ns != ns {
-                Err("a Service in another namespace needs a ReferenceGrant, which weir does not read yet".to_string())
+            } else if !backends.store().grants("HTTPRoute", ns, "Service", &target_ns, &b.name) {
+                Err(format!(
+                    "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing HTTPRoutes of {ns}"
+                ))
             } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
                 backends.resolve(&target_ns, &b.name, &PortRef::Number(port))
             } else {

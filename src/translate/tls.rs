@@ -49,6 +49,10 @@ impl<'a> Secrets<'a> {
         Secrets { store, cache: HashMap::new(), rejections: vec![] }
     }
 
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
     /// The certificate in Secret `ns/name`, or why it cannot be used.
     pub fn load(&mut self, ns: &str, name: &str) -> Result<LoadedCert, String> {
         let key = (ns.to_string(), name.to_string());
