@@ -432,6 +432,32 @@ async fn a_gateway_that_refuses_connections_is_skipped_for_another_endpoint() {
 
 /// `count` payments pods (127.0.0.2, 127.0.0.3, ...: one port, as a Deployment's replicas),
 /// each behind its own gateway, the gateways on one port too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_stalled_handshake_move_on_together_at_the_connect_timeout() {
+    // payments on 127.0.0.2 behind its gateway; on 127.0.0.3 something takes the connection on the
+    // mesh port and never answers the TLS handshake
+    let p = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments", "127.0.0.2", 0).await;
+    let app = p.app.addr();
+    let silent = tokio::net::TcpListener::bind(("127.0.0.3", p.mesh.inbound_addr.port())).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = vec![];
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let stalled: SocketAddr = format!("127.0.0.3:{}", app.port()).parse().unwrap();
+    let (checkout, _dir) = checkout_to_addrs(&p, &[app, stalled], "connectTimeout: 300ms").await;
+    let started = std::time::Instant::now();
+    // a burst: the requests that pick the stalled gateway wait for one handshake, then go elsewhere
+    for r in burst(checkout.outbound_addr.unwrap(), 20) {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    // (the requests waiting for that handshake fail with it at once, not one after another)
+    assert!(started.elapsed() < Duration::from_secs(2), "not stuck on the stalled handshake: {:?}", started.elapsed());
+    assert_eq!(p.app.requests(), 20);
+    held.abort();
+}
+
 async fn pods(count: usize) -> Vec<Payments> {
     let apps = on_one_port(count, |i, addr| async move {
         let app = EchoServer::start(&format!("payments-{i}"), addr).await?;
@@ -451,12 +477,17 @@ async fn pods(count: usize) -> Vec<Payments> {
 /// checkout's gateway knowing Service `shop/payments` (port 80) with `pods` as its endpoints, and
 /// a BackendPolicy with `policy` (YAML below `spec:`, after targetRefs) if not empty.
 async fn checkout_to(pods: &[Payments], policy: &str) -> (MeshHandle, TempDir) {
-    let port = pods[0].app.addr().port();
     let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.app.addr()).collect();
+    checkout_to_addrs(&pods[0], &addrs, policy).await
+}
+
+/// [`checkout_to`] with `addrs` as the endpoints (`first`'s gateway port is the mesh port).
+async fn checkout_to_addrs(first: &Payments, addrs: &[SocketAddr], policy: &str) -> (MeshHandle, TempDir) {
+    let port = addrs[0].port();
     assert!(addrs.iter().all(|a| a.port() == port), "pods listen on one port, as a Deployment's do");
     let mut config = vec![
         service_with_target_port("shop", "payments", 80, "http", port),
-        endpoints("shop", "payments", "http", port, &addrs),
+        endpoints("shop", "payments", "http", port, addrs),
     ];
     if !policy.is_empty() {
         config.push(format!(
@@ -464,7 +495,7 @@ async fn checkout_to(pods: &[Payments], policy: &str) -> (MeshHandle, TempDir) {
             indent(policy, 2)
         ));
     }
-    checkout_gateway_with(&pods[0], &docs(&config)).await
+    checkout_gateway_with(first, &docs(&config)).await
 }
 
 fn mesh_metric(h: &MeshHandle, name: &str, labels: &[(&str, &str)]) -> f64 {
