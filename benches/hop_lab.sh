@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Where a mesh hop's latency goes: p50/p99 added by two proxies in series, against oha -> app.
+#
+#   benches/hop_lab.sh            (after `cargo build --release --bin weir --example pingora_minimal`)
+#
+# Chains, each two proxies with one thread on CPU 0 in front of nginx `return 200` (CPU 1), oha on
+# CPU 1 at a fixed rate over 50 keep-alive connections, latency corrected for coordinated omission:
+#   nginx pair (plain HTTP/1), minimal Pingora pair, `weir edge` pair, and the weir gateway pair
+#   (checkout's outbound -> mutual TLS, HTTP/2 -> payments' inbound), as in the harness's (h) but
+#   without the edge. A one-off lab beside benches/loadtest.py: it prints, it records nothing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+W="$ROOT/target/release/weir"
+PM="$ROOT/target/release/examples/pingora_minimal"
+OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
+for b in "$W" "$PM" "$OHA"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
+RATES="${RATES:-2000 500}"
+ROUNDS="${ROUNDS:-2}"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+cd "$WORK"
+mkdir logs pki gw e1 e2
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start() { local cpu=$1; shift; taskset -c "$cpu" "$@" >>"logs/all.log" 2>&1 & PIDS+=($!); }
+wait_200() {  # wait_200 URL: until it answers 200, at most 20 s
+  for _ in $(seq 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: payments' "$1")" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$1 never answered 200; see $WORK/logs" >&2; trap - EXIT; exit 1
+}
+
+APP=$(free_port); N1=$(free_port); N2=$(free_port); P1=$(free_port); P2=$(free_port)
+E1=$(free_port); E2=$(free_port); OUT=$(free_port); MESH=$(free_port)
+
+# the app and the two nginx proxies
+nginx_conf() {  # name listen upstream (empty: the app itself)
+  local body="return 200 \"ok\";"
+  [ -n "$3" ] && body="proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+  local up=""; [ -n "$3" ] && up="upstream up { server 127.0.0.1:$3; keepalive 64; }"
+  cat > "$1.conf" <<NG
+worker_processes 1; daemon off; pid $WORK/$1.pid; error_log $WORK/logs/$1.err;
+events { worker_connections 1024; }
+http { access_log off; $up server { listen 127.0.0.1:$2; location / { $body } } }
+NG
+}
+nginx_conf app "$APP" ""; nginx_conf n2 "$N2" "$APP"; nginx_conf n1 "$N1" "$N2"
+start 1 nginx -c "$WORK/app.conf" -p "$WORK"
+start 0 nginx -c "$WORK/n2.conf" -p "$WORK"
+start 0 nginx -c "$WORK/n1.conf" -p "$WORK"
+
+# the minimal Pingora pair
+start 0 "$PM" "127.0.0.1:$P2" "127.0.0.1:$APP" 1
+start 0 "$PM" "127.0.0.1:$P1" "127.0.0.1:$P2" 1
+
+# the weir edge pair: Host payments -> the next hop
+edge_conf() {  # dir upstream-port
+  cat > "$1/lab.yaml" <<Y
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: weir}
+spec: {controller: weir.dev/ingress-controller}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: lab}
+spec: {ports: [{name: http, port: 80, targetPort: $2}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: lab, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{name: http, port: $2}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: app, namespace: lab}
+spec:
+  ingressClassName: weir
+  rules: [{host: payments, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}}]
+Y
+}
+edge_conf e2 "$APP"; edge_conf e1 "$E2"
+for e in "e1 $E1" "e2 $E2"; do
+  set -- $e
+  start 0 "$W" edge --threads 1 --config-dir "$1" --http "127.0.0.1:$2" --https "127.0.0.1:$(free_port)" \
+    --admin "127.0.0.1:$(free_port)"
+done
+
+# the gateway pair: SVIDs from a CA made here; payments' gateway on 127.0.0.2, checkout's on 127.0.0.3
+EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1)
+openssl req -x509 "${EC[@]}" -subj "/CN=lab CA" -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign,cRLSign -keyout pki/ca.key -out pki/ca.crt 2>/dev/null
+for sa in payments checkout; do
+  openssl req -x509 "${EC[@]}" -subj "/CN=$sa" -CA pki/ca.crt -CAkey pki/ca.key \
+    -addext basicConstraints=critical,CA:FALSE -addext keyUsage=critical,digitalSignature \
+    -addext extendedKeyUsage=serverAuth,clientAuth \
+    -addext "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/$sa" \
+    -keyout "pki/$sa.key" -out "pki/$sa.crt" 2>/dev/null
+done
+cat > gw/mesh.yaml <<Y
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: default, annotations: {weir.dev/identity: "spiffe://cluster.local/ns/default/sa/payments"}}
+spec: {ports: [{name: http, port: 80, targetPort: $APP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: payments-1, namespace: default, labels: {kubernetes.io/service-name: payments}}
+addressType: IPv4
+ports: [{name: http, port: $APP}]
+endpoints: [{addresses: ["127.0.0.2"], conditions: {ready: true}}]
+Y
+gw() {  # service-account inbound-ip extra-args...
+  local sa=$1 ip=$2; shift 2
+  start 0 "$W" mesh --threads 1 --identity-cert "pki/$sa.crt" --identity-key "pki/$sa.key" \
+    --trust-bundle pki/ca.crt --inbound "$ip:$MESH" --admin "127.0.0.1:$(free_port)" \
+    --workload-address 127.0.0.1 --workload-port "$APP" --namespace default "$@"
+}
+gw payments 127.0.0.2
+gw checkout 127.0.0.3 --config-dir gw --outbound "127.0.0.1:$OUT" --mesh-port "$MESH"
+
+for port in $APP $N1 $P1 $E1 $OUT; do wait_200 "http://127.0.0.1:$port/"; done
+
+measure() {  # url rate -> "p50/p99" in ms
+  taskset -c 1 "$OHA" -z 6s -q "$2" -c 50 --no-tui --latency-correction -H "Host: payments" "$1" 2>/dev/null |
+    awk '/50.00%/{a=$3; ua=$4} /99.00%/{b=$3; ub=$4}
+         END{ if (ua=="us") a/=1000; if (ub=="us") b/=1000; printf "%.3f/%.3f", a, b }'
+}
+printf "%-6s %-5s %-12s %-12s %-14s %-14s %-14s\n" rate round direct nginx-pair pingora-pair weir-edge-pair gateway-pair
+for rate in $RATES; do
+  for round in $(seq "$ROUNDS"); do
+    printf "%-6s %-5s" "$rate" "$round"
+    for port in $APP $N1 $P1 $E1 $OUT; do printf " %-13s" "$(measure "http://127.0.0.1:$port/" "$rate")"; done
+    echo
+  done
+done
+echo "(p50/p99 in ms; a chain's cost is its column minus direct)"
