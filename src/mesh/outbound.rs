@@ -600,8 +600,7 @@ impl ProxyHttp for OutboundProxy {
         ctx.pending = None;
         if e.etype() == &CONNECTIONS_FULL {
             // the whole pool is at maxConnections: another endpoint would not do either
-            // not the endpoint's failure; a request that waited for another's connection attempt
-            // gets its error but not its cause, so the limit is read from the pool
+            // not the endpoint's failure
             ctx.attempt.release();
             let max = ctx.pool.as_ref().map_or(0, |p| p.spec().policy.circuit_breaker.max_connections);
             return self.overflow(ctx, &Overflow { limit: Limit::Connections, max });

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
 use pingora::upstreams::peer::ConnectionGate;
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
 use super::Pool;
 
@@ -105,9 +105,7 @@ impl Drop for Held {
     }
 }
 
-impl std::error::Error for Overflow {}
-
-/// The error type of a connection refused by `maxConnections` (its cause is the [`Overflow`]).
+/// The error type of a connection refused by `maxConnections` (its context says why).
 pub const CONNECTIONS_FULL: ErrorType = ErrorType::Custom("circuit breaker: maxConnections");
 
 /// What Pingora's connector asks before opening a connection to one of the pool's endpoints.
@@ -120,7 +118,7 @@ impl ConnectionGate for Gate {
         };
         match pool.hold(Limit::Connections) {
             Ok(held) => Ok(Box::new(held)),
-            Err(o) => Err(Error::create(CONNECTIONS_FULL, ErrorSource::Internal, None, Some(Box::new(o)))),
+            Err(o) => Error::e_explain(CONNECTIONS_FULL, o.to_string()),
         }
     }
 }
