@@ -7,7 +7,9 @@
 # CPU 1 at a fixed rate over 50 keep-alive connections, latency corrected for coordinated omission:
 #   nginx pair (plain HTTP/1), minimal Pingora pair, `weir edge` pair, and the weir gateway pair
 #   (checkout's outbound -> mutual TLS, HTTP/2 -> payments' inbound), as in the harness's (h) but
-#   without the edge. A one-off lab beside benches/loadtest.py: it prints, it records nothing.
+#   without the edge. Then the same pairs behind one `weir edge` (one thread, CPU 0), the harness's
+#   layout: each pair's cost there is its column minus "edge only", the harness's "added".
+#   A one-off lab beside benches/loadtest.py: it prints, it records nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 W="$ROOT/target/release/weir"
@@ -21,7 +23,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 cd "$WORK"
-mkdir logs pki gw e1 e2
+mkdir logs pki gw e1 e2 front
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start() { local cpu=$1; shift; taskset -c "$cpu" "$@" >>"logs/all.log" 2>&1 & PIDS+=($!); }
@@ -34,7 +36,7 @@ wait_200() {  # wait_200 URL: until it answers 200, at most 20 s
 }
 
 APP=$(free_port); N1=$(free_port); N2=$(free_port); P1=$(free_port); P2=$(free_port)
-E1=$(free_port); E2=$(free_port); OUT=$(free_port); MESH=$(free_port)
+E1=$(free_port); E2=$(free_port); OUT=$(free_port); MESH=$(free_port); FRONT=$(free_port)
 
 # the app and the two nginx proxies
 nginx_conf() {  # name listen upstream (empty: the app itself)
@@ -56,40 +58,44 @@ start 0 nginx -c "$WORK/n1.conf" -p "$WORK"
 start 0 "$PM" "127.0.0.1:$P2" "127.0.0.1:$APP" 1
 start 0 "$PM" "127.0.0.1:$P1" "127.0.0.1:$P2" 1
 
-# the weir edge pair: Host payments -> the next hop
-edge_conf() {  # dir upstream-port
-  cat > "$1/lab.yaml" <<Y
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: {name: weir}
-spec: {controller: weir.dev/ingress-controller}
+# the weir edges: Host payments -> the next hop
+service_yaml() {  # name port: a Service whose one endpoint is 127.0.0.1:port
+  cat <<Y
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: app, namespace: lab}
+metadata: {name: $1, namespace: lab}
 spec: {ports: [{name: http, port: 80, targetPort: $2}]}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: app-1, namespace: lab, labels: {kubernetes.io/service-name: app}}
+metadata: {name: $1-1, namespace: lab, labels: {kubernetes.io/service-name: $1}}
 addressType: IPv4
 ports: [{name: http, port: $2}]
 endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: app, namespace: lab}
-spec:
-  ingressClassName: weir
-  rules: [{host: payments, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}}]
 Y
 }
-edge_conf e2 "$APP"; edge_conf e1 "$E2"
-for e in "e1 $E1" "e2 $E2"; do
-  set -- $e
+edge_conf() {  # dir "path service port"...: an Ingress for Host payments, a path prefix per Service
+  local dir=$1 route; shift
+  local routes=("$@")
+  {
+    printf 'apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: weir}\n'
+    printf 'spec: {controller: weir.dev/ingress-controller}\n---\n'
+    printf 'apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: lab, namespace: lab}\n'
+    printf 'spec:\n  ingressClassName: weir\n  rules:\n  - host: payments\n    http:\n      paths:\n'
+    for route in "${routes[@]}"; do
+      set -- $route
+      printf '      - {path: %s, pathType: Prefix, backend: {service: {name: %s, port: {number: 80}}}}\n' "$1" "$2"
+    done
+    for route in "${routes[@]}"; do set -- $route; service_yaml "$2" "$3"; done
+  } > "$dir/lab.yaml"
+}
+start_edge() {  # dir port
   start 0 "$W" edge --threads 1 --config-dir "$1" --http "127.0.0.1:$2" --https "127.0.0.1:$(free_port)" \
     --admin "127.0.0.1:$(free_port)"
-done
+}
+edge_conf e2 "/ app $APP"; edge_conf e1 "/ app $E2"
+start_edge e2 "$E2"; start_edge e1 "$E1"
 
 # the gateway pair: SVIDs from a CA made here; payments' gateway on 127.0.0.2, checkout's on 127.0.0.3
 EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1)
@@ -124,7 +130,12 @@ gw() {  # service-account inbound-ip extra-args...
 gw payments 127.0.0.2
 gw checkout 127.0.0.3 --config-dir gw --outbound "127.0.0.1:$OUT" --mesh-port "$MESH"
 
+# one edge in front, as in the harness: a path prefix per chain
+edge_conf front "/app app $APP" "/nginx nginx $N1" "/pingora pingora $P1" "/gateway gateway $OUT"
+start_edge front "$FRONT"
+
 for port in $APP $N1 $P1 $E1 $OUT; do wait_200 "http://127.0.0.1:$port/"; done
+for path in app nginx pingora gateway; do wait_200 "http://127.0.0.1:$FRONT/$path"; done
 
 measure() {  # url rate -> "p50/p99" in ms
   taskset -c 1 "$OHA" -z 6s -q "$2" -c 50 --no-tui --latency-correction -H "Host: payments" "$1" 2>/dev/null |
@@ -140,3 +151,14 @@ for rate in $RATES; do
   done
 done
 echo "(p50/p99 in ms; a chain's cost is its column minus direct)"
+echo
+echo "behind one weir edge on CPU 0 (the harness's layout):"
+printf "%-6s %-5s %-12s %-12s %-14s %-14s\n" rate round edge-only +nginx-pair +pingora-pair +gateway-pair
+for rate in $RATES; do
+  for round in $(seq "$ROUNDS"); do
+    printf "%-6s %-5s" "$rate" "$round"
+    for path in app nginx pingora gateway; do printf " %-13s" "$(measure "http://127.0.0.1:$FRONT/$path" "$rate")"; done
+    echo
+  done
+done
+echo "(p50/p99 in ms; a pair's cost in the harness's layout is its column minus edge-only)"

@@ -1320,6 +1320,61 @@ def start_gateways(ctx: dict, work: Path) -> MeshPair:
     return pair
 
 
+# The same place in the chain for two reference proxies, to read the hop against: what any two
+# processes in series add in this layout on this machine, without TLS, HTTP/2 or weir's work.
+MESH_REFERENCES = {
+    "pingora": "edge → Pingora (minimal) → Pingora (minimal) → app (plain HTTP/1)",
+    "nginx": "edge → nginx → nginx → app (plain HTTP/1)",
+}
+
+
+@dataclass
+class ReferencePair:
+    procs: dict[str, Proc]  # "first" (the edge calls it), "second" (it calls the app)
+    front: int  # the first one's port
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.stop()
+
+
+def nginx_relay_conf(d: Path, name: str, listen: int, upstream: int) -> Path:
+    """One worker proxying everything to `upstream` over keep-alive HTTP/1.1, nothing else."""
+    conf = d / f"{name}.conf"
+    conf.write_text(
+        f"worker_processes 1;\ndaemon off;\npid {d / name}.pid;\nerror_log {d / name}-error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{\n  access_log off;\n  upstream up {{ server {LOOPBACK}:{upstream}; keepalive 64; }}\n"
+        f"  server {{\n    listen {LOOPBACK}:{listen};\n"
+        '    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }\n'
+        "  }\n}\n"
+    )
+    return conf
+
+
+def start_reference_pair(ctx: dict, work: Path, kind: str) -> ReferencePair:
+    """Two `kind` proxies in series in front of the app, one worker each, on the proxy's CPU, where
+    the gateways would be."""
+    d = work / f"mesh-{kind}-{time.monotonic_ns()}"
+    d.mkdir(parents=True)
+    pair = ReferencePair({}, free_port())
+    second = free_port()
+    try:
+        for name, listen, upstream in (("second", second, ctx["backend_port"]), ("first", pair.front, second)):
+            if kind == "pingora":
+                argv = [ctx["bins"]["pingora"], f"{LOOPBACK}:{listen}", f"{LOOPBACK}:{upstream}", "1"]
+            else:
+                conf = nginx_relay_conf(d, name, listen, upstream)
+                argv = [ctx["tools"]["nginx"], "-c", str(conf), "-p", str(d), "-e", str(d / f"{name}-error.log")]
+                ctx["saved"].setdefault(f"nginx-mesh-reference-{name}.conf", conf.read_text())
+            pair.procs[name] = Proc(f"mesh-{kind}-{name}", argv, d, cpu=PROXY_CPU, cwd=d)
+            wait_serving(listen, MESH_HOST, TARGET_PATH, False, pair.procs[name], timeout=20)
+    except Exception:
+        pair.stop()
+        raise
+    return pair
+
+
 def check_mesh_chain(edge: Running, pair: MeshPair) -> None:
     """Before measuring: a request through the whole chain answers 200, and payments' gateway has
     accepted a mutual-TLS connection (so the load really crosses the mesh)."""
@@ -1345,37 +1400,39 @@ def merge_pinning(pins: list[dict]) -> dict:
     }
 
 
-def measure_mesh_chain(ctx: dict, sc: Scenario, edge: Running, host: str, pair: MeshPair | None) -> dict:
+def measure_mesh_chain(ctx: dict, sc: Scenario, edge: Running, host: str,
+                       pair: MeshPair | ReferencePair | None) -> dict:
     """One chain at the fixed rate on freshly started processes: warm-up, then the timed run; the
-    edge's CPU and RSS as for every proxy, and the gateways' when there are gateways."""
+    edge's CPU and RSS as for every proxy, and the pair's (gateways or reference) when there is one."""
     url = f"http://{LOOPBACK}:{edge.http}{TARGET_PATH}"
 
     def load(seconds: float) -> dict:
         return oha_run(ctx, url, seconds, sc, host, None)
 
     load(WARMUP_S)
-    gateways = list(pair.procs.values()) if pair else []
-    gw_pids = {g.name: g.pids() for g in gateways}
-    gw0 = {n: cpu_seconds(pids) for n, pids in gw_pids.items()}
+    members = pair.procs if pair else {}
+    pair_pids = {name: p.pids() for name, p in members.items()}
+    cpu0 = {name: cpu_seconds(pids) for name, pids in pair_pids.items()}
     res = one_run(edge, load, ctx["mesh_duration"])
-    gw1 = {n: cpu_seconds(pids) for n, pids in gw_pids.items()}
+    cpu1 = {name: cpu_seconds(pids) for name, pids in pair_pids.items()}
     edge_pids = edge.proc.pids()
     res["peak_rss_mib"] = round(peak_rss_mib(edge_pids), 1)
     res["rss_by_process"] = rss_by_process(edge_pids)
     pins = [pinning(edge_pids)]
     if pair:
-        for g in gateways:
-            if not g.alive():
-                raise RuntimeError(f"{g.name} died during the run:\n{g.log_tail()}")
-        cpu = {sa: gw1[p.name] - gw0[p.name] for sa, p in pair.procs.items()}
+        for p in members.values():
+            if not p.alive():
+                raise RuntimeError(f"{p.name} died during the run:\n{p.log_tail()}")
+        cpu = {name: cpu1[name] - cpu0[name] for name in members}
         res["gateways_cpu_s"] = round(sum(cpu.values()), 3)
         n = res["responses"]
         res["gateways_cpu_us_per_req"] = sum(cpu.values()) * 1e6 / n if n else None
-        res["gateway_cpu_us_per_req"] = {sa: round(c * 1e6 / n, 1) if n else None for sa, c in cpu.items()}
-        res["gateways_rss_mib"] = {sa: round(peak_rss_mib(p.pids()), 1) for sa, p in pair.procs.items()}
+        res["gateway_cpu_us_per_req"] = {name: round(c * 1e6 / n, 1) if n else None for name, c in cpu.items()}
+        res["gateways_rss_mib"] = {name: round(peak_rss_mib(p.pids()), 1) for name, p in members.items()}
         res["gateways_rss_total_mib"] = round(sum(res["gateways_rss_mib"].values()), 1)
-        res["gateways_memory_at_end"] = {sa: memory_now(p.p.pid) for sa, p in pair.procs.items()}
-        pins += [pinning(g.pids()) for g in gateways]
+        pins += [pinning(p.pids()) for p in members.values()]
+    if isinstance(pair, MeshPair):
+        res["gateways_memory_at_end"] = {sa: memory_now(p.p.pid) for sa, p in members.items()}
         admin = pair.admin
         res["mesh_inbound_connections"] = metric_sum(admin["payments"], "weir_mesh_inbound_connections_total")
         res["mesh_handshake_failures"] = metric_sum(admin["payments"], "weir_mesh_tls_handshake_failures_total")
@@ -1386,23 +1443,34 @@ def measure_mesh_chain(ctx: dict, sc: Scenario, edge: Running, host: str, pair: 
 
 
 def run_mesh(ctx: dict, sc: Scenario, work: Path, report: dict) -> dict:
-    """Both chains, `repeat` rounds, taking turns (the order swaps every round). Each chain's
-    percentiles (and CPU per request) are the medians over the rounds, so the added latency is
-    one row minus the other; the medians of the per-round differences are kept as well."""
+    """Both chains, and the reference pairs' chains if their proxies are among --proxies, `repeat`
+    rounds, taking turns (the order rotates every round). Each chain's percentiles (and CPU per
+    request) are the medians over the rounds, so the added latency is one row minus the other; the
+    medians of the per-round differences are kept as well."""
     ctx.setdefault("mesh_pki", make_mesh_pki(work))
     rounds = ctx["repeat"]
-    runs: dict[str, list[dict]] = {"baseline": [], "mesh": []}
     label = {"baseline": "edge -> app", "mesh": "edge -> mesh -> mesh -> app"}
+    label.update({k: f"edge -> {k} -> {k} -> app" for k in ctx.get("mesh_references", [])})
+    chains = list(label)
+    runs: dict[str, list[dict]] = {chain: [] for chain in chains}
     for rnd in range(rounds):
-        for chain in ("baseline", "mesh") if rnd % 2 == 0 else ("mesh", "baseline"):
+        for chain in chains[rnd % len(chains):] + chains[:rnd % len(chains)]:
             progress(f"mesh: {label[chain]}" + (f", run {rnd + 1}/{rounds}" if rounds > 1 else "") + " ...")
-            pair = start_gateways(ctx, work) if chain == "mesh" else None
+            if chain == "mesh":
+                pair = start_gateways(ctx, work)
+            elif chain in MESH_REFERENCES:
+                pair = start_reference_pair(ctx, work, chain)
+            else:
+                pair = None
             try:
-                # the same edge config for both chains; without gateways its mesh route leads nowhere
-                edge = start_proxy("weir", "mesh", work, ctx, mesh_outbound=pair.outbound if pair else free_port())
+                # the same edge config for every chain; without a pair its mesh route leads nowhere
+                front = pair.outbound if isinstance(pair, MeshPair) else pair.front if pair else free_port()
+                edge = start_proxy("weir", "mesh", work, ctx, mesh_outbound=front)
                 try:
-                    if pair:
+                    if isinstance(pair, MeshPair):
                         check_mesh_chain(edge, pair)
+                    elif pair:
+                        wait_serving(edge.http, MESH_HOST, TARGET_PATH, False, edge.proc, timeout=20)
                     host = MESH_HOST if pair else target_host("mesh")
                     res = measure_mesh_chain(ctx, sc, edge, host, pair)
                 finally:
@@ -1414,10 +1482,10 @@ def run_mesh(ctx: dict, sc: Scenario, work: Path, report: dict) -> dict:
             progress(
                 f"mesh: {label[chain]}: {res['rps']:,.0f} req/s, p50/p90/p99 {res['p50_ms']}/{res['p90_ms']}/"
                 f"{res['p99_ms']} ms, errors {res['error_count']}, edge CPU {fmt_num(res.get('cpu_us_per_req'), 1)} µs/req"
-                + (f", gateways CPU {fmt_num(res.get('gateways_cpu_us_per_req'), 1)} µs/req "
-                   f"{res['gateway_cpu_us_per_req']}, RSS "
-                   f"{res['gateways_rss_mib']} MiB, payments' gateway accepted {res['mesh_inbound_connections']:.0f} "
-                   f"mTLS connection(s)" if pair else "")
+                + (f", pair CPU {fmt_num(res.get('gateways_cpu_us_per_req'), 1)} µs/req "
+                   f"{res['gateway_cpu_us_per_req']}, RSS {res['gateways_rss_mib']} MiB" if pair else "")
+                + (f", payments' gateway accepted {res['mesh_inbound_connections']:.0f} mTLS connection(s)"
+                   if chain == "mesh" else "")
                 + f", steal {max(res['steal_pct'].values()):.0f}%"
             )
     out: dict = {"rate_rps": MESH_RATE, "connections": sc.connections, "duration_s": ctx["mesh_duration"],
@@ -1429,27 +1497,35 @@ def run_mesh(ctx: dict, sc: Scenario, work: Path, report: dict) -> dict:
             vals = [r[k] for r in runs[chain] if r.get(k) is not None]
             agg[k] = round(statistics.median(vals), 3) if vals else None
         agg["median_of_rounds"] = list(medians)
-        if chain == "mesh":
+        if chain != "baseline":
+            members = runs[chain][0]["gateway_cpu_us_per_req"]
             agg["gateway_cpu_us_per_req"] = {
-                sa: round(statistics.median(r["gateway_cpu_us_per_req"][sa] for r in runs[chain]), 1)
-                for sa in MESH_POD_IPS if all(r["gateway_cpu_us_per_req"].get(sa) for r in runs[chain])}
+                name: round(statistics.median(r["gateway_cpu_us_per_req"][name] for r in runs[chain]), 1)
+                for name in members if all(r["gateway_cpu_us_per_req"].get(name) for r in runs[chain])}
+            agg["gateways_peak_rss_mib"] = {name: max(r["gateways_rss_mib"][name] for r in runs[chain])
+                                            for name in members}
             for summary, full in zip(agg["runs"], runs[chain]):
                 summary.update({k: full.get(k) for k in ("gateways_cpu_us_per_req", "gateway_cpu_us_per_req",
                                                          "gateways_rss_mib", "gateways_memory_at_end",
-                                                         "mesh_inbound_connections", "mesh_identity_reloads")})
+                                                         "mesh_inbound_connections", "mesh_identity_reloads")
+                                if k in full})
         out[chain] = agg
 
-    def paired(key: str) -> float | None:
-        diffs = [m[key] - b[key] for b, m in zip(runs["baseline"], runs["mesh"])
+    def paired(key: str, chain: str = "mesh") -> float | None:
+        diffs = [m[key] - b[key] for b, m in zip(runs["baseline"], runs[chain])
                  if b.get(key) is not None and m.get(key) is not None]
         return round(statistics.median(diffs), 3) if diffs else None
 
-    def added(key: str) -> float | None:
-        b, m = out["baseline"].get(key), out["mesh"].get(key)
+    def added(key: str, chain: str = "mesh") -> float | None:
+        b, m = out["baseline"].get(key), out[chain].get(key)
         return round(m - b, 3) if b is not None and m is not None else None
 
-    out["added_ms"] = {k: added(f"{k}_ms") for k in ("p50", "p90", "p99", "p999")}
-    out["added_paired_ms"] = {k: paired(f"{k}_ms") for k in ("p50", "p90", "p99", "p999")}
+    percentiles = ("p50", "p90", "p99", "p999")
+    out["added_ms"] = {k: added(f"{k}_ms") for k in percentiles}
+    out["added_paired_ms"] = {k: paired(f"{k}_ms") for k in percentiles}
+    # what the reference pairs add in the gateways' place: the floor to read the hop against
+    out["reference_added_ms"] = {chain: {k: added(f"{k}_ms", chain) for k in percentiles}
+                                 for chain in runs if chain in MESH_REFERENCES}
     rss = [r["gateways_rss_mib"] for r in runs["mesh"]]
     out["gateways_peak_rss_mib"] = {sa: max(x[sa] for x in rss) for sa in MESH_POD_IPS}
     out["gateways_peak_rss_mib"]["total"] = round(sum(out["gateways_peak_rss_mib"].values()), 1)  # each one's peak
@@ -1464,13 +1540,13 @@ def run_mesh(ctx: dict, sc: Scenario, work: Path, report: dict) -> dict:
     }
     out["gateways_memory_at_end"] = out["mesh"].get("gateways_memory_at_end")  # the run with the median p99
     # the fields every scenario's result has, for the summary, warnings and the pass/fail check
-    base, mesh = out["baseline"], out["mesh"]
-    out["error_count"] = base["error_count"] + mesh["error_count"]
+    every = [out[chain] for chain in runs]
+    out["error_count"] = sum(r["error_count"] for r in every)
     for k in ("errors", "non_2xx"):
         out[k] = {f"{chain}: {kind}": n for chain in runs for kind, n in out[chain][k].items()}
-    out["ok"] = min(base["ok"], mesh["ok"])
-    out["max_steal_pct"] = max(base["max_steal_pct"], mesh["max_steal_pct"])
-    out["pinning"] = merge_pinning([base["pinning"], mesh["pinning"]])
+    out["ok"] = min(r["ok"] for r in every)
+    out["max_steal_pct"] = max(r["max_steal_pct"] for r in every)
+    out["pinning"] = merge_pinning([r["pinning"] for r in every])
     reloads = [v for r in runs["mesh"] for v in (r.get("mesh_identity_reloads") or {}).values() if v]
     if reloads:
         report["warnings"].append(f"weir in mesh: the gateways reloaded their identity {sum(reloads):.0f} times "
@@ -1520,6 +1596,19 @@ def gateways_cpu_cell(res: dict) -> str:
     return fmt_num(res["gateways_cpu_us_per_req"], 1) + split
 
 
+def pair_cpu_cell(r: dict) -> str:
+    """A reference pair's CPU per request, and each member's (first + second), or — without a pair."""
+    each = r.get("gateway_cpu_us_per_req")
+    if not each:
+        return "—"
+    return fmt_num(r["gateways_cpu_us_per_req"], 1) + f" ({each.get('first', 0):.0f} + {each.get('second', 0):.0f})"
+
+
+def pair_rss_cell(r: dict) -> str:
+    rss = r.get("gateways_peak_rss_mib")
+    return f"{rss['first']:.1f} + {rss['second']:.1f}" if rss else "—"
+
+
 def render_mesh(sc: Scenario, res: dict | None) -> list[str]:
     if res is None:
         return ["Not run (weir was not among the proxies).", ""]
@@ -1528,11 +1617,13 @@ def render_mesh(sc: Scenario, res: dict | None) -> list[str]:
     b, m, a = res["baseline"], res["mesh"], res["added_ms"]
     rss = res["gateways_peak_rss_mib"]
     lines = [
-        "| chain | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req: edge | : gateways | RSS MiB: edge "
-        "| : gateways | errors |",
+        "| chain | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req: edge | : gateways (pair) "
+        "| RSS MiB: edge | : gateways (pair) | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in (("edge → app", b), ("edge → gateway ⇒ gateway → app (mTLS, HTTP/2)", m)):
+    chains = [("edge → app", b), ("edge → gateway ⇒ gateway → app (mTLS, HTTP/2)", m)]
+    chains += [(MESH_REFERENCES[k] + " (reference)", res[k]) for k in res.get("reference_added_ms", {})]
+    for name, r in chains:
         gw = r is m
         label = name
         if not r["pinning"]["ok"]:
@@ -1542,11 +1633,14 @@ def render_mesh(sc: Scenario, res: dict | None) -> list[str]:
         lines.append("| " + " | ".join([
             label, fmt_num(r["rps"]), fmt_num(r["p50_ms"], 2), fmt_num(r.get("p90_ms"), 2), fmt_num(r["p99_ms"], 2),
             fmt_num(r["p999_ms"], 2), fmt_num(r.get("cpu_us_per_req"), 1),
-            gateways_cpu_cell(res) if gw else "—", fmt_num(r.get("peak_rss_mib"), 1),
-            f"{rss['payments']:.1f} + {rss['checkout']:.1f}" if gw else "—", errors_cell(r),
+            gateways_cpu_cell(res) if gw else pair_cpu_cell(r), fmt_num(r.get("peak_rss_mib"), 1),
+            f"{rss['payments']:.1f} + {rss['checkout']:.1f}" if gw else pair_rss_cell(r), errors_cell(r),
         ]) + " |")
     lines.append(f"| **added by the hop** | | **{fmt_added(a['p50'])}** | {fmt_added(a['p90'])} | **{fmt_added(a['p99'])}** "
                  f"| {fmt_added(a['p999'])} | | | | | |")
+    for k, ra in res.get("reference_added_ms", {}).items():
+        lines.append(f"| added by the {PEER_LABEL[k]} pair (reference) | | {fmt_added(ra['p50'])} | "
+                     f"{fmt_added(ra['p90'])} | {fmt_added(ra['p99'])} | {fmt_added(ra['p999'])} | | | | | |")
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
@@ -1574,6 +1668,12 @@ def render_mesh(sc: Scenario, res: dict | None) -> list[str]:
         ]
     lines += [
         sc.note + f" {res['rounds']} round(s) of {res['duration_s']:g} s per chain after a {WARMUP_S} s warm-up. "
+        + ("The **reference** chains put two other proxies where the gateways are, one worker each on the same "
+           "CPU, plain HTTP/1 without TLS: two minimal Pingora proxies show what the framework weir is built on "
+           "adds in this layout on this machine before any TLS, HTTP/2 or weir's own work, two nginx what a C "
+           "event loop adds. "
+           if res.get("reference_added_ms") else "")
+        +
         "For comparison: Linkerd's best published figure is +6 ms median at 2,000 req/s across two hops; "
         "Istio's sidecars +2.7 ms p90.",
         "",
@@ -1831,7 +1931,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     cert, key = make_cert(work)
     ctx = {"tools": tools, "bins": bins, "duration": duration, "mesh_duration": mesh_duration, "repeat": args.repeat,
-           "cert": cert, "key": key, "saved": {}}
+           "cert": cert, "key": key, "saved": {}, "mesh_references": [p for p in MESH_REFERENCES if p in proxies]}
     report = {
         "date": date,
         "machine": machine(),
@@ -1882,6 +1982,8 @@ def main() -> int:
                     f"≤ +{MESH_TARGET_ADDED_P99_MS:g}); gateways RSS {rss['total']:.1f} MiB "
                     f"({'met' if res['met']['gateways_rss'] else 'MISSED'}: < {MESH_TARGET_RSS_MIB:g}); "
                     f"errors {res['error_count']}"
+                    + "".join(f"; the {k} pair in its place adds p50 {fmt_added(ra['p50'])} ms, "
+                              f"p99 {fmt_added(ra['p99'])} ms" for k, ra in res["reference_added_ms"].items())
                 )
                 if res["error_count"]:
                     report["warnings"].append(f"weir in {key}: {errors_cell(res)}")
