@@ -1323,8 +1323,8 @@ def start_gateways(ctx: dict, work: Path) -> MeshPair:
 # The same place in the chain for two reference proxies, to read the hop against: what any two
 # processes in series add in this layout on this machine, without TLS, HTTP/2 or weir's work.
 MESH_REFERENCES = {
-    "pingora": "edge → Pingora (minimal) → Pingora (minimal) → app (plain HTTP/1)",
-    "nginx": "edge → nginx → nginx → app (plain HTTP/1)",
+    "pingora": "reference: edge → Pingora (minimal) → Pingora (minimal) → app, plain HTTP/1",
+    "nginx": "reference: edge → nginx → nginx → app, plain HTTP/1",
 }
 
 
@@ -1622,7 +1622,7 @@ def render_mesh(sc: Scenario, res: dict | None) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     chains = [("edge → app", b), ("edge → gateway ⇒ gateway → app (mTLS, HTTP/2)", m)]
-    chains += [(MESH_REFERENCES[k] + " (reference)", res[k]) for k in res.get("reference_added_ms", {})]
+    chains += [(MESH_REFERENCES[k], res[k]) for k in res.get("reference_added_ms", {})]
     for name, r in chains:
         gw = r is m
         label = name
