@@ -2,6 +2,7 @@
 # Where a mesh hop's latency goes: p50/p99 added by two proxies in series, against oha -> app.
 #
 #   benches/hop_lab.sh            (after `cargo build --release --bin weir --example pingora_minimal`)
+#   RATES="2000" ROUNDS=1 WEIR=/tmp/other-build/weir benches/hop_lab.sh    (rates, rounds, another weir)
 #
 # Chains, each two proxies with one thread on CPU 0 in front of nginx `return 200` (CPU 1), oha on
 # CPU 1 at a fixed rate over 50 keep-alive connections, latency corrected for coordinated omission:
@@ -12,7 +13,7 @@
 #   A one-off lab beside benches/loadtest.py: it prints, it records nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-W="$ROOT/target/release/weir"
+W="${WEIR:-$ROOT/target/release/weir}"  # WEIR=path compares another build
 PM="$ROOT/target/release/examples/pingora_minimal"
 OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
 for b in "$W" "$PM" "$OHA"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
