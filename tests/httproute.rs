@@ -198,19 +198,6 @@ async fn allowed_routes_from_all_admits_other_namespaces() {
     assert!(edge.weir.rejection("HTTPRoute", "other", "guest").await.is_none());
 }
 
-/// A ReferenceGrant in `billing` letting `from_kind`s of `from_ns` refer to its `to_kind`s.
-fn reference_grant(name: &str, from_kind: &str, from_ns: &str, to_kind: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {{namespace: billing, name: {name}}}
-spec:
-  from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]
-  to: [{{group: '', kind: {to_kind}}}]
-"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_in_another_namespace_is_served_once_a_reference_grant_allows_it() {
     let route = "
@@ -233,14 +220,18 @@ async fn a_backend_in_another_namespace_is_served_once_a_reference_grant_allows_
         .apply(
             "grant-wrong.yaml",
             &docs(&[
-                reference_grant("for-gateways", "Gateway", "default", "Service"),
-                reference_grant("for-others", "HTTPRoute", "other", "Service"),
+                reference_grant("billing", "for-gateways", ("Gateway", "default"), "Service", None),
+                reference_grant("billing", "for-others", ("HTTPRoute", "other"), "Service", None),
             ]),
         )
         .await;
     edge.get("foo.example.com", "/").await.assert_status(500);
 
-    edge.weir.apply("grant.yaml", &reference_grant("routes-of-default", "HTTPRoute", "default", "Service")).await;
+    // the grant as v1beta1: weir reads both versions
+    let grant = reference_grant("billing", "routes-of-default", ("HTTPRoute", "default"), "Service", None)
+        .replace("gateway.networking.k8s.io/v1\n", "gateway.networking.k8s.io/v1beta1\n");
+    assert!(grant.contains("v1beta1"));
+    edge.weir.apply("grant.yaml", &grant).await;
     edge.get("foo.example.com", "/").await.assert_served_by("payments");
     assert!(edge.weir.rejection("HTTPRoute", "default", "pay").await.is_none());
 

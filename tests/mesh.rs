@@ -1029,7 +1029,7 @@ async fn a_consumer_route_steers_only_its_own_namespaces_calls() {
     // a consumer route may send to billing's own Service (with its own filters) once billing's
     // ReferenceGrant allows shop's routes to
     let to_billing = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {namespace: shop, name: payments-tagged}\nspec:\n  parentRefs: [{group: '', kind: Service, namespace: billing, name: payments, port: 80}]\n  rules:\n    - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-caller-namespace, value: shop}]}}]\n      backendRefs: [{name: payments-v1, namespace: billing, port: 80}]\n";
-    let grant = "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {namespace: billing, name: shop-routes}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]\n  to: [{group: '', kind: Service, name: payments-v1}]\n";
+    let grant = reference_grant("billing", "shop-routes", ("HTTPRoute", "shop"), "Service", Some("payments-v1"));
     let (checkout, _dir) = checkout_gateway_with(&v1, &format!("{without_consumer_route}---\n{to_billing}")).await;
     let resp = request(checkout.outbound_addr.unwrap()).host("payments.billing").send().await;
     assert_eq!(resp.status, 500, "no grant yet: {resp}");

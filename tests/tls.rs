@@ -566,14 +566,8 @@ async fn a_gateway_uses_a_certificate_of_another_namespace_once_a_reference_gran
     let reason = rejection["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("needs a ReferenceGrant in certs allowing Gateways of default"), "{reason}");
 
-    let grant = "apiVersion: gateway.networking.k8s.io/v1
-kind: ReferenceGrant
-metadata: {namespace: certs, name: gateways-of-default}
-spec:
-  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: default}]
-  to: [{group: '', kind: Secret, name: gw-tls}]
-";
-    weir.apply("grant.yaml", grant).await;
+    let grant = reference_grant("certs", "gateways-of-default", ("Gateway", "default"), "Secret", Some("gw-tls"));
+    weir.apply("grant.yaml", &grant).await;
     let addr = local(port);
     wait_listening(addr).await;
     let (peer, resp) = TlsClient::new(addr, "gw.example.com", &ca)

@@ -333,6 +333,27 @@ spec:
     )
 }
 
+/// A ReferenceGrant `ns/name` letting `from_kind`s (Gateway API group) of `from_ns` refer to the
+/// core `to_kind`s of `ns`: every one, or only `to_name`.
+pub fn reference_grant(
+    ns: &str,
+    name: &str,
+    (from_kind, from_ns): (&str, &str),
+    to_kind: &str,
+    to_name: Option<&str>,
+) -> String {
+    let only = to_name.map(|n| format!(", name: {n}")).unwrap_or_default();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {{namespace: {ns}, name: {name}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]
+  to: [{{group: '', kind: {to_kind}{only}}}]
+"
+    )
+}
+
 /// [`gateway_class`] and [`gateway`] `ns/name` (one HTTP listener on `port`), as one YAML.
 pub fn class_and_gateway(ns: &str, name: &str, port: u16) -> String {
     docs(&[gateway_class(), gateway(ns, name, port)])
