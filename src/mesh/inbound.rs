@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::apps::ServerApp;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::listeners::TlsAccept;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::listener::Listener as L4Listener;
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
 use crate::proxy::buffered::Buffered;
+use crate::proxy::filters::respond;
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
@@ -158,13 +158,7 @@ fn caller_of(session: &Session) -> Option<Caller> {
 
 /// Answers `status` with `reason` in the body and in `weir-denied-reason`; the request ends here.
 pub async fn deny(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header(DENIED_REASON, reason)?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    let body = Bytes::from(format!("{reason}\n"));
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    respond(session, status, format!("{reason}\n"), Some((DENIED_REASON, reason.to_string()))).await?;
     Ok(true)
 }
 

@@ -29,7 +29,7 @@ use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
-use crate::proxy::filters::{filter_request, filter_response, respond, rewritten_path};
+use crate::proxy::filters::{filter_request, filter_response, location, respond, rewritten_path};
 use crate::proxy::rewrite::redirect_location;
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
@@ -429,9 +429,8 @@ impl ProxyHttp for OutboundProxy {
                     Action::Redirect { redirect, .. } => {
                         // the application spoke plain HTTP to the Service's port
                         let (path, query) = (req.uri.path(), req.uri.query());
-                        let location =
-                            redirect_location(redirect, matched_prefix, "http", view.host, dp.port, path, query);
-                        respond(session, redirect.status, "", Some(location)).await?;
+                        let to = redirect_location(redirect, matched_prefix, "http", view.host, dp.port, path, query);
+                        respond(session, redirect.status, "", location(to)).await?;
                         return Ok(true);
                     }
                 }
@@ -599,8 +598,8 @@ impl ProxyHttp for OutboundProxy {
     ) -> Box<Error> {
         ctx.pending = None;
         if e.etype() == &CONNECTIONS_FULL {
-            // the whole pool is at maxConnections: another endpoint would not do either
-            // not the endpoint's failure
+            // the whole pool is at maxConnections, so another endpoint would not do either; and
+            // it is not the endpoint's failure (outlier detection does not count it)
             ctx.attempt.release();
             let max = ctx.pool.as_ref().map_or(0, |p| p.spec().policy.circuit_breaker.max_connections);
             return self.overflow(ctx, &Overflow { limit: Limit::Connections, max });

@@ -16,7 +16,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::filters::{filter_request, filter_response, respond, rewritten_path};
+use super::filters::{filter_request, filter_response, location, respond, rewritten_path};
 use super::rewrite::redirect_location;
 use crate::policy::{AlgorithmModel, HashKey};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
@@ -198,13 +198,12 @@ impl ProxyHttp for EdgeProxy {
         match &action.kind {
             Action::Redirect { redirect: r, .. } => {
                 let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
-                let location =
-                    redirect_location(r, matched_prefix, scheme, &host, ctx.port, req.uri.path(), req.uri.query());
+                let to = redirect_location(r, matched_prefix, scheme, &host, ctx.port, req.uri.path(), req.uri.query());
                 let status = r.status;
                 drop(host);
                 ctx.action = Some(action);
                 ctx.snap = Some(snap);
-                respond(session, status, "", Some(location)).await?;
+                respond(session, status, "", location(to)).await?;
                 return Ok(true);
             }
             Action::Forward { targets, cycle, .. } => {

@@ -46,17 +46,29 @@ pub fn filter_response(resp: &mut ResponseHeader, action: &RouteAction) -> Resul
     apply_mods(resp, &action.response_headers)
 }
 
-/// Answers the request with `status`, a short plain-text body and, for a redirect, `location`.
-pub async fn respond(session: &mut Session, status: u16, body: &'static str, location: Option<String>) -> Result<()> {
+/// Answers the request with `status`, a short plain-text `body` and one more header if given (a
+/// redirect's `location`, a refusal's reason); the request ends here.
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: impl Into<Bytes>,
+    header: Option<(http::HeaderName, String)>,
+) -> Result<()> {
+    let body = body.into();
     let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    if let Some(l) = location {
-        resp.insert_header("location", l)?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    if let Some((name, value)) = header {
+        resp.insert_header(name, value)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// A redirect's one header.
+pub fn location(to: String) -> Option<(http::HeaderName, String)> {
+    Some((http::header::LOCATION, to))
 }
 
 /// The header operations pingora's request and response headers share.
