@@ -2,7 +2,7 @@
 //! a temporary directory, real echo upstreams ([`backend`]), manifest builders ([`ingress`],
 //! [`weighted_route`], …), a real HTTP client ([`get`], [`request`], [`H1`]), a TLS client and
 //! test certificates ([`TlsClient`], [`Ca`]), a `/metrics` reader ([`parse_metrics`], [`metric`])
-//! and a bounded polling helper ([`wait_until`]).
+//! a bounded polling helper ([`wait_until`]), and the test control plane ([`cluster`], [`apply`]).
 //!
 //! Tests need a multi-thread runtime:
 //!
@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 mod client;
+mod cluster;
 mod manifests;
 mod metrics;
 mod tls;
@@ -24,6 +25,8 @@ mod tls;
 // Each test binary uses a part of the harness.
 #[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use manifests::*;
 #[allow(unused_imports)]
