@@ -448,7 +448,7 @@ pub struct OutlierDetectionSpec {
 /// `deploy/crds/backendpolicies.weir.dev.yaml` holds exactly this text.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml_ng::to_string(&BackendPolicy::crd()).expect("the BackendPolicy CRD serializes to YAML")
+    crate::api::crd_yaml(BackendPolicy::crd())
 }
 
 // ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ pub struct OperationSpec {
 /// The `MeshAuthorization` CRD rendered as YAML (`deploy/crds/meshauthorizations.weir.dev.yaml`).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml_ng::to_string(&MeshAuthorization::crd()).expect("the MeshAuthorization CRD serializes to YAML")
+    crate::api::crd_yaml(MeshAuthorization::crd())
 }
 
 /// A validated caller.
