@@ -187,8 +187,9 @@ func (k *kubelet) sync(ctx context.Context, key string) error {
 	k.mu.Lock()
 	r, ok := k.running[pod.UID]
 	if !ok {
-		if pod.DeletionTimestamp != nil && pod.Status.PodIP == "" {
-			// never started here: nothing to stop
+		if pod.DeletionTimestamp != nil {
+			// not running here (never started, finished, or left by an earlier kubelet-sim,
+			// whose processes `down` removes): nothing to stop
 			k.mu.Unlock()
 			return k.deletePod(ctx, pod)
 		}
@@ -239,7 +240,7 @@ func (k *kubelet) forget(uid types.UID) {
 	r := k.running[uid]
 	k.mu.Unlock()
 	if r != nil {
-		r.kill()
+		r.kill(0)
 	}
 }
 

@@ -54,11 +54,13 @@ type podRunner struct {
 	uid types.UID
 	dir string
 
-	mu     sync.Mutex
-	latest *corev1.Pod
-	poke   chan struct{}
-	killed chan struct{}
-	once   sync.Once
+	mu        sync.Mutex
+	latest    *corev1.Pod
+	killGrace time.Duration // how long a kill waits between SIGTERM and SIGKILL
+	poke      chan struct{}
+	killed    chan struct{}
+	once      sync.Once
+	done      chan struct{} // closed when run returns
 
 	ip         netip.Addr
 	netns      string
@@ -75,6 +77,7 @@ func newPodRunner(k *kubelet, pod *corev1.Pod) *podRunner {
 		dir:    filepath.Join(k.stateDir, "pods", fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, pod.UID)),
 		poke:   make(chan struct{}, 1),
 		killed: make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 }
 
@@ -95,8 +98,15 @@ func (r *podRunner) pod() *corev1.Pod {
 	return r.latest
 }
 
-// kill stops the Pod at once: its object is gone.
-func (r *podRunner) kill() { r.once.Do(func() { close(r.killed) }) }
+// kill stops the Pod: SIGTERM, SIGKILL after grace (none when its object is already gone).
+func (r *podRunner) kill(grace time.Duration) {
+	r.once.Do(func() {
+		r.mu.Lock()
+		r.killGrace = grace
+		r.mu.Unlock()
+		close(r.killed)
+	})
+}
 
 func (r *podRunner) isKilled() bool {
 	select {
@@ -108,6 +118,7 @@ func (r *podRunner) isKilled() bool {
 }
 
 func (r *podRunner) run() {
+	defer close(r.done)
 	defer r.k.finished(r.uid)
 	ctx := context.Background()
 	pod := r.pod()
@@ -137,7 +148,10 @@ func (r *podRunner) run() {
 
 	for {
 		if r.wait(tick) {
-			r.stopAll(0)
+			r.mu.Lock()
+			grace := r.killGrace
+			r.mu.Unlock()
+			r.stopAll(grace)
 			r.cleanup(ctx, false)
 			return
 		}
@@ -396,12 +410,13 @@ func (r *podRunner) signal(c *container, sig syscall.Signal) {
 }
 
 // shutdown is kubelet-sim's own exit: stop the Pod within grace and remove its namespace, but
-// leave its object (the cluster is going away).
+// leave its object (the cluster is going away). The Pod's own loop does the work.
 func (r *podRunner) shutdown(grace time.Duration) {
-	r.kill()
-	r.stopAll(grace)
-	if r.netns != "" {
-		r.k.net.teardown(r.uid)
+	r.kill(grace)
+	select {
+	case <-r.done:
+	case <-time.After(grace + 5*time.Second):
+		log.Printf("kubelet-sim: %s did not stop within %s", r.dir, grace)
 	}
 }
 
