@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -41,7 +42,7 @@ func installCRDs(cfg *rest.Config, dirs []string) error {
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	ctx := context.Background()
 
-	var crds []string
+	var objs []*unstructured.Unstructured
 	for _, dir := range dirs {
 		files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 		if err != nil {
@@ -52,31 +53,45 @@ func installCRDs(cfg *rest.Config, dirs []string) error {
 		}
 		sort.Strings(files)
 		for _, file := range files {
-			objs, err := readManifests(file)
+			docs, err := readManifests(file)
 			if err != nil {
 				return err
 			}
-			for _, obj := range objs {
-				gvk := obj.GroupVersionKind()
-				m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-				if err != nil {
-					return fmt.Errorf("%s: %s: %w", file, gvk, err)
-				}
-				data, err := obj.MarshalJSON()
-				if err != nil {
-					return err
-				}
+			objs = append(objs, docs...)
+		}
+	}
+
+	// all at once: the apiserver sets up each CRD's storage and OpenAPI on its own, and one after
+	// the other took seconds of every `up`
+	var crds []string
+	errs := make([]error, len(objs))
+	var wg sync.WaitGroup
+	for i, obj := range objs {
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", gvk, obj.GetName(), err)
+		}
+		if gvk.Kind == "CustomResourceDefinition" {
+			crds = append(crds, obj.GetName())
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, err := obj.MarshalJSON()
+			if err == nil {
 				force := true
 				_, err = dyn.Resource(m.Resource).Patch(ctx, obj.GetName(), types.ApplyPatchType, data,
 					metav1.PatchOptions{FieldManager: "weir-cluster", Force: &force})
-				if err != nil {
-					return fmt.Errorf("apply %s %s from %s: %w", gvk.Kind, obj.GetName(), file, err)
-				}
-				if gvk.Kind == "CustomResourceDefinition" {
-					crds = append(crds, obj.GetName())
-				}
 			}
-		}
+			if err != nil {
+				errs[i] = fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 
 	crdResource := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -134,9 +149,14 @@ func readManifests(file string) ([]*unstructured.Unstructured, error) {
 // progress lines, once each.
 type warnings struct{}
 
-var warned = map[string]bool{}
+var (
+	warnedMu sync.Mutex
+	warned   = map[string]bool{}
+)
 
 func (warnings) HandleWarningHeader(_ int, _ string, text string) {
+	warnedMu.Lock()
+	defer warnedMu.Unlock()
 	if !warned[text] {
 		warned[text] = true
 		progress("apiserver warning: %s", text)

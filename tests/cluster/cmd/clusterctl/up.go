@@ -238,6 +238,7 @@ func up(o options) (kubeconfig string, reused bool, err error) {
 		return "", false, err
 	}
 
+	progress("CRDs established; waiting for a Ready Node")
 	if err := waitFor("a Ready Node", func() bool { return nodeReady(client) }, o.state); err != nil {
 		return "", false, err
 	}
