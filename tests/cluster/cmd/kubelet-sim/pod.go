@@ -125,12 +125,15 @@ func (r *podRunner) run() {
 	key := pod.Namespace + "/" + pod.Name
 
 	// sandbox: an IP, a namespace and the volumes; a missing Secret is waited for
-	for {
+	for last := ""; ; {
 		err := r.prepare(ctx)
 		if err == nil {
 			break
 		}
-		log.Printf("kubelet-sim: %s: %v (retrying)", key, err)
+		if err.Error() != last {
+			last = err.Error()
+			log.Printf("kubelet-sim: %s: %v (waiting, retried every second)", key, err)
+		}
 		if r.wait(time.Second) || r.pod().DeletionTimestamp != nil {
 			r.cleanup(ctx, true)
 			return

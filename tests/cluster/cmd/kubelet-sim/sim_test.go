@@ -140,3 +140,20 @@ func TestImagesMapToProgramsOrTheStandIn(t *testing.T) {
 		}
 	}
 }
+
+func TestVolumeItemsNameKeysThatMustExist(t *testing.T) {
+	data := map[string][]byte{"tls.crt": []byte("C"), "tls.key": []byte("K")}
+	items := []corev1.KeyToPath{{Key: "tls.crt", Path: "crt"}, {Key: "tls.key", Path: "key"}}
+	files, err := projectItems(data, items, nil)
+	if err != nil || string(files["crt"]) != "C" || string(files["key"]) != "K" || len(files) != 2 {
+		t.Fatalf("files %v, err %v", files, err)
+	}
+	if _, err := projectItems(map[string][]byte{"crt": []byte("C")}, items, nil); err == nil ||
+		!strings.Contains(err.Error(), `no key "tls.crt"`) {
+		t.Fatalf("a missing key fails the mount, got %v", err)
+	}
+	optional := true
+	if files, err := projectItems(map[string][]byte{}, items, &optional); err != nil || len(files) != 0 {
+		t.Fatalf("an optional volume mounts without its keys: %v %v", files, err)
+	}
+}

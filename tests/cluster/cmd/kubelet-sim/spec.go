@@ -54,7 +54,9 @@ func (k *kubelet) volumes(ctx context.Context, pod *corev1.Pod, dir string) (map
 				}
 				return nil, fmt.Errorf("volume %s: Secret %s: %w", v.Name, v.Secret.SecretName, err)
 			}
-			files = projectItems(s.Data, v.Secret.Items)
+			if files, err = projectItems(s.Data, v.Secret.Items, v.Secret.Optional); err != nil {
+				return nil, fmt.Errorf("volume %s: Secret %s: %w", v.Name, v.Secret.SecretName, err)
+			}
 		case v.ConfigMap != nil:
 			cm, err := k.client.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
 			if err != nil {
@@ -70,7 +72,9 @@ func (k *kubelet) volumes(ctx context.Context, pod *corev1.Pod, dir string) (map
 			for key, val := range cm.BinaryData {
 				data[key] = val
 			}
-			files = projectItems(data, v.ConfigMap.Items)
+			if files, err = projectItems(data, v.ConfigMap.Items, v.ConfigMap.Optional); err != nil {
+				return nil, fmt.Errorf("volume %s: ConfigMap %s: %w", v.Name, v.ConfigMap.Name, err)
+			}
 		case v.HostPath != nil:
 			paths[v.Name] = v.HostPath.Path
 			continue
@@ -97,17 +101,24 @@ func (k *kubelet) volumes(ctx context.Context, pod *corev1.Pod, dir string) (map
 	return paths, nil
 }
 
-func projectItems(data map[string][]byte, items []corev1.KeyToPath) map[string][]byte {
+// projectItems picks the files a volume's items name (every key when it names none). A key
+// that is not there fails the mount, as a kubelet's does, unless the volume is optional.
+func projectItems(data map[string][]byte, items []corev1.KeyToPath, optional *bool) (map[string][]byte, error) {
 	if len(items) == 0 {
-		return data
+		return data, nil
 	}
 	out := map[string][]byte{}
 	for _, it := range items {
-		if v, ok := data[it.Key]; ok {
-			out[it.Path] = v
+		v, ok := data[it.Key]
+		if !ok {
+			if optional != nil && *optional {
+				continue
+			}
+			return nil, fmt.Errorf("it has no key %q", it.Key)
 		}
+		out[it.Path] = v
 	}
-	return out
+	return out, nil
 }
 
 // mounts maps each of the container's mountPaths to the volume's directory. Pods share the host's
