@@ -776,6 +776,27 @@ async fn authorization_allows_the_named_callers_and_denies_the_rest_with_a_reaso
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_checks_the_normalized_path_which_is_what_the_workload_gets() {
+    let p = guarded_payments(&mesh_authorization(RULES)).await;
+    // checkout may POST /charge, and nothing else: dot segments, encoded dots and doubled
+    // slashes must not walk it to /refund
+    for raw in ["/charge/../refund", "/charge/%2e%2e/refund", "/charge//../refund", "/charge/%2E%2e/refund"] {
+        let resp = call_as(&p, CHECKOUT, "POST", raw, &[]).await;
+        assert_eq!(resp.status, 403, "{raw}: {resp}");
+        let reason = resp.header("weir-denied-reason").unwrap_or_default();
+        assert!(reason.contains("covers POST /refund"), "{raw} is judged as /refund: {reason}");
+    }
+    let resp = call_as(&p, CHECKOUT, "POST", "/charge/../../refund", &[]).await;
+    assert_eq!(resp.status, 400, "a path above the root: {resp}");
+    assert_eq!(p.app.requests(), 0, "none of them reached the workload");
+
+    // an allowed request reaches the workload with the path that was authorized
+    let resp = call_as(&p, CHECKOUT, "POST", "/charge/./42//x/..", &[]).await;
+    assert_eq!(resp.status, 200, "{resp}");
+    assert_eq!(resp.upstream_path(), "/charge/42/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_policy_every_authenticated_caller_is_allowed_and_policy_changes_apply_live() {
     let p = guarded_payments("").await;
     call_as(&p, CART, "DELETE", "/anything", &[]).await.assert_status(200);

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
 use crate::proxy::buffered::Buffered;
-use crate::proxy::filters::respond;
+use crate::proxy::filters::{normalize_request_path, respond};
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
@@ -182,6 +182,10 @@ impl ProxyHttp for InboundProxy {
         if !self.workload.ports.contains(&port) {
             let reason = format!("port {port} is not a port of this workload");
             return deny(session, 403, &reason).await;
+        }
+        // authorization checks, and the workload receives, the same normalized path
+        if !normalize_request_path(session).await? {
+            return Ok(true);
         }
         // the Service is found from where the caller connected, not from anything it says
         let dialed = session.server_addr().and_then(|a| a.as_inet()).map(|a| SocketAddr::new(a.ip(), port));

@@ -29,7 +29,9 @@ use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
-use crate::proxy::filters::{filter_request, filter_response, location, respond, rewritten_path};
+use crate::proxy::filters::{
+    filter_request, filter_response, location, normalize_request_path, respond, rewritten_path,
+};
 use crate::proxy::rewrite::redirect_location;
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
@@ -391,6 +393,9 @@ impl ProxyHttp for OutboundProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
+        if !normalize_request_path(session).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.host()).unwrap_or("");
         let directory = self.directory.load();

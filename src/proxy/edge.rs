@@ -16,7 +16,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::filters::{filter_request, filter_response, location, respond, rewritten_path};
+use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, rewritten_path};
 use super::rewrite::redirect_location;
 use crate::policy::{AlgorithmModel, HashKey};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
@@ -163,6 +163,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        if !normalize_request_path(session).await? {
+            return Ok(true);
+        }
         let snap = self.snapshot.load_full();
         ctx.port = local_port(session);
         let Some(listener) = snap.listeners.get(&ctx.port) else {

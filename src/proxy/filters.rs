@@ -7,6 +7,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::rewrite::rewrite_path;
+use crate::routing::normalize_path;
 use crate::snapshot::RouteAction;
 use crate::translate::HeaderMods;
 
@@ -108,4 +109,33 @@ fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
         headers.remove(n);
     }
     Ok(())
+}
+
+/// Replaces the request's path with its normalized form ([`normalize_path`]) before anything
+/// routes, authorizes or forwards it, so all three see the same path. A path that climbs above
+/// the root is answered 400; then this returns `false` and the request ends.
+pub async fn normalize_request_path(session: &mut Session) -> Result<bool> {
+    let uri = &session.req_header().uri;
+    let normal = match normalize_path(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(true),
+        Ok(std::borrow::Cow::Owned(path)) => path,
+        Err(e) => {
+            respond(session, 400, format!("{e}\n"), None).await?;
+            return Ok(false);
+        }
+    };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .or_else(|e| Error::e_explain(ErrorType::InvalidHTTPHeader, format!("normalized path: {e}")))?,
+    );
+    let uri = http::Uri::from_parts(parts)
+        .or_else(|e| Error::e_explain(ErrorType::InvalidHTTPHeader, format!("normalized URI: {e}")))?;
+    session.req_header_mut().set_uri(uri);
+    Ok(true)
 }

@@ -6,11 +6,13 @@
 
 pub mod host;
 pub mod matcher;
+pub mod path;
 
 use std::collections::HashMap;
 
 pub use host::{normalize_host, HostPattern};
 pub use matcher::{PathMatch, Precedence, RequestMatch, RequestView, ValueMatch};
+pub use path::{normalize_path, PathError};
 
 /// Tie-breakers after [`Precedence`], smallest first: creation time of the owning object,
 /// then its `namespace/name`, then rule index, then match index.
