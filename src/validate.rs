@@ -20,7 +20,9 @@ pub fn validate_dir(dir: &std::path::Path, ingress_class: &str) -> std::io::Resu
     };
     let mut model = translate(&store, &opts);
     // the mesh's own kind (the trust domain does not change what is valid)
-    model.rejections.extend(crate::mesh::authz::Authorizer::build(&store, "cluster.local").rejections);
+    model
+        .rejections
+        .extend(crate::mesh::authz::Authorizer::build(&store, "cluster.local", &Default::default()).rejections);
     Ok((store.len(), model))
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use http_body_util::Full;
 use pingora::tls::tokio_ssl::SslStream;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
+use weir::config::DefaultPolicy;
 use weir::echo::EchoServer;
 use weir::mesh::ca::{Ca, Issued, LeafSpec};
 use weir::mesh::inbound::Workload;
@@ -49,11 +50,18 @@ async fn payments_at(ca: Arc<Ca>, name: &str, ip: &str, inbound_port: u16) -> Pa
 
 /// `app` behind its gateway on the app's IP and `inbound_port` (0: any free port).
 async fn behind_gateway(ca: Arc<Ca>, app: EchoServer, inbound_port: u16) -> Payments {
-    behind_gateway_with(ca, app, inbound_port, None).await
+    behind_gateway_with(ca, app, inbound_port, None, DefaultPolicy::AllowAuthenticated).await
 }
 
-/// [`behind_gateway`], the gateway reading `config` (if any) from its config dir.
-async fn behind_gateway_with(ca: Arc<Ca>, app: EchoServer, inbound_port: u16, config: Option<&str>) -> Payments {
+/// [`behind_gateway`], the gateway reading `config` (if any) from its config dir, with
+/// `--default-policy` `default_policy`.
+async fn behind_gateway_with(
+    ca: Arc<Ca>,
+    app: EchoServer,
+    inbound_port: u16,
+    config: Option<&str>,
+    default_policy: DefaultPolicy,
+) -> Payments {
     let dir = tempfile::tempdir().unwrap();
     let config_dir = config.map(|c| {
         let d = dir.path().join("config");
@@ -70,6 +78,7 @@ async fn behind_gateway_with(ca: Arc<Ca>, app: EchoServer, inbound_port: u16, co
         config_dir,
         outbound: None,
         admin: "127.0.0.1:0".parse().unwrap(),
+        default_policy,
     };
     let mesh = start_mesh(opts).await.unwrap();
     Payments { mesh, ca, app, _dir: dir }
@@ -108,6 +117,7 @@ async fn checkout_gateway_with(p: &Payments, config: &str) -> (MeshHandle, TempD
         identity: IdentitySource::Files(identity_files(dir.path(), &p.ca, CHECKOUT)),
         workload: Workload { address: "127.0.0.1".parse().unwrap(), ports: vec![] },
         admin: "127.0.0.1:0".parse().unwrap(),
+        default_policy: DefaultPolicy::AllowAuthenticated,
         config_dir: Some(config_dir),
         outbound: Some(OutboundOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -693,13 +703,28 @@ const OPS: &str = "spiffe://cluster.local/ns/ops/sa/debug";
 
 /// payments (pod 127.0.0.2) whose gateway reads its Service, EndpointSlice and `authorization`.
 async fn guarded_payments(authorization: &str) -> Payments {
+    guarded_payments_with(authorization, None, DefaultPolicy::AllowAuthenticated).await
+}
+
+/// [`guarded_payments`] whose EndpointSlice lists the IP `listed` instead of the pod's (a slice that has
+/// not caught up with a new Pod), with `--default-policy` `default_policy`. The Service names
+/// payments' identity in `weir.dev/identity`.
+async fn guarded_payments_with(authorization: &str, listed: Option<IpAddr>, default_policy: DefaultPolicy) -> Payments {
     let app = EchoServer::start("payments", "127.0.0.2:0".parse().unwrap()).await.unwrap();
+    let service = service_with_target_port("shop", "payments", 80, "http", app.addr().port())
+        .replace("name: payments", &format!("name: payments\n  annotations: {{weir.dev/identity: '{PAYMENTS}'}}"));
     let config = docs(&[
-        service_with_target_port("shop", "payments", 80, "http", app.addr().port()),
-        endpoints("shop", "payments", "http", app.addr().port(), &[app.addr()]),
+        service,
+        endpoints(
+            "shop",
+            "payments",
+            "http",
+            app.addr().port(),
+            &[SocketAddr::new(listed.unwrap_or(app.addr().ip()), app.addr().port())],
+        ),
         authorization.to_string(),
     ]);
-    behind_gateway_with(Arc::new(Ca::new("mesh CA").unwrap()), app, 0, Some(&config)).await
+    behind_gateway_with(Arc::new(Ca::new("mesh CA").unwrap()), app, 0, Some(&config), default_policy).await
 }
 
 fn mesh_authorization(spec: &str) -> String {
@@ -797,6 +822,43 @@ async fn authorization_checks_the_normalized_path_which_is_what_the_workload_get
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_its_slice_does_not_list_yet_is_not_open_while_its_service_denies_by_default() {
+    // the slice still lists the old Pod: the new one's address resolves to no Service
+    let old_pod: IpAddr = "127.0.0.9".parse().unwrap();
+    let p = guarded_payments_with(&mesh_authorization(RULES), Some(old_pod), DefaultPolicy::AllowAuthenticated).await;
+    for (who, method, path) in [(CHECKOUT, "POST", "/charge"), (CART, "GET", "/refund")] {
+        let resp = call_as(&p, who, method, path, &[]).await;
+        assert_eq!(resp.status, 403, "{who} {method} {path}: {resp}");
+        let reason = resp.header("weir-denied-reason").unwrap_or_default();
+        assert!(
+            reason.contains("no EndpointSlice lists")
+                && reason.contains("Service shop/payments of this workload denies by default"),
+            "{reason}"
+        );
+    }
+    assert_eq!(p.app.requests(), 0, "the workload got none of them");
+    let text = p.mesh.metrics.encode();
+    let unresolved = [("source", CHECKOUT), ("reason", "unresolved"), ("destination", "payments.shop")];
+    assert_eq!(metric(&text, "weir_mesh_authorization_denials_total", &unresolved), 1.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_default_policy_decides_what_no_mesh_authorization_governs() {
+    // no MeshAuthorization at all: allow-authenticated lets any caller in, deny refuses
+    let open = guarded_payments_with("", None, DefaultPolicy::AllowAuthenticated).await;
+    call_as(&open, CART, "GET", "/anything", &[]).await.assert_status(200);
+    let closed = guarded_payments_with("", None, DefaultPolicy::Deny).await;
+    let resp = call_as(&closed, CART, "GET", "/anything", &[]).await;
+    assert_eq!(resp.status, 403, "{resp}");
+    let reason = resp.header("weir-denied-reason").unwrap_or_default();
+    assert!(reason.contains("--default-policy is deny"), "{reason}");
+    // the default also covers an address no slice lists, where no Service denies
+    let lagging = guarded_payments_with("", Some("127.0.0.9".parse().unwrap()), DefaultPolicy::Deny).await;
+    call_as(&lagging, CART, "GET", "/anything", &[]).await.assert_status(403);
+    assert_eq!(closed.app.requests() + lagging.app.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_policy_every_authenticated_caller_is_allowed_and_policy_changes_apply_live() {
     let p = guarded_payments("").await;
     call_as(&p, CART, "DELETE", "/anything", &[]).await.assert_status(200);
@@ -866,6 +928,7 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
         config_dir: Some(dir.path().to_path_buf()),
         outbound: None,
         admin: "127.0.0.1:0".parse().unwrap(),
+        default_policy: DefaultPolicy::AllowAuthenticated,
     };
     let mesh = start_mesh(opts).await.unwrap();
     let p = Payments { mesh, ca: ca.clone(), app, _dir: dir };

@@ -53,6 +53,17 @@ pub enum Command {
     Crds,
 }
 
+/// A mesh gateway's default authorization (`--default-policy`), as Linkerd's
+/// `config.linkerd.io/default-inbound-policy`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// Every caller that passed the handshake (our trust domain) is allowed.
+    #[default]
+    AllowAuthenticated,
+    /// Every request is refused.
+    Deny,
+}
+
 #[derive(Args, Debug)]
 pub struct MeshArgs {
     /// Directory of manifests, watched: Services, EndpointSlices, HTTPRoutes and BackendPolicies
@@ -99,6 +110,13 @@ pub struct MeshArgs {
     /// Admin listener: /metrics, /ready, /live.
     #[arg(long, default_value = DEFAULT_MESH_ADMIN)]
     pub admin: SocketAddr,
+    /// What a request to this gateway's workload gets when no MeshAuthorization applies to it,
+    /// or when the address and port it dialed are in no EndpointSlice yet (a new Pod):
+    /// `allow-authenticated` lets in every caller of the trust domain, `deny` refuses.
+    /// Whatever this says, while a Service of the workload has a Deny policy, a request that
+    /// cannot be matched to a Service is refused.
+    #[arg(long, value_enum, default_value_t = DefaultPolicy::AllowAuthenticated)]
+    pub default_policy: DefaultPolicy,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::config::DefaultPolicy;
 use crate::echo::EchoServer;
 use crate::mesh::ca::{Ca, LeafSpec};
 use crate::mesh::inbound::Workload;
@@ -132,6 +133,7 @@ impl MeshStory {
                     },
                 }),
                 admin: SocketAddr::new(ip, ports.admin),
+                default_policy: DefaultPolicy::AllowAuthenticated,
             })
         };
         let mut payments = vec![];

@@ -22,6 +22,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::identity::SpiffeId;
+use super::outbound::IDENTITY_ANNOTATION;
+use crate::config::DefaultPolicy;
 use crate::store::{NsName, Rejection, Store};
 use crate::translate::reject;
 
@@ -160,6 +162,17 @@ pub struct Denial {
     pub service: String,
 }
 
+/// What the gateway itself brings to authorization: whose gateway it is, and its default.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayPolicy {
+    /// The gateway's SPIFFE ID: Services whose `weir.dev/identity` is this are its workload's.
+    pub own_id: String,
+    /// The workload's address: Services with an endpoint there are its workload's too.
+    pub workload: Option<IpAddr>,
+    /// What a request gets when no MeshAuthorization applies (`--default-policy`).
+    pub default: DefaultPolicy,
+}
+
 /// Every Service's authorization, and which Services each endpoint serves.
 #[derive(Default)]
 pub struct Authorizer {
@@ -169,12 +182,16 @@ pub struct Authorizer {
     labels: HashMap<SocketAddr, Arc<str>>,
     policies: HashMap<NsName, Policy>,
     trust_domain: String,
+    /// The Services of this gateway's workload (by identity annotation or endpoint address):
+    /// their Deny policies hold for a request no EndpointSlice resolves.
+    workload_services: Vec<NsName>,
+    default: DefaultPolicy,
     pub rejections: Vec<Rejection>,
 }
 
 impl Authorizer {
     /// Builds the authorizer from `store`; `trust_domain` is ours (namespace callers are in it).
-    pub fn build(store: &Store, trust_domain: &str) -> Authorizer {
+    pub fn build(store: &Store, trust_domain: &str, gateway: &GatewayPolicy) -> Authorizer {
         let mut rejections = vec![];
         let mut policies: HashMap<NsName, Policy> = HashMap::new();
         for ((ns, name), stored) in &store.mesh_authorizations {
@@ -209,6 +226,15 @@ impl Authorizer {
                 }
             }
         }
+        let mut workload_services: Vec<NsName> = store
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                let id = s.object.metadata.annotations.as_ref().and_then(|a| a.get(IDENTITY_ANNOTATION));
+                !gateway.own_id.is_empty() && id.is_some_and(|id| id.trim() == gateway.own_id)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
         let mut services_at: HashMap<SocketAddr, Vec<NsName>> = HashMap::new();
         for stored in store.endpoint_slices.values() {
             let slice = &stored.object;
@@ -219,18 +245,29 @@ impl Authorizer {
             let ports: Vec<u16> = slice.ports.iter().flatten().filter_map(|p| p.port).map(|p| p as u16).collect();
             for ep in &slice.endpoints {
                 for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    let key = (ns.clone(), service.clone());
+                    if Some(ip) == gateway.workload && !workload_services.contains(&key) {
+                        workload_services.push(key.clone());
+                    }
                     for port in &ports {
-                        let key = (ns.clone(), service.clone());
                         let at = services_at.entry(SocketAddr::new(ip, *port)).or_default();
                         if !at.contains(&key) {
-                            at.push(key);
+                            at.push(key.clone());
                         }
                     }
                 }
             }
         }
         let labels = services_at.iter().map(|(at, s)| (*at, Arc::from(format!("{}.{}", s[0].1, s[0].0)))).collect();
-        Authorizer { services_at, labels, policies, trust_domain: trust_domain.to_string(), rejections }
+        Authorizer {
+            services_at,
+            labels,
+            policies,
+            trust_domain: trust_domain.to_string(),
+            workload_services,
+            default: gateway.default,
+            rejections,
+        }
     }
 
     /// The Services the endpoint `at` (the address a caller dialed, with the target port) serves.
@@ -243,14 +280,68 @@ impl Authorizer {
         self.labels.get(&at)
     }
 
-    /// Whether `caller` may make this request to the endpoint `at`.
-    pub fn decide(&self, caller: &SpiffeId, at: SocketAddr, method: &http::Method, path: &str) -> Result<(), Denial> {
-        for service in self.services_at(at) {
+    /// Whether `caller` may make this request to the endpoint `at` (the address the caller
+    /// dialed with the target port; `None` when the connection's local address is unknown).
+    ///
+    /// Never open by accident: a request whose endpoint no EndpointSlice lists (a new Pod, a slice
+    /// lagging behind) is refused while any Service of the workload has a Deny policy, and gets
+    /// the gateway's default otherwise, as does a request to Services without any policy.
+    pub fn decide(
+        &self,
+        caller: &SpiffeId,
+        at: Option<SocketAddr>,
+        method: &http::Method,
+        path: &str,
+    ) -> Result<(), Denial> {
+        let services = at.map_or(&[][..], |at| self.services_at(at));
+        if services.is_empty() {
+            for (ns, name) in &self.workload_services {
+                if let Some(p) = self.policies.get(&(ns.clone(), name.clone())).filter(|p| p.mode == Mode::Deny) {
+                    let at = at.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+                    return Err(Denial {
+                        label: "unresolved",
+                        text: format!(
+                            "no EndpointSlice lists {at} yet, and Service {ns}/{name} of this workload denies by default (MeshAuthorization {}); retry once the slice lists the Pod",
+                            p.names.join(", ")
+                        ),
+                        service: format!("{name}.{ns}"),
+                    });
+                }
+            }
+            return self.default_decision(caller, method, path, "");
+        }
+        let mut governed = false;
+        for service in services {
             if let Some(policy) = self.policies.get(service) {
+                governed = true;
                 self.check(policy, service, caller, method, path)?;
             }
         }
-        Ok(())
+        if governed {
+            return Ok(());
+        }
+        let (ns, name) = &services[0];
+        self.default_decision(caller, method, path, &format!("{name}.{ns}"))
+    }
+
+    /// What the gateway's `--default-policy` says of a request no MeshAuthorization governs.
+    fn default_decision(
+        &self,
+        caller: &SpiffeId,
+        method: &http::Method,
+        path: &str,
+        service: &str,
+    ) -> Result<(), Denial> {
+        match self.default {
+            DefaultPolicy::AllowAuthenticated => Ok(()),
+            DefaultPolicy::Deny => Err(Denial {
+                label: "default_deny",
+                text: format!(
+                    "no MeshAuthorization lets {caller} {method} {path}, and this gateway's --default-policy is deny"
+                ),
+                service: service.to_string(),
+            }),
+        }
     }
 
     fn check(

@@ -187,18 +187,17 @@ impl ProxyHttp for InboundProxy {
         if !normalize_request_path(session).await? {
             return Ok(true);
         }
-        // the Service is found from where the caller connected, not from anything it says
+        // the Service is found from where the caller connected, not from anything it says; an
+        // endpoint no slice lists still gets a decision (the workload's Deny, or the default)
         let dialed = session.server_addr().and_then(|a| a.as_inet()).map(|a| SocketAddr::new(a.ip(), port));
         let authorizer = self.authorizer.load();
-        if let Some(at) = dialed {
-            ctx.service = authorizer.label_at(at).cloned();
-            let req = session.req_header();
-            if let Err(denial) = authorizer.decide(caller.id(), at, &req.method, req.uri.path()) {
-                let hop = Hop { destination: &denial.service, ..ctx.hop(caller.id()) };
-                self.metrics.mesh.denied(&hop, denial.label);
-                ctx.caller = Some(caller);
-                return deny(session, 403, &denial.text).await;
-            }
+        ctx.service = dialed.and_then(|at| authorizer.label_at(at).cloned());
+        let req = session.req_header();
+        if let Err(denial) = authorizer.decide(caller.id(), dialed, &req.method, req.uri.path()) {
+            let hop = Hop { destination: &denial.service, ..ctx.hop(caller.id()) };
+            self.metrics.mesh.denied(&hop, denial.label);
+            ctx.caller = Some(caller);
+            return deny(session, 403, &denial.text).await;
         }
         ctx.caller = Some(caller);
         ctx.target = Some(SocketAddr::new(self.workload.address, port));

@@ -28,12 +28,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::authz::Authorizer;
+use self::authz::{Authorizer, GatewayPolicy};
 use self::identity::{Credentials, OnRefusal};
 use self::inbound::{InboundProxy, Workload};
 use self::outbound::{server_identity_hook, Directory, OutboundProxy, OutboundSettings};
 use self::source::{watch_identity, IdentityFiles, OnReload, Reload, SecretIdentity};
 use crate::admin::AdminApp;
+use crate::config::DefaultPolicy;
 use crate::pool::PoolRegistry;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
@@ -64,6 +65,8 @@ pub struct MeshOptions {
     pub outbound: Option<OutboundOptions>,
     /// Admin listener: /metrics, /ready, /live.
     pub admin: SocketAddr,
+    /// What a request gets when no MeshAuthorization applies (`--default-policy`).
+    pub default_policy: DefaultPolicy,
 }
 
 impl MeshOptions {
@@ -88,6 +91,7 @@ impl MeshOptions {
             identity,
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
             admin: a.admin,
+            default_policy: a.default_policy,
             config_dir: a.config_dir.clone(),
             outbound: a.config_dir.as_ref().map(|_| OutboundOptions {
                 listen: a.outbound,
@@ -267,7 +271,14 @@ fn watch_config(
     credentials: &Arc<ArcSwap<Credentials>>,
 ) -> anyhow::Result<Config> {
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
-    let authorizer = Arc::new(ArcSwap::from_pointee(Authorizer::default()));
+    // the workload and the default; the gateway's own ID is read at each build (it may rotate)
+    let gateway_now = GatewayPolicy {
+        own_id: credentials.load().id.to_string(),
+        workload: Some(opts.workload.address),
+        default: opts.default_policy,
+    };
+    let empty = Authorizer::build(&Store::default(), credentials.load().id.trust_domain(), &gateway_now);
+    let authorizer = Arc::new(ArcSwap::from_pointee(empty));
     let Some(mut store_rx) = store_rx else {
         anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
         return Ok(Config { directory, authorizer, task: None });
@@ -284,8 +295,9 @@ fn watch_config(
             let id = &credentials.load().id;
             (id.trust_domain().to_string(), id.to_string())
         };
+        let gateway = GatewayPolicy { own_id: source.clone(), ..gateway_now.clone() };
         let build = |s: &Store| {
-            let mut authorizer = Authorizer::build(s, &trust_domain);
+            let mut authorizer = Authorizer::build(s, &trust_domain, &gateway);
             let mut directory = outbound_settings.as_ref().map(|o| Directory::build(s, &pools, &metrics, o, &source));
             let mut rejections = std::mem::take(&mut authorizer.rejections);
             rejections.extend(directory.as_mut().map(|d| std::mem::take(&mut d.rejections)).unwrap_or_default());
