@@ -420,6 +420,44 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_a_service_rejected_for_its_identity_answers_500_and_never_dials_it() {
+    let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
+    let v2 = payments_at(v1.ca.clone(), "payments-v2", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
+    let (a1, a2) = (v1.app.addr(), v2.app.addr());
+    // payments-v2's annotation is no SPIFFE ID: which identity its Pods must present is unknown,
+    // so checking the parent's (payments', which v2's gateway has) instead would let it through
+    let parent = format!("apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop, name: payments, annotations: {{weir.dev/identity: '{PAYMENTS}'}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n");
+    let v2_service = service_with_target_port("shop", "payments-v2", 80, "http", a2.port())
+        .replace("name: payments-v2", "name: payments-v2\n  annotations: {weir.dev/identity: 'payments-v2'}");
+    let config = docs(&[
+        parent,
+        service_with_target_port("shop", "payments-v1", 80, "http", a1.port()),
+        endpoints("shop", "payments-v1", "http", a1.port(), &[a1]),
+        v2_service,
+        endpoints("shop", "payments-v2", "http", a2.port(), &[a2]),
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: shop, name: payments-canary}
+spec:
+  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /v2}}]
+      backendRefs: [{name: payments-v2, port: 80}]
+    - backendRefs: [{name: payments-v1, port: 80}]
+"
+        .to_string(),
+    ]);
+    let (checkout, _dir) = checkout_gateway_with(&v1, &config).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for _ in 0..5 {
+        let resp = request(outbound).host("payments").path("/v2/charge").send().await;
+        assert_eq!(resp.status, 500, "{resp}");
+    }
+    assert_eq!(v2.app.requests(), 0, "the Service whose identity is unknown was never dialled");
+    request(outbound).host("payments").path("/charge").send().await.assert_served_by("payments-v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_refuses_connections_is_skipped_for_another_endpoint() {
     // two payments pods; only the one on 127.0.0.2 has a gateway listening
     let p = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments", "127.0.0.2", 0).await;

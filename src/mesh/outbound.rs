@@ -7,7 +7,7 @@
 //! never checked.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +112,8 @@ impl Directory {
         let mut backends = Backends::new(store, &mut rejections);
         let routes = mesh_routes(store, &settings.namespace, &mut backends, &mut rejections);
         let mut wanted = vec![];
+        // Services whose identity cannot be known: a route's target among them is never dialled
+        let mut unverifiable: HashSet<(&str, &str)> = HashSet::new();
         for ((ns, name), stored) in &store.services {
             let annotation = stored
                 .object
@@ -126,6 +128,7 @@ impl Directory {
                 Some(Err(e)) => {
                     let reason = format!("annotation {IDENTITY_ANNOTATION}: {e}; the Service is not reachable through the mesh until it is fixed");
                     rejections.push(reject("Service", ns, name, &stored.origin, reason));
+                    unverifiable.insert((ns, name));
                     continue;
                 }
             };
@@ -155,7 +158,17 @@ impl Directory {
                             .flatten()
                             .filter(|(p, _)| p.is_none_or(|p| p == port))
                             .map(|(_, r)| {
-                                let action = compile_action("mesh", &r.action, &pools, metrics);
+                                let mut action = compile_action("mesh", &r.action, &pools, metrics);
+                                // a target whose Service's identity is unknown answers 500
+                                if let Action::Forward { targets, .. } = &mut action.kind {
+                                    for t in targets.iter_mut() {
+                                        let key =
+                                            t.pool.as_ref().map(|p| (p.key.namespace.as_str(), p.key.service.as_str()));
+                                        if key.is_some_and(|k| unverifiable.contains(&k)) {
+                                            t.pool = None;
+                                        }
+                                    }
+                                }
                                 let action = Arc::new(MeshRoute { series: series(&action.name), action });
                                 (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
                             })
@@ -441,9 +454,16 @@ impl ProxyHttp for OutboundProxy {
                 }
             }
         };
-        // the server to verify is the chosen backend's (a route may send payments to payments-v2)
-        let backend = directory.get(&pool.key.namespace, &pool.key.service);
-        ctx.destination = Some(backend.unwrap_or(dest).clone());
+        // the server to verify is the chosen backend's (a route may send payments to payments-v2),
+        // never the addressed Service's in its place
+        let Some(backend) = directory.get(&pool.key.namespace, &pool.key.service) else {
+            let reason = format!(
+                "Service {}/{} of the route's backend is not in the mesh (see /config_dump)",
+                pool.key.namespace, pool.key.service
+            );
+            return deny(session, 500, &reason).await;
+        };
+        ctx.destination = Some(backend.clone());
         let (timeouts, retry) = ctx.route.as_ref().map(|r| (r.timeouts, r.retry)).unwrap_or_default();
         ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, retry, &MESH_DEFAULT, ctx.started));
         ctx.pool = Some(pool.clone());
