@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::AdminApp;
 use crate::config::ListenArgs;
 use crate::pool::PoolRegistry;
+use crate::proxy::drain::Drain;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
@@ -24,9 +25,6 @@ use crate::source::dir::{watch_dir, Loaded};
 use crate::store::{build_keeping_last_good, Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{translate, TranslateOptions};
-
-/// How often `drain` looks at the open connection count.
-const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]
@@ -81,7 +79,7 @@ pub struct EdgeHandle {
     proxy_listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     admin_listeners: Arc<Listeners<AdminApp>>,
     config_task: JoinHandle<()>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    drain: Drain,
 }
 
 impl EdgeHandle {
@@ -107,13 +105,9 @@ impl EdgeHandle {
     /// when the process exits, as nginx's graceful shutdown does. Returns the requests still
     /// in flight.
     pub async fn drain(self, grace: std::time::Duration) -> usize {
-        let in_flight = self.in_flight.clone();
+        let drain = self.drain.clone();
         self.shutdown().await;
-        let deadline = tokio::time::Instant::now() + grace;
-        while in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        in_flight.load(std::sync::atomic::Ordering::Relaxed)
+        drain.wait(grace).await
     }
 }
 
@@ -144,11 +138,11 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let conf = Arc::new(ServerConf::default());
-    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let drain = Drain::default();
     let apps = Apps::proxies(&conf, || EdgeProxy {
         snapshot: snapshot.clone(),
         access_log: opts.access_log.is_some(),
-        in_flight: in_flight.clone(),
+        drain: drain.clone(),
     });
     let proxy_listeners = Arc::new(Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
     let http_addr = proxy_listeners.adopt(http)?;
@@ -184,7 +178,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         proxy_listeners,
         admin_listeners,
         config_task,
-        in_flight,
+        drain,
     })
 }
 

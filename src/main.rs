@@ -34,10 +34,14 @@ fn main() -> ExitCode {
         }),
         Command::Demo(args) => run(args.listen.threads, weir::demo::run(args)),
         Command::Mesh(args) => run(args.threads, async move {
+            let grace = args.drain_timeout;
             let handle = weir::mesh::start_mesh(weir::mesh::MeshOptions::from_args(&args)?).await?;
             let signal = stop_signal().await?;
-            tracing::info!(signal, "stopping: no new connections; open ones finish");
-            handle.shutdown();
+            tracing::info!(signal, ?grace, "stopping: no new connections; requests in flight finish");
+            let left = handle.drain(grace).await;
+            if left > 0 {
+                tracing::warn!(requests = left, "drain timeout reached; closing the rest");
+            }
             Ok(())
         }),
     }

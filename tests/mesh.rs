@@ -1161,3 +1161,48 @@ async fn a_consumer_route_steers_only_its_own_namespaces_calls() {
     assert_eq!(resp.echo_name(), Some("payments-v1"), "{resp}");
     assert_eq!(resp.upstream_header("x-caller-namespace").as_deref(), Some("shop"), "through shop's route");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_mesh_lets_requests_in_flight_finish_on_sigterm() {
+    let ca = Ca::new("mesh CA").unwrap();
+    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = identity_files(dir.path(), &ca, PAYMENTS);
+    let [inbound, admin] = free_ports(2)[..] else { unreachable!() };
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["mesh", "--inbound", &format!("127.0.0.1:{inbound}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--workload-address", "127.0.0.1", "--workload-port", &app.addr().port().to_string()])
+        .arg("--identity-cert")
+        .arg(&files.cert)
+        .arg("--identity-key")
+        .arg(&files.key)
+        .arg("--trust-bundle")
+        .arg(&files.bundle)
+        .args(["--drain-timeout", "20s"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start weir mesh");
+    let inbound = local(inbound);
+    let checkout = ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    let bundle = ca.bundle_pem();
+    wait_until("the gateway serves", WAIT, || async {
+        call_via(inbound, &bundle, Some(&checkout), app.addr().port(), &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+
+    app.set_delay(Duration::from_millis(1_500));
+    let before = app.requests();
+    let in_flight = tokio::spawn({
+        let (bundle, checkout, port) = (bundle.clone(), checkout.clone(), app.addr().port());
+        async move { call_via(inbound, &bundle, Some(&checkout), port, &[]).await }
+    });
+    wait_until("the slow request reaches the workload", WAIT, || async { app.requests() > before }).await;
+    let pid = gateway.id().expect("the gateway's pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    let resp = in_flight.await.unwrap().expect("the request in flight is answered, not cut");
+    assert_eq!(resp.status, 200, "{resp}");
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), gateway.wait()).await.expect("the gateway exits").unwrap();
+    assert!(status.success(), "weir mesh exits cleanly after draining: {status:?}");
+}

@@ -117,6 +117,9 @@ pub struct MeshArgs {
     /// cannot be matched to a Service is refused.
     #[arg(long, value_enum, default_value_t = DefaultPolicy::AllowAuthenticated)]
     pub default_policy: DefaultPolicy,
+    /// On SIGTERM or Ctrl-C, how long requests in flight (both sides) get to finish (e.g. 30s).
+    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration_arg)]
+    pub drain_timeout: Duration,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
 use crate::proxy::buffered::Buffered;
+use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::filters::{normalize_request_path, respond};
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
 use crate::telemetry::mesh::{Hop, HopSeries};
@@ -129,10 +130,13 @@ pub struct InboundProxy {
     pub credentials: Arc<ArcSwap<Credentials>>,
     pub authorizer: Arc<ArcSwap<Authorizer>>,
     pub metrics: Arc<Metrics>,
+    /// Requests in flight, for draining at shutdown.
+    pub drain: Drain,
 }
 
 /// Per-request state of the inbound proxy.
 pub struct InboundCtx {
+    _in_flight: InFlight,
     started: Instant,
     caller: Option<Caller>,
     target: Option<SocketAddr>,
@@ -167,7 +171,7 @@ impl ProxyHttp for InboundProxy {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { started: Instant::now(), caller: None, target: None, service: None }
+        InboundCtx { _in_flight: self.drain.hold(), started: Instant::now(), caller: None, target: None, service: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {

@@ -36,6 +36,7 @@ use self::source::{watch_identity, IdentityFiles, OnReload, Reload, SecretIdenti
 use crate::admin::AdminApp;
 use crate::config::DefaultPolicy;
 use crate::pool::PoolRegistry;
+use crate::proxy::drain::Drain;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
@@ -127,9 +128,24 @@ pub struct MeshHandle {
     outbound: Option<Arc<Listeners<HttpProxy<OutboundProxy>>>>,
     config_task: Option<JoinHandle<()>>,
     admin: Arc<Listeners<AdminApp>>,
+    /// Requests in flight on both sides, for draining.
+    drain: Drain,
 }
 
 impl MeshHandle {
+    /// Stops accepting, then waits for the requests in flight (inbound and outbound) to finish,
+    /// at most `grace`, as `weir edge` does. Returns the requests still in flight.
+    pub async fn drain(self, grace: std::time::Duration) -> usize {
+        let drain = self.drain.clone();
+        self.shutdown();
+        drain.wait(grace).await
+    }
+
+    /// Requests in flight now, inbound and outbound.
+    pub fn in_flight(&self) -> usize {
+        self.drain.in_flight()
+    }
+
     /// Stops accepting; connections already open finish on their own.
     pub fn shutdown(self) {
         self.inbound_task.abort();
@@ -198,11 +214,13 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
     let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials)?;
+    let drain = Drain::default();
     let proxy = InboundProxy {
         workload: opts.workload.clone(),
         credentials: credentials.clone(),
         authorizer: config.authorizer.clone(),
         metrics: metrics.clone(),
+        drain: drain.clone(),
     };
     let mut app = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
     app.handle_init_modules();
@@ -217,7 +235,7 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     let outbound = match &opts.outbound {
         Some(o) => {
             let directory = config.directory.clone();
-            Some(start_outbound(o, directory, credentials.clone(), metrics.clone(), shutdown_rx2).await?)
+            Some(start_outbound(o, directory, credentials.clone(), metrics.clone(), drain.clone(), shutdown_rx2).await?)
         }
         None => None,
     };
@@ -238,6 +256,7 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         inbound_task,
         outbound: outbound.map(|(_, l)| l),
         config_task: config.task,
+        drain,
     })
 }
 
@@ -329,6 +348,7 @@ async fn start_outbound(
     directory: Arc<ArcSwap<Directory>>,
     credentials: Arc<ArcSwap<Credentials>>,
     metrics: Arc<Metrics>,
+    drain: Drain,
     shutdown: ShutdownWatch,
 ) -> anyhow::Result<(SocketAddr, Arc<Listeners<HttpProxy<OutboundProxy>>>)> {
     let listener = TcpListener::bind(o.listen)
@@ -341,6 +361,7 @@ async fn start_outbound(
         directory: directory.clone(),
         credentials: credentials.clone(),
         handshake_hook: server_identity_hook(),
+        drain: drain.clone(),
     });
     // no TLS listener here: an empty snapshot makes the shared listener plain HTTP (and h2c)
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));

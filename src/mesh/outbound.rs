@@ -28,6 +28,7 @@ use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
+use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::proxy::filters::{
     filter_request, filter_response, location, normalize_request_path, respond, rewritten_path,
@@ -291,6 +292,8 @@ pub struct OutboundProxy {
     pub credentials: Arc<ArcSwap<Credentials>>,
     /// Records the server's SPIFFE ID on each new connection between gateways.
     pub handshake_hook: HandshakeCompleteHook,
+    /// Requests in flight, for draining at shutdown.
+    pub drain: Drain,
 }
 
 /// The hook that puts a server's SPIFFE ID on its connection's TLS digest.
@@ -303,6 +306,7 @@ pub fn server_identity_hook() -> HandshakeCompleteHook {
 
 /// Per-request state of the outbound proxy.
 pub struct OutboundCtx {
+    _in_flight: InFlight,
     started: Instant,
     /// The Service addressed (for metrics: the parent, not the backend a route chose).
     addressed: Option<Arc<Destination>>,
@@ -387,6 +391,7 @@ impl ProxyHttp for OutboundProxy {
 
     fn new_ctx(&self) -> OutboundCtx {
         OutboundCtx {
+            _in_flight: self.drain.hold(),
             started: Instant::now(),
             addressed: None,
             destination: None,

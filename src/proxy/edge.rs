@@ -4,8 +4,6 @@
 //! `upstream_peer` picks an endpoint; `fail_to_connect` marks connect failures retryable onto a
 //! *different* endpoint; `logging` records metrics and passive health.
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +14,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::drain::{Drain, InFlight};
 use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, rewritten_path};
 use super::rewrite::redirect_location;
 use crate::policy::{AlgorithmModel, HashKey};
@@ -39,16 +38,7 @@ pub struct EdgeProxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub access_log: bool,
     /// Requests being served, for draining at shutdown.
-    pub in_flight: Arc<AtomicUsize>,
-}
-
-/// Counts a request as in flight until its context is dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
+    pub drain: Drain,
 }
 
 /// Per-request state.
@@ -148,9 +138,8 @@ impl ProxyHttp for EdgeProxy {
     type CTX = EdgeCtx;
 
     fn new_ctx(&self) -> EdgeCtx {
-        self.in_flight.fetch_add(1, Relaxed);
         EdgeCtx {
-            _in_flight: InFlight(self.in_flight.clone()),
+            _in_flight: self.drain.hold(),
             started: Instant::now(),
             snap: None,
             port: 0,
