@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::Serialize;
 
-use crate::mesh::authz::MeshAuthorization;
+use crate::api::mesh_authorization::MeshAuthorization;
 use crate::policy::BackendPolicy;
 
 /// The Gateway API's group, of the kinds a ReferenceGrant lets refer across namespaces.

@@ -1,10 +1,13 @@
-//! weir's own CRDs (API group `weir.dev`) as a cluster receives them: rendered to YAML with only
-//! the schema formats the apiserver knows.
+//! weir's own CRDs (API group `weir.dev`): their wire types, one file each (the store and every
+//! tier import them from here, never from a tier), and their rendering as a cluster receives
+//! them, with only the schema formats the apiserver knows.
 //!
 //! schemars describes a `u32` field as `format: uint32`; the apiserver does not know that format,
 //! warns `unrecognized format "uint32"` on every apply, and drops it. The test cluster showed it.
 //! Integers keep `int32`/`int64`, numbers `float`/`double`, strings the formats of Kubernetes'
 //! list (apiextensions-apiserver `validation/formats.go`); every other format goes.
+
+pub mod mesh_authorization;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -127,7 +130,7 @@ mod tests {
 
     #[test]
     fn weir_crds_carry_only_formats_the_apiserver_knows() {
-        for yaml in [crate::policy::crd_yaml(), crate::mesh::authz::crd_yaml()] {
+        for yaml in [crate::policy::crd_yaml(), crate::api::mesh_authorization::crd_yaml()] {
             for format in formats(&yaml) {
                 assert!(
                     ["int32", "int64", "float", "double"].contains(&format.as_str())
