@@ -16,10 +16,19 @@ import (
 // its Pods and remove their namespaces.
 const stopGrace = 10 * time.Second
 
-// down stops the cluster's processes by PID (kubelet-sim first, so it can stop its Pods), then
-// removes whatever is left on the host by name (Pod processes, network namespaces, the bridge),
-// so a crashed or killed run never blocks the next `up`.
+// down stops the cluster (see stopCluster) and removes its state directory, so a crashed or
+// killed run never blocks the next `up`.
 func down(o options) error {
+	if err := stopCluster(o); err != nil {
+		return err
+	}
+	return os.RemoveAll(o.state)
+}
+
+// stopCluster stops the cluster's processes by PID (kubelet-sim first, so it can stop its Pods),
+// then removes whatever is left on the host by name (Pod processes, network namespaces, the
+// bridge). The state directory, logs included, stays.
+func stopCluster(o options) error {
 	data, err := os.ReadFile(filepath.Join(o.state, "pids.json"))
 	if err == nil {
 		var procs []component
@@ -38,7 +47,7 @@ func down(o options) error {
 			return err
 		}
 	}
-	return os.RemoveAll(o.state)
+	return nil
 }
 
 // stop sends SIGTERM to a component's process group, and SIGKILL if it is still there after

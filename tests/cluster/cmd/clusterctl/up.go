@@ -61,6 +61,13 @@ func names(o options) network {
 
 func up(o options) (kubeconfig string, reused bool, err error) {
 	kubeconfig = filepath.Join(o.state, "kubeconfig")
+	defer func() {
+		// a failed start leaves nothing running, but keeps the logs its error points to (the next
+		// `up` removes them)
+		if err != nil && !reused {
+			_ = stopCluster(o)
+		}
+	}()
 	if _, err := os.Stat(filepath.Join(o.state, "pids.json")); err == nil {
 		if healthy(o.state) {
 			return kubeconfig, true, nil
