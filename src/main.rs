@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => weir::validate::run(&args),
         Command::Crds => {
-            print!("{}---\n{}", weir::policy::crd_yaml(), weir::api::mesh_authorization::crd_yaml());
+            print!("{}---\n{}", weir::api::backend_policy::crd_yaml(), weir::api::mesh_authorization::crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Edge(args) => run(args.listen.threads, async move {

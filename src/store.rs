@@ -12,8 +12,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::Serialize;
 
+use crate::api::backend_policy::BackendPolicy;
 use crate::api::mesh_authorization::MeshAuthorization;
-use crate::policy::BackendPolicy;
 
 /// The Gateway API's group, of the kinds a ReferenceGrant lets refer across namespaces.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";

@@ -7,6 +7,7 @@
 //! Integers keep `int32`/`int64`, numbers `float`/`double`, strings the formats of Kubernetes'
 //! list (apiextensions-apiserver `validation/formats.go`); every other format goes.
 
+pub mod backend_policy;
 pub mod mesh_authorization;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -130,7 +131,7 @@ mod tests {
 
     #[test]
     fn weir_crds_carry_only_formats_the_apiserver_knows() {
-        for yaml in [crate::policy::crd_yaml(), crate::api::mesh_authorization::crd_yaml()] {
+        for yaml in [crate::api::backend_policy::crd_yaml(), crate::api::mesh_authorization::crd_yaml()] {
             for format in formats(&yaml) {
                 assert!(
                     ["int32", "int64", "float", "double"].contains(&format.as_str())
