@@ -110,7 +110,9 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
     }
 
     fn start(&self, listener: TcpListener, port: u16, permanent: bool) {
-        let acceptor = match crate::tls::acceptor(self.snapshot.clone(), port) {
+        let snapshot = self.snapshot.clone();
+        let certificate = move |sni: Option<&str>| snapshot.load().listeners.get(&port)?.certs.select(sni).cloned();
+        let acceptor = match crate::tls::acceptor(port, certificate) {
             Ok(a) => Arc::new(a),
             Err(e) => {
                 tracing::error!(port, error = %e, "cannot set up TLS for this listener");

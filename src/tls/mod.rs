@@ -1,12 +1,12 @@
-//! BoringSSL for downstream TLS: one acceptor per TLS listener whose SNI callback picks the
-//! certificate from the current snapshot, so a rotated Secret is served by the next handshake.
+//! BoringSSL for downstream TLS: one acceptor per TLS listener whose SNI callback asks for the
+//! certificate at each handshake (the listener asks the current snapshot), so a rotated Secret
+//! is served by the next handshake. Nothing here knows the snapshot: it is handed a lookup.
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use boring::ssl::{select_next_proto, AlpnError, NameType, SniError, SslAcceptor, SslAlert, SslMethod, SslVersion};
-
-use crate::snapshot::Snapshot;
+use boring::ssl::{
+    select_next_proto, AlpnError, NameType, SniError, SslAcceptor, SslAlert, SslContext, SslMethod, SslVersion,
+};
 
 /// ALPN protocols offered, in preference order (wire format).
 const ALPN_H2_H1: &[u8] = b"\x02h2\x08http/1.1";
@@ -17,17 +17,20 @@ pub fn offer_h2(b: &mut boring::ssl::SslContextBuilder) {
     b.set_alpn_select_callback(|_, offered| select_next_proto(ALPN_H2_H1, offered).ok_or(AlpnError::NOACK));
 }
 
-/// Builds the acceptor of the TLS listener on `port`. TLS 1.2 is the minimum.
-pub fn acceptor(snapshot: Arc<ArcSwap<Snapshot>>, port: u16) -> Result<SslAcceptor, boring::error::ErrorStack> {
+/// Builds the acceptor of the TLS listener on `port`, whose certificate for a server name (or
+/// none) `certificate` gives at each handshake. TLS 1.2 is the minimum.
+pub fn acceptor<F>(port: u16, certificate: F) -> Result<SslAcceptor, boring::error::ErrorStack>
+where
+    F: Fn(Option<&str>) -> Option<Arc<SslContext>> + Send + Sync + 'static,
+{
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     offer_h2(&mut b);
     b.set_servername_callback(move |ssl, alert| {
-        let snap = snapshot.load();
         let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-        let ctx = snap.listeners.get(&port).and_then(|l| l.certs.select(name.as_deref()));
+        let ctx = certificate(name.as_deref());
         match ctx {
-            Some(ctx) => ssl.set_ssl_context(ctx).map_err(|_| SniError::ALERT_FATAL),
+            Some(ctx) => ssl.set_ssl_context(&ctx).map_err(|_| SniError::ALERT_FATAL),
             None => {
                 tracing::debug!(port, sni = ?name, "no certificate for this server name");
                 *alert = SslAlert::UNRECOGNIZED_NAME;
