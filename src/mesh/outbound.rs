@@ -29,11 +29,11 @@ use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::edge::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::proxy::filters::{
     filter_request, filter_response, location, normalize_request_path, respond, rewritten_path,
 };
 use crate::proxy::rewrite::redirect_location;
+use crate::proxy::upstream::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};

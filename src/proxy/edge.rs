@@ -17,7 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::drain::{Drain, InFlight};
 use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, rewritten_path};
 use super::rewrite::redirect_location;
-use crate::policy::{AlgorithmModel, HashKey};
+use super::upstream::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
 use crate::pool::Pool;
 use crate::routing::{normalize_host, PathMatch, RequestView};
@@ -27,9 +27,6 @@ use crate::translate::{Protocol, UpstreamProtocol};
 
 /// How long an idle upstream connection is kept for reuse.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for the upstream to send (or accept) more of a response when the route sets no
-/// timeout: ingress-nginx's `proxy-read-timeout` default. Pingora's own default is no limit.
-pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent streams per upstream HTTP/2 connection.
 pub const UPSTREAM_H2_STREAMS: usize = 100;
 
@@ -73,24 +70,6 @@ impl EdgeCtx {
     }
 }
 
-/// Writes a short plain-text response.
-/// The status answered for a failed request: the error's own, 504 for timeouts, 502 for other
-/// upstream failures, 0 (no answer) when the client is gone.
-pub(crate) fn error_status(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
 /// An IP address as a header value, formatted on the stack (one allocation: the value's own).
 fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
     use std::io::Write;
@@ -103,34 +82,6 @@ fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
 
 fn local_port(session: &Session) -> u16 {
     session.server_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port())
-}
-
-/// The key consistent hashing uses, borrowed from the request where possible.
-pub(crate) fn hash_key<'a>(session: &'a Session, algorithm: &AlgorithmModel, ip_buf: &'a mut [u8; 16]) -> &'a [u8] {
-    let AlgorithmModel::ConsistentHash(key) = algorithm else { return &[] };
-    let req = session.req_header();
-    match key {
-        HashKey::Header(name) => req.headers.get(name.as_str()).map_or(&[], |v| v.as_bytes()),
-        HashKey::Cookie(name) => req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| kv.trim().strip_prefix(name.as_str())?.strip_prefix('='))
-            .map_or(&[], str::as_bytes),
-        HashKey::SourceIp => match session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            Some(std::net::IpAddr::V4(ip)) => {
-                ip_buf[..4].copy_from_slice(&ip.octets());
-                &ip_buf[..4]
-            }
-            Some(std::net::IpAddr::V6(ip)) => {
-                *ip_buf = ip.octets();
-                &ip_buf[..]
-            }
-            None => &[],
-        },
-    }
 }
 
 #[async_trait]

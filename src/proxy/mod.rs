@@ -1,4 +1,5 @@
-//! The `ProxyHttp` implementations (edge today; mesh later) and the listeners feeding them.
+//! The edge's `ProxyHttp` and the listeners feeding it, and the rooms both tiers share: draining,
+//! request filters and path normalization, upstream defaults and errors.
 
 pub mod buffered;
 pub mod drain;
@@ -6,5 +7,6 @@ pub mod edge;
 pub mod filters;
 pub mod listeners;
 pub mod rewrite;
+pub mod upstream;
 
 pub use edge::EdgeProxy;
