@@ -45,10 +45,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-/// Whether `path` is already normal: starts with `/` (or is `*`), holds no `%`, no empty segment
-/// but a final one, and no `.` or `..` segment.
+/// Whether `path` is already normal: starts with `/` (or is `*`, or empty as in a CONNECT's
+/// authority form, neither of which is a path to normalize), holds no `%`, no empty segment but
+/// a final one, and no `.` or `..` segment.
 fn is_normal(path: &str) -> bool {
-    if path == "*" {
+    if path.is_empty() || path == "*" {
         return true;
     }
     let Some(rest) = path.strip_prefix('/') else { return false };
@@ -105,7 +106,7 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/a", "/a/b", "/a/b/", "/a.b/c..d/.e", "*", "/a/b?c"] {
+        for p in ["/", "/a", "/a/b", "/a/b/", "/a.b/c..d/.e", "*", "", "/a/b?c"] {
             assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
