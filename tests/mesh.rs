@@ -382,30 +382,50 @@ async fn a_server_without_the_services_expected_identity_gets_no_request() {
     assert_eq!(resp.status, 200, "{resp}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_httproute_on_a_service_splits_its_traffic_by_weight() {
-    // two versions of payments, each a pod with its own address, their gateways on one port
+/// Two versions of payments, each a pod with its own address, their gateways on one port.
+async fn two_versions() -> (Payments, Payments) {
     let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
     let v2 = payments_at(v1.ca.clone(), "payments-v2", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
+    (v1, v2)
+}
+
+/// Services payments (annotated `parent_identity`), payments-v1 and payments-v2 (annotated
+/// `v2_identity` if any) with their endpoints, and an HTTPRoute on payments with `rules` (a YAML
+/// list).
+fn canary_config(
+    v1: &Payments,
+    v2: &Payments,
+    parent_identity: &str,
+    v2_identity: Option<&str>,
+    rules: &str,
+) -> String {
     let (a1, a2) = (v1.app.addr(), v2.app.addr());
-    // the parent names an identity no gateway has: the backend's Service is what is verified
-    let parent = "apiVersion: v1\nkind: Service\nmetadata: {namespace: shop, name: payments, annotations: {weir.dev/identity: 'spiffe://cluster.local/ns/shop/sa/nobody'}}\nspec: {ports: [{name: http, port: 80}]}\n";
-    let config = docs(&[
-        parent.to_string(),
+    let parent = format!("apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop, name: payments, annotations: {{weir.dev/identity: '{parent_identity}'}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n");
+    let mut v2_service = service_with_target_port("shop", "payments-v2", 80, "http", a2.port());
+    if let Some(id) = v2_identity {
+        v2_service = v2_service
+            .replace("name: payments-v2", &format!("name: payments-v2\n  annotations: {{weir.dev/identity: '{id}'}}"));
+    }
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: shop, name: payments-canary}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: payments, port: 80}}]\n  rules:\n{}",
+        indent(rules, 4)
+    );
+    docs(&[
+        parent,
         service_with_target_port("shop", "payments-v1", 80, "http", a1.port()),
         endpoints("shop", "payments-v1", "http", a1.port(), &[a1]),
-        service_with_target_port("shop", "payments-v2", 80, "http", a2.port()),
+        v2_service,
         endpoints("shop", "payments-v2", "http", a2.port(), &[a2]),
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {namespace: shop, name: payments-canary}
-spec:
-  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
-  rules:
-    - backendRefs: [{name: payments-v1, port: 80, weight: 90}, {name: payments-v2, port: 80, weight: 10}]
-"
-        .to_string(),
-    ]);
+        route,
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_on_a_service_splits_its_traffic_by_weight() {
+    let (v1, v2) = two_versions().await;
+    // the parent names an identity no gateway has: the backend's Service is what is verified
+    let rules = "- backendRefs: [{name: payments-v1, port: 80, weight: 90}, {name: payments-v2, port: 80, weight: 10}]";
+    let config = canary_config(&v1, &v2, "spiffe://cluster.local/ns/shop/sa/nobody", None, rules);
     let (checkout, _dir) = checkout_gateway_with(&v1, &config).await;
     let outbound = checkout.outbound_addr.unwrap();
     let mut served = std::collections::HashMap::new();
@@ -421,32 +441,13 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_to_a_service_rejected_for_its_identity_answers_500_and_never_dials_it() {
-    let v1 = payments_at(Arc::new(Ca::new("mesh CA").unwrap()), "payments-v1", "127.0.0.2", 0).await;
-    let v2 = payments_at(v1.ca.clone(), "payments-v2", "127.0.0.3", v1.mesh.inbound_addr.port()).await;
-    let (a1, a2) = (v1.app.addr(), v2.app.addr());
+    let (v1, v2) = two_versions().await;
     // payments-v2's annotation is no SPIFFE ID: which identity its Pods must present is unknown,
     // so checking the parent's (payments', which v2's gateway has) instead would let it through
-    let parent = format!("apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop, name: payments, annotations: {{weir.dev/identity: '{PAYMENTS}'}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n");
-    let v2_service = service_with_target_port("shop", "payments-v2", 80, "http", a2.port())
-        .replace("name: payments-v2", "name: payments-v2\n  annotations: {weir.dev/identity: 'payments-v2'}");
-    let config = docs(&[
-        parent,
-        service_with_target_port("shop", "payments-v1", 80, "http", a1.port()),
-        endpoints("shop", "payments-v1", "http", a1.port(), &[a1]),
-        v2_service,
-        endpoints("shop", "payments-v2", "http", a2.port(), &[a2]),
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {namespace: shop, name: payments-canary}
-spec:
-  parentRefs: [{group: '', kind: Service, name: payments, port: 80}]
-  rules:
-    - matches: [{path: {type: PathPrefix, value: /v2}}]
-      backendRefs: [{name: payments-v2, port: 80}]
-    - backendRefs: [{name: payments-v1, port: 80}]
-"
-        .to_string(),
-    ]);
+    let rules = "- matches: [{path: {type: PathPrefix, value: /v2}}]
+  backendRefs: [{name: payments-v2, port: 80}]
+- backendRefs: [{name: payments-v1, port: 80}]";
+    let config = canary_config(&v1, &v2, PAYMENTS, Some("payments-v2"), rules);
     let (checkout, _dir) = checkout_gateway_with(&v1, &config).await;
     let outbound = checkout.outbound_addr.unwrap();
     for _ in 0..5 {

@@ -92,9 +92,10 @@ pub struct Authorizer {
     labels: HashMap<SocketAddr, Arc<str>>,
     policies: HashMap<NsName, Policy>,
     trust_domain: String,
-    /// The Services of this gateway's workload (by identity annotation or endpoint address):
-    /// their Deny policies hold for a request no EndpointSlice resolves.
-    workload_services: Vec<NsName>,
+    /// A Service of this gateway's workload (by identity annotation or endpoint address) whose
+    /// policy denies by default: it holds for a request no EndpointSlice resolves. Its Service
+    /// (`name.namespace`) and the refusal's text after the address.
+    workload_deny: Option<(String, String)>,
     default: DefaultPolicy,
     pub rejections: Vec<Rejection>,
 }
@@ -169,12 +170,20 @@ impl Authorizer {
             }
         }
         let labels = services_at.iter().map(|(at, s)| (*at, Arc::from(format!("{}.{}", s[0].1, s[0].0)))).collect();
+        let workload_deny = workload_services.iter().find_map(|key @ (ns, name)| {
+            let p = policies.get(key).filter(|p| p.mode == Mode::Deny)?;
+            let text = format!(
+                " yet, and Service {ns}/{name} of this workload denies by default (MeshAuthorization {}); retry once the slice lists the Pod",
+                p.names.join(", ")
+            );
+            Some((format!("{name}.{ns}"), text))
+        });
         Authorizer {
             services_at,
             labels,
             policies,
             trust_domain: trust_domain.to_string(),
-            workload_services,
+            workload_deny,
             default: gateway.default,
             rejections,
         }
@@ -205,18 +214,10 @@ impl Authorizer {
     ) -> Result<(), Denial> {
         let services = at.map_or(&[][..], |at| self.services_at(at));
         if services.is_empty() {
-            for (ns, name) in &self.workload_services {
-                if let Some(p) = self.policies.get(&(ns.clone(), name.clone())).filter(|p| p.mode == Mode::Deny) {
-                    let at = at.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-                    return Err(Denial {
-                        label: "unresolved",
-                        text: format!(
-                            "no EndpointSlice lists {at} yet, and Service {ns}/{name} of this workload denies by default (MeshAuthorization {}); retry once the slice lists the Pod",
-                            p.names.join(", ")
-                        ),
-                        service: format!("{name}.{ns}"),
-                    });
-                }
+            if let Some((service, text)) = &self.workload_deny {
+                let at = at.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+                let text = format!("no EndpointSlice lists {at}{text}");
+                return Err(Denial { label: "unresolved", text, service: service.clone() });
             }
             return self.default_decision(caller, method, path, "");
         }

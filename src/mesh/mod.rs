@@ -141,11 +141,6 @@ impl MeshHandle {
         drain.wait(grace).await
     }
 
-    /// Requests in flight now, inbound and outbound.
-    pub fn in_flight(&self) -> usize {
-        self.drain.in_flight()
-    }
-
     /// Stops accepting; connections already open finish on their own.
     pub fn shutdown(self) {
         self.inbound_task.abort();
