@@ -75,81 +75,6 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 pub const POLICY_LABEL: &str = "gateway.networking.k8s.io/policy";
 
 // ---------------------------------------------------------------------------
-// Durations (GEP-2257)
-// ---------------------------------------------------------------------------
-
-/// Parses a Gateway API duration (GEP-2257): one to four `<number><unit>`
-/// components with no separators, each number one to five decimal digits and
-/// each unit one of `h`, `m`, `s`, `ms`; for example `1h30m`, `500ms`, `2s`,
-/// `1m30s500ms`. Components add up, as with Go's `time.ParseDuration`.
-///
-/// Signs, fractions, spaces, other units and a number without a unit are
-/// rejected. `0s` is accepted (callers that need a positive duration check
-/// that themselves). The error says what is wrong with the text.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const MAX_COMPONENTS: usize = 4;
-    const MAX_DIGITS: usize = 5;
-
-    if s.is_empty() {
-        return Err("empty string is not a duration".to_string());
-    }
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut total = Duration::ZERO;
-    let mut components = 0;
-    while i < bytes.len() {
-        let num_start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == num_start {
-            // `i` only ever advances over ASCII bytes, so it is a char boundary.
-            let rest = &s[i..];
-            let c = rest.chars().next().unwrap_or(' ');
-            return Err(match c {
-                '-' => format!("{s:?}: negative durations are not allowed"),
-                '+' => format!("{s:?}: a sign is not allowed"),
-                '.' => format!("{s:?}: fractional values are not allowed; use a smaller unit (e.g. 1500ms, not 1.5s)"),
-                c if c.is_whitespace() => format!("{s:?}: spaces are not allowed"),
-                _ => format!("{s:?}: expected a number at {rest:?}"),
-            });
-        }
-        let digits = &s[num_start..i];
-        if digits.len() > MAX_DIGITS {
-            return Err(format!("{s:?}: {digits} has more than {MAX_DIGITS} digits; use a larger unit"));
-        }
-        if i < bytes.len() && (bytes[i] == b'.' || bytes[i] == b',') {
-            return Err(format!(
-                "{s:?}: fractional values are not allowed; use a smaller unit (e.g. 1500ms, not 1.5s)"
-            ));
-        }
-        let unit_start = i;
-        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let unit = &s[unit_start..i];
-        // At most 5 digits, so this cannot fail or overflow below.
-        let n: u64 = digits.parse().map_err(|_| format!("{s:?}: bad number {digits}"))?;
-        let component = match unit {
-            "h" => Duration::from_secs(n * 3600),
-            "m" => Duration::from_secs(n * 60),
-            "s" => Duration::from_secs(n),
-            "ms" => Duration::from_millis(n),
-            "" => return Err(format!("{s:?}: {digits} has no unit; add one of h, m, s or ms")),
-            other => {
-                return Err(format!("{s:?}: unknown unit {other:?}; use h, m, s or ms"));
-            }
-        };
-        components += 1;
-        if components > MAX_COMPONENTS {
-            return Err(format!("{s:?}: more than {MAX_COMPONENTS} components; write it with fewer, e.g. 1h30m"));
-        }
-        total += component;
-    }
-    Ok(total)
-}
-
-// ---------------------------------------------------------------------------
 // Validated model
 // ---------------------------------------------------------------------------
 
@@ -411,9 +336,12 @@ impl Problems {
     /// (or invalid, after recording the problem).
     fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
         let Some(text) = value else { return default };
-        match parse_duration(text) {
+        match crate::api::duration::parse(text) {
             Ok(d) if d.is_zero() => {
-                self.push(field, format!("{text:?} must be greater than zero; e.g. {}", fmt_duration(default)));
+                self.push(
+                    field,
+                    format!("{text:?} must be greater than zero; e.g. {}", crate::api::duration::format(default)),
+                );
                 default
             }
             Ok(d) => d,
@@ -437,15 +365,6 @@ impl Problems {
             }
             Some(n) => n,
         }
-    }
-}
-
-/// Formats a whole number of seconds or milliseconds the GEP-2257 way (for messages).
-fn fmt_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 
@@ -733,7 +652,7 @@ fn convert_retry(r: &RetrySpec, p: &mut Problems) -> RetryModel {
                     "spec.retry.maxBackoff",
                     format!(
                         "{text:?} is shorter than backoff {}; raise maxBackoff or lower backoff",
-                        fmt_duration(backoff)
+                        crate::api::duration::format(backoff)
                     ),
                 );
             }
@@ -768,7 +687,9 @@ fn convert_outlier(od: Option<&OutlierDetectionSpec>, p: &mut Problems) -> Outli
                     "spec.outlierDetection.maxEjectionTime",
                     format!(
                         "{text:?} is shorter than baseEjectionTime {}; raise maxEjectionTime or lower baseEjectionTime",
-                        od.base_ejection_time.as_deref().map_or_else(|| fmt_duration(base_ejection), str::to_string)
+                        od.base_ejection_time
+                            .as_deref()
+                            .map_or_else(|| crate::api::duration::format(base_ejection), str::to_string)
                     ),
                 );
             }
@@ -881,68 +802,6 @@ mod tests {
 
     fn fields_of(spec: &BackendPolicySpec) -> Vec<String> {
         problems_of(spec).into_iter().map(|p| p.field).collect()
-    }
-
-    #[test]
-    fn parses_good_durations() {
-        assert_eq!(parse_duration("2s"), Ok(secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m"), Ok(secs(60)));
-        assert_eq!(parse_duration("1h"), Ok(secs(3600)));
-        assert_eq!(parse_duration("1h30m"), Ok(secs(5400)));
-        assert_eq!(parse_duration("1h30m30s500ms"), Ok(Duration::from_millis(5_430_500)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        // Leading zeroes are decimal, not octal.
-        assert_eq!(parse_duration("010s"), Ok(secs(10)));
-        assert_eq!(parse_duration("00060m"), Ok(secs(3600)));
-        // Five digits is the maximum per component.
-        assert_eq!(parse_duration("99999ms"), Ok(Duration::from_millis(99_999)));
-        // Units may repeat and appear in any order, as in Go; they add up.
-        assert_eq!(parse_duration("1s1h"), Ok(secs(3601)));
-        assert_eq!(parse_duration("1m1m"), Ok(secs(120)));
-    }
-
-    #[test]
-    fn rejects_bad_durations() {
-        for bad in [
-            "",
-            "5",
-            "s",
-            "ms",
-            "-1s",
-            "+1s",
-            "1.5s",
-            "1,5s",
-            " 1s",
-            "1s ",
-            "1h 30m",
-            "5 seconds",
-            "5sec",
-            "1d",
-            "1us",
-            "1ns",
-            "1µs",
-            "100000ms",
-            "1h1m1s1ms1h",
-            "1S",
-            "1H",
-            "5s5",
-            "1m30",
-            "PT5S",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected, got {:?}", parse_duration(bad));
-        }
-    }
-
-    #[test]
-    fn duration_errors_explain_the_problem() {
-        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
-        assert!(parse_duration("1.5s").unwrap_err().contains("fractional"));
-        assert!(parse_duration("1h 30m").unwrap_err().contains("spaces"));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("1d").unwrap_err().contains("unknown unit \"d\""));
-        assert!(parse_duration("123456s").unwrap_err().contains("more than 5 digits"));
-        assert!(parse_duration("1h1m1s1ms1h").unwrap_err().contains("more than 4 components"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! list (apiextensions-apiserver `validation/formats.go`); every other format goes.
 
 pub mod backend_policy;
+pub mod duration;
 pub mod mesh_authorization;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

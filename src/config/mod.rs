@@ -118,7 +118,7 @@ pub struct MeshArgs {
     #[arg(long, value_enum, default_value_t = DefaultPolicy::AllowAuthenticated)]
     pub default_policy: DefaultPolicy,
     /// On SIGTERM or Ctrl-C, how long requests in flight (both sides) get to finish (e.g. 30s).
-    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration_arg)]
+    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = crate::api::duration::parse)]
     pub drain_timeout: Duration,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
@@ -160,7 +160,7 @@ pub struct EdgeArgs {
     #[arg(long)]
     pub config_dir: PathBuf,
     /// On SIGTERM or Ctrl-C, how long open connections get to finish (e.g. 30s).
-    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration_arg)]
+    #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = crate::api::duration::parse)]
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub listen: ListenArgs,
@@ -185,6 +185,22 @@ pub struct DemoArgs {
     pub listen: ListenArgs,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::policy::parse_duration(s)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_timeouts_are_gateway_api_durations() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let Command::Edge(edge) =
+            parse(&["weir", "edge", "--config-dir", "d", "--drain-timeout", "1m30s"]).unwrap().command
+        else {
+            panic!("not the edge")
+        };
+        assert_eq!(edge.drain_timeout, Duration::from_secs(90));
+        for tier in ["edge", "mesh"] {
+            let err = parse(&["weir", tier, "--drain-timeout", "1.5s"]).unwrap_err().to_string();
+            assert!(err.contains("\"1.5s\" is not a Gateway API duration"), "{err}");
+        }
+    }
 }

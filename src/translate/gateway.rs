@@ -15,7 +15,7 @@ use super::{
     created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
     Redirect, Rewrite, RouteModel, RouteRetry, Timeouts, TranslateOptions,
 };
-use crate::policy::parse_duration;
+use crate::api::duration;
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
 use crate::store::{Rejection, Store};
 
@@ -481,7 +481,7 @@ fn rule_action(
             let parse = |v: &Option<String>, what: &str| -> Result<Option<std::time::Duration>, String> {
                 match v.as_deref() {
                     None => Ok(None),
-                    Some(s) => match parse_duration(s) {
+                    Some(s) => match duration::parse(s) {
                         Ok(d) if d.is_zero() => Ok(None), // 0s disables the timeout
                         Ok(d) => Ok(Some(d)),
                         Err(e) => Err(format!("{at}.timeouts.{what}: {e}")),
