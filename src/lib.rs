@@ -11,7 +11,6 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
-pub mod echo;
 pub mod mesh;
 pub mod policy;
 pub mod pool;

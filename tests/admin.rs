@@ -311,7 +311,7 @@ endpoints:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_health_is_exported_per_endpoint() {
-    let live = weir::echo::EchoServer::start("a", "127.0.0.1:0".parse().unwrap()).await.expect("echo server");
+    let live = weir::demo::echo::EchoServer::start("a", "127.0.0.1:0".parse().unwrap()).await.expect("echo server");
     let dead = local(free_port());
     let weir = TestWeir::start(&[
         ("a.yaml", &two_endpoints(live.addr(), dead)),

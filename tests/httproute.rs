@@ -54,7 +54,7 @@ impl Edge {
         request(self.gateway).host(host).path(path)
     }
 
-    fn echo(&self, name: &str) -> &weir::echo::EchoServer {
+    fn echo(&self, name: &str) -> &weir::demo::echo::EchoServer {
         self.backends.echo(name)
     }
 }

@@ -742,7 +742,7 @@ async fn changed_endpoints_are_followed_without_restart() {
     weir.get("foo.com", "/").await.assert_served_by("svc");
 
     // The Service's pod moves: a new echo server (named differently) takes over.
-    let second = weir::echo::EchoServer::start("svc-moved", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let second = weir::demo::echo::EchoServer::start("svc-moved", "127.0.0.1:0".parse().unwrap()).await.unwrap();
     weir.apply("svc.yaml", &service_at("default", "svc", &[second.addr()])).await;
     first.stop();
 

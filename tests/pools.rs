@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::stream::{self, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir::echo::EchoServer;
+use weir::demo::echo::EchoServer;
 
 const NS: &str = "default";
 /// Host every test request carries (the routes here accept any host).

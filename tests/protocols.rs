@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora::tls::tokio_ssl::SslStream;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use weir::echo::EchoServer;
+use weir::demo::echo::EchoServer;
 
 // ---------------------------------------------------------------------------------------------
 // Manifests
@@ -278,7 +278,7 @@ where
         .expect("WebSocket handshake in time")
         .unwrap_or_else(|e| panic!("WebSocket handshake for {url} through weir: {e}"));
     assert_eq!(resp.status(), 101);
-    assert_eq!(resp.headers().get(weir::echo::ECHO_NAME_HEADER).map(|v| v.as_bytes()), Some(name.as_bytes()));
+    assert_eq!(resp.headers().get(weir::demo::echo::ECHO_NAME_HEADER).map(|v| v.as_bytes()), Some(name.as_bytes()));
     ws
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use weir::echo::EchoServer;
+use weir::demo::echo::EchoServer;
 
 const NS: &str = "default";
 

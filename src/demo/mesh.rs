@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::DefaultPolicy;
-use crate::echo::EchoServer;
-use crate::mesh::ca::{Ca, LeafSpec};
+use crate::demo::ca::{Ca, LeafSpec};
+use crate::demo::echo::EchoServer;
 use crate::mesh::inbound::Workload;
 use crate::mesh::outbound::OutboundSettings;
 use crate::mesh::source::IdentityFiles;

@@ -3,7 +3,12 @@
 //! ([`mesh`]: checkout calling payments through mesh gateways), starts the edge, sends a burst
 //! through the weighted split and one through the mesh to show them working, prints what
 //! happened and what to try, and runs until Ctrl-C.
+//!
+//! Code only the demo and the tests use lives here: the echo backends ([`echo`]) and the
+//! certificate authority that issues mesh identities ([`ca`]).
 
+pub mod ca;
+pub mod echo;
 pub mod mesh;
 
 use std::collections::BTreeMap;
@@ -15,7 +20,7 @@ use hyper::body::Bytes;
 
 use crate::app::{start_edge, EdgeOptions};
 use crate::config::DemoArgs;
-use crate::echo::EchoServer;
+use crate::demo::echo::EchoServer;
 use crate::snapshot::Snapshot;
 use crate::source::dir::DirLoader;
 use crate::translate::Protocol;

@@ -288,7 +288,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::mesh::ca::{Ca, Issued, LeafSpec};
+    use crate::demo::ca::{Ca, Issued, LeafSpec};
 
     const DAY: Duration = Duration::from_secs(86_400);
     const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";

@@ -4,11 +4,10 @@
 //! [`source`] (identity files, watched and rotated), [`inbound`] (the mutual-TLS listener in front
 //! of a workload), [`authz`] (which callers may reach a Service), [`outbound`] (Host → Service, or
 //! its HTTPRoutes → endpoint → the endpoint's gateway over mutual TLS, with retries, timeouts and
-//! circuit breaking from `crate::resilience` and the pools) and [`ca`] (the demo's and the tests'
-//! certificate authority).
+//! circuit breaking from `crate::resilience` and the pools). The demo's and the tests'
+//! certificate authority is `crate::demo::ca`.
 
 pub mod authz;
-pub mod ca;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;

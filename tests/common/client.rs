@@ -220,7 +220,7 @@ impl Resp {
 
     /// Which echo server answered (`x-echo-name`), if any.
     pub fn echo_name(&self) -> Option<&str> {
-        self.header(weir::echo::ECHO_NAME_HEADER)
+        self.header(weir::demo::echo::ECHO_NAME_HEADER)
     }
 
     /// The `Location` header of a redirect.

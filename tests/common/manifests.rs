@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use weir::echo::EchoServer;
+use weir::demo::echo::EchoServer;
 
 /// The GatewayClass controller name weir serves.
 pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
