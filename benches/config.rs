@@ -7,7 +7,6 @@
 //! per 100 objects, each serving the Ingress hosts of its group.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -117,13 +116,7 @@ fn store(objects: usize) -> Store {
 }
 
 fn options() -> TranslateOptions {
-    TranslateOptions {
-        ingress_http: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        ingress_https: SocketAddr::from(([127, 0, 0, 1], 8443)),
-        gateway_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ingress_class: "weir".into(),
-        watch_ingress_without_class: false,
-    }
+    TranslateOptions::defaults("weir")
 }
 
 fn translate_store(c: &mut Criterion) {

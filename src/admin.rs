@@ -119,6 +119,7 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>) -> Valu
         "listeners": listeners,
         "pools": pools,
         "rejections": snap.rejections,
+        "statuses": snap.statuses,
     })
 }
 

@@ -13,6 +13,7 @@ use crate::pool::{Pool, PoolRegistry};
 use crate::routing::{HostPattern, Router, Rule};
 use crate::store::Rejection;
 use crate::telemetry::{Metrics, TargetMetrics};
+use crate::translate::status::Statuses;
 use crate::translate::{
     ActionKind, ActionModel, HeaderMods, ListenerModel, Model, PoolKey, Protocol, Redirect, Rewrite, RouteRetry,
     Timeouts,
@@ -24,13 +25,21 @@ pub struct Snapshot {
     /// By port; weir's listeners have distinct ports.
     pub listeners: HashMap<u16, Listener>,
     pub rejections: Vec<Rejection>,
+    /// Conditions per object, listener and parent reference (shown in `/config_dump`).
+    pub statuses: Statuses,
     pub pools: BTreeMap<PoolKey, Arc<Pool>>,
 }
 
 impl Snapshot {
     /// The snapshot before any configuration is loaded: no listeners, nothing served.
     pub fn empty() -> Self {
-        Snapshot { generation: 0, listeners: HashMap::new(), rejections: vec![], pools: BTreeMap::new() }
+        Snapshot {
+            generation: 0,
+            listeners: HashMap::new(),
+            rejections: vec![],
+            statuses: Statuses::default(),
+            pools: BTreeMap::new(),
+        }
     }
 }
 
@@ -140,7 +149,7 @@ impl CertStore {
 pub fn compile(model: &Model, generation: u64, pools: &PoolRegistry, metrics: &Metrics) -> Snapshot {
     let pools = pools.sync(&model.pools);
     let listeners = model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, metrics))).collect();
-    Snapshot { generation, listeners, rejections: model.rejections.clone(), pools }
+    Snapshot { generation, listeners, rejections: model.rejections.clone(), statuses: model.statuses.clone(), pools }
 }
 
 fn compile_listener(l: &ListenerModel, pools: &BTreeMap<PoolKey, Arc<Pool>>, metrics: &Metrics) -> Listener {

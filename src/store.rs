@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::api::backend_policy::BackendPolicy;
 use crate::api::mesh_authorization::MeshAuthorization;
+use crate::translate::status::Statuses;
 
 /// The Gateway API's group, of the kinds a ReferenceGrant lets refer across namespaces.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -73,6 +74,10 @@ impl std::fmt::Display for Rejection {
 /// What is built from a store and lists the objects it could not use.
 pub trait Rejects {
     fn rejections_mut(&mut self) -> &mut Vec<Rejection>;
+    /// The objects' conditions (status), if it has them.
+    fn statuses_mut(&mut self) -> Option<&mut Statuses> {
+        None
+    }
 }
 
 /// Builds `build(&store)`; an object whose new version is rejected while `previous` held another
@@ -94,7 +99,16 @@ pub fn build_keeping_last_good<M: Rejects>(
     if kept.is_empty() {
         return (store, built);
     }
+    let mut first = built;
     let mut built = build(&store);
+    // the status of a kept object is its refused version's: that is what its author applied
+    if let (Some(refused), Some(statuses)) = (first.statuses_mut(), built.statuses_mut()) {
+        for r in &kept {
+            if let Some(status) = refused.get(&r.kind, &r.namespace, &r.name) {
+                *statuses.of(&r.kind, &r.namespace, &r.name) = status.clone();
+            }
+        }
+    }
     let rejections = built.rejections_mut();
     for mut r in kept {
         r.reason.push_str("; the previous version keeps serving until this is fixed");
@@ -181,6 +195,7 @@ impl Store {
             "Ingress" => restore!(ingresses, key),
             "Gateway" => restore!(gateways, key),
             "HTTPRoute" => restore!(http_routes, key),
+            "Service" => restore!(services, key),
             "Secret" => restore!(secrets, key),
             "BackendPolicy" => restore!(backend_policies, key),
             "MeshAuthorization" => restore!(mesh_authorizations, key),

@@ -1,7 +1,7 @@
-//! `weir validate DIR…`: translate manifests as the edge would (and MeshAuthorizations as the mesh
-//! would) and print every rejection.
+//! `weir validate DIR…`: translate manifests as the edge and the mesh gateways would and print
+//! every rejection.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use crate::config::ValidateArgs;
@@ -11,18 +11,15 @@ use crate::translate::{translate, Model, TranslateOptions};
 /// Translates one directory with weir's default listener addresses.
 pub fn validate_dir(dir: &std::path::Path, ingress_class: &str) -> std::io::Result<(usize, Model)> {
     let store = DirLoader::default().load(dir)?;
-    let opts = TranslateOptions {
-        ingress_http: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
-        ingress_https: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8443),
-        gateway_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        ingress_class: ingress_class.to_string(),
-        watch_ingress_without_class: false,
-    };
-    let mut model = translate(&store, &opts);
-    // the mesh's own kind (the trust domain does not change what is valid)
-    model
-        .rejections
-        .extend(crate::mesh::authz::Authorizer::build(&store, "cluster.local", &Default::default()).rejections);
+    let mut model = translate(&store, &TranslateOptions::defaults(ingress_class));
+    // as the mesh gateways would: a gateway binds routes for its workload's namespace, so the
+    // mesh is translated for each namespace holding an HTTPRoute (and `default`)
+    let namespaces: BTreeSet<&str> = store.http_routes.keys().map(|(ns, _)| ns.as_str()).chain(["default"]).collect();
+    for ns in namespaces {
+        model.rejections.extend(crate::translate::mesh::translate(&store, Some(ns)).rejections);
+    }
+    model.rejections.sort();
+    model.rejections.dedup();
     Ok((store.len(), model))
 }
 

@@ -257,7 +257,24 @@ async fn httproute_with_a_missing_backend_answers_500_for_that_rule_only() {
         assert!(reason.contains(fragment), "the reason explains the 500 ({fragment}): {r}");
     }
     assert!(!reason.contains("previous version"), "there is no previous version of this route: {r}");
-    assert_unavailable_backend(&weir.config_dump().await, gw, "httproute/default/shop/rule/1", "default/ghost:80");
+    let dump = weir.config_dump().await;
+    assert_unavailable_backend(&dump, gw, "httproute/default/shop/rule/1", "default/ghost:80");
+    // the route's status for its Gateway, as the Gateway API words it
+    let status = dump["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "HTTPRoute" && s["namespace"] == "default" && s["name"] == "shop")
+        .unwrap_or_else(|| panic!("no status for HTTPRoute default/shop: {dump:#}"));
+    let parent = &status["parents"][0];
+    assert_eq!(parent["parent"]["kind"], "Gateway", "{status:#}");
+    assert_eq!(parent["parent"]["name"], "gw", "{status:#}");
+    let condition = |t: &str| parent["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned();
+    let accepted = condition("Accepted").unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!((&accepted["status"], &accepted["reason"]), (&true.into(), &"Accepted".into()), "{status:#}");
+    let resolved = condition("ResolvedRefs").unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!((&resolved["status"], &resolved["reason"]), (&false.into(), &"BackendNotFound".into()), "{status:#}");
+    assert!(resolved["message"].as_str().unwrap().contains("Service default/ghost does not exist"), "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

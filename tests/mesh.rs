@@ -734,6 +734,36 @@ async fn a_failing_replica_is_ejected_then_readmitted() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_the_gateway_refuses_leaves_pool_health_as_it_was() {
+    let pods = pods(2).await;
+    pods[1].app.set_status(503);
+    let policy = "outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 1h}";
+    let (checkout, dir) = checkout_to(&pods, policy).await;
+    let outbound = checkout.outbound_addr.unwrap();
+    for i in 0..4 {
+        request(outbound).host("payments").send().await.assert_status(200);
+        assert!(pods[1].app.requests() <= 2, "request {i}");
+    }
+    assert_eq!(pods[1].app.requests(), 2, "ejected after 2 consecutive failures");
+    // an edit the gateway refuses (the identity is not a SPIFFE ID): the last good Service serves
+    let path = dir.path().join("config/mesh.yaml");
+    let refused = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("  name: payments\nspec:", "  name: payments\n  annotations: {weir.dev/identity: payments}\nspec:");
+    assert!(refused.contains("weir.dev/identity"), "{refused}");
+    replace(&path, &refused);
+    wait_until("the edit is refused", WAIT, || async {
+        mesh_metric(&checkout, "weir_config_rejected_objects", &[]) == 1.0
+    })
+    .await;
+    for _ in 0..10 {
+        request(outbound).host("payments").send().await.assert_status(200);
+    }
+    assert_eq!(pods[1].app.requests(), 2, "the failing replica is still ejected: the refused edit reset nothing");
+    assert_eq!(mesh_metric(&checkout, "weir_endpoint_ejections_total", &[("pool", "shop/payments:80")]), 1.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Authorization
 

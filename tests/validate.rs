@@ -553,6 +553,33 @@ fn backend_policy_for_a_missing_service_is_reported() {
     check_bad(bad, &["BackendPolicy default/orphan", "Service default/ghost which does not exist"], 0);
 }
 
+#[test]
+fn what_a_mesh_gateway_would_refuse_is_reported() {
+    // a Service whose expected identity is not a SPIFFE ID, and a consumer route (namespace
+    // checkout, for Service shop/payments) that only checkout's mesh gateway reads
+    let bad = r#"
+        apiVersion: v1
+        kind: Service
+        metadata: {name: payments, namespace: shop, annotations: {weir.dev/identity: payments}}
+        spec: {ports: [{name: http, port: 80}]}
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: steer, namespace: checkout}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: payments, namespace: shop, port: 80}]
+          rules:
+          - matches: [{path: {type: RegularExpression, value: "/("}}]
+            backendRefs: [{name: payments, namespace: shop, port: 80}]
+    "#;
+    let dir = Dir::new(&[("good.yaml", GOOD), ("bad.yaml", bad)]);
+    let out = validate(&[dir.path()]);
+    assert_eq!(out.code, Some(1), "{out}");
+    out.line_for(&dir.file("bad.yaml"), &["Service shop/payments", "weir.dev/identity", "not a SPIFFE ID"]);
+    out.line_for(&dir.file("bad.yaml"), &["HTTPRoute checkout/steer", "regular expression"]);
+    assert_eq!(out.summary(dir.path()).rejected, 2, "{out}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Gateway listeners
 

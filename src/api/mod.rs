@@ -10,6 +10,7 @@
 pub mod backend_policy;
 pub mod duration;
 pub mod mesh_authorization;
+pub mod spiffe;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,

@@ -39,8 +39,9 @@ use crate::proxy::drain::Drain;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
-use crate::store::{build_keeping_last_good, Rejection, Rejects, Store};
+use crate::store::{build_keeping_last_good, Rejection, Store};
 use crate::telemetry::Metrics;
+use crate::translate;
 
 /// Where the workload's identity comes from.
 #[derive(Clone, Debug)]
@@ -199,15 +200,13 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     let admin = TcpListener::bind(opts.admin)
         .await
         .with_context(|| format!("cannot listen on {} (the admin listener)", opts.admin))?;
-    let admin_app = AdminApp {
-        // no edge configuration here; generation 1 makes /ready say what is true: the identity is
-        // loaded and the listeners are bound
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot { generation: 1, ..Snapshot::empty() })),
-        metrics: metrics.clone(),
-        bind_errors: Arc::new(Default::default),
-    };
+    // no edge configuration here: the dump holds the mesh's rejections and conditions; generation
+    // 1 makes /ready say what is true: the identity is loaded and the listeners are bound
+    let dump = Arc::new(ArcSwap::from_pointee(Snapshot { generation: 1, ..Snapshot::empty() }));
+    let admin_app =
+        AdminApp { snapshot: dump.clone(), metrics: metrics.clone(), bind_errors: Arc::new(Default::default) };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
-    let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials)?;
+    let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials, dump)?;
     let drain = Drain::default();
     let proxy = InboundProxy {
         workload: opts.workload.clone(),
@@ -261,19 +260,6 @@ struct Config {
     task: Option<JoinHandle<()>>,
 }
 
-/// The authorizer and the directory built from one store, and every rejection of both.
-struct Built {
-    authorizer: Authorizer,
-    directory: Option<Directory>,
-    rejections: Vec<Rejection>,
-}
-
-impl Rejects for Built {
-    fn rejections_mut(&mut self) -> &mut Vec<Rejection> {
-        &mut self.rejections
-    }
-}
-
 /// Reads the config dir (if any) and keeps the directory and the authorizer in step with it.
 fn watch_config(
     opts: &MeshOptions,
@@ -282,6 +268,7 @@ fn watch_config(
     pools: Arc<PoolRegistry>,
     metrics: &Arc<Metrics>,
     credentials: &Arc<ArcSwap<Credentials>>,
+    dump: Arc<ArcSwap<Snapshot>>,
 ) -> anyhow::Result<Config> {
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     // the workload and the default; the gateway's own ID is read at each build (it may rotate)
@@ -290,7 +277,7 @@ fn watch_config(
         workload: Some(opts.workload.address),
         default: opts.default_policy,
     };
-    let empty = Authorizer::build(&Store::default(), credentials.load().id.trust_domain(), &gateway_now);
+    let empty = Authorizer::compile(&Default::default(), credentials.load().id.trust_domain(), &gateway_now);
     let authorizer = Arc::new(ArcSwap::from_pointee(empty));
     let Some(mut store_rx) = store_rx else {
         anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
@@ -304,26 +291,22 @@ fn watch_config(
         if let Some(secret) = &mut secret {
             secret.update(&store);
         }
-        let (trust_domain, source) = {
-            let id = &credentials.load().id;
-            (id.trust_domain().to_string(), id.to_string())
-        };
-        let gateway = GatewayPolicy { own_id: source.clone(), ..gateway_now.clone() };
-        let build = |s: &Store| {
-            let mut authorizer = Authorizer::build(s, &trust_domain, &gateway);
-            let mut directory = outbound_settings.as_ref().map(|o| Directory::build(s, &pools, &metrics, o, &source));
-            let mut rejections = std::mem::take(&mut authorizer.rejections);
-            rejections.extend(directory.as_mut().map(|d| std::mem::take(&mut d.rejections)).unwrap_or_default());
-            Built { authorizer, directory, rejections }
-        };
-        let (served, built) = build_keeping_last_good(store, &previous, build);
+        // translation is pure, so keeping the last good version may run it twice; what serves
+        // is compiled once, from the model kept
+        let namespace = outbound_settings.as_ref().map(|o| o.namespace.as_str());
+        let (served, model) = build_keeping_last_good(store, &previous, |s| translate::mesh::translate(s, namespace));
         previous = served;
-        metrics.rejected_objects.set(built.rejections.len() as i64);
-        log_rejections(&built.rejections);
-        authorizer_w.store(Arc::new(built.authorizer));
-        if let Some(d) = built.directory {
+        let generation = dump.load().generation + 1;
+        let (rejections, statuses) = (model.rejections.clone(), model.statuses.clone());
+        dump.store(Arc::new(Snapshot { generation, rejections, statuses, ..Snapshot::empty() }));
+        metrics.rejected_objects.set(model.rejections.len() as i64);
+        log_rejections(&model.rejections);
+        let id = credentials.load().id.clone();
+        let gateway = GatewayPolicy { own_id: id.to_string(), ..gateway_now.clone() };
+        authorizer_w.store(Arc::new(Authorizer::compile(&model.authorization, id.trust_domain(), &gateway)));
+        if let Some(o) = &outbound_settings {
+            directory_w.store(Arc::new(Directory::compile(&model, &pools, &metrics, o, id.as_str())));
             metrics.retire_unused_targets();
-            directory_w.store(Arc::new(d));
         }
     };
     apply(store_rx.borrow().store.clone());

@@ -7,7 +7,7 @@
 //! never checked.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,15 +38,11 @@ use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
-use crate::store::{Rejection, Store};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
-use crate::translate::backend::{Backends, PortRef};
-use crate::translate::gateway::{compile_route, service_parents};
-use crate::translate::{reject, RouteModel};
+use crate::translate::mesh::MeshModel;
 
-/// The Service annotation naming the SPIFFE ID its workloads must present.
-pub const IDENTITY_ANNOTATION: &str = "weir.dev/identity";
+pub use crate::api::spiffe::IDENTITY_ANNOTATION;
 /// Concurrent requests per connection between two gateways.
 pub const MESH_H2_STREAMS: usize = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -95,104 +91,55 @@ pub struct Directory {
     services: HashMap<String, HashMap<String, Arc<Destination>>>,
     /// `.svc.<cluster domain>`
     svc_suffix: String,
-    pub rejections: Vec<Rejection>,
 }
 
 impl Directory {
-    /// Builds the directory of the gateway with `settings` and SPIFFE ID `source` from `store`,
-    /// syncing `pools` (health state survives changes) and linking route metrics in `metrics`.
-    pub fn build(
-        store: &Store,
+    /// Compiles the directory of the gateway with `settings` and SPIFFE ID `source` from the
+    /// mesh's model, syncing `pools` (health state survives changes) and linking route metrics
+    /// in `metrics`.
+    pub fn compile(
+        model: &MeshModel,
         pools: &PoolRegistry,
         metrics: &Metrics,
         settings: &OutboundSettings,
         source: &str,
     ) -> Directory {
         let cluster_domain = &settings.cluster_domain;
-        let mut rejections = vec![];
-        let mut backends = Backends::new(store, &mut rejections);
-        let routes = mesh_routes(store, &settings.namespace, &mut backends, &mut rejections);
-        let mut wanted = vec![];
-        // Services whose identity cannot be known: a route's target among them is never dialled
-        let mut unverifiable: HashSet<(&str, &str)> = HashSet::new();
-        for ((ns, name), stored) in &store.services {
-            let annotation = stored
-                .object
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(IDENTITY_ANNOTATION))
-                .map(|v| SpiffeId::parse(v));
-            let identity = match annotation {
-                None => None,
-                Some(Ok(id)) => Some(id),
-                Some(Err(e)) => {
-                    let reason = format!("annotation {IDENTITY_ANNOTATION}: {e}; the Service is not reachable through the mesh until it is fixed");
-                    rejections.push(reject("Service", ns, name, &stored.origin, reason));
-                    unverifiable.insert((ns, name));
-                    continue;
-                }
-            };
-            let ports = stored.object.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
-            let mut keys = vec![];
-            for p in ports {
-                match backends.resolve(ns, name, &PortRef::Number(p.port as u16)) {
-                    Ok(key) => keys.push((p.port as u16, key)),
-                    Err(e) => rejections.push(reject("Service", ns, name, &stored.origin, e)),
-                }
-            }
-            wanted.push((ns.clone(), name.clone(), keys, identity));
-        }
-        let pools = pools.sync(&backends.into_pools());
+        let pools = pools.sync(&model.pools);
         let mut services: HashMap<String, HashMap<String, Arc<Destination>>> = HashMap::new();
-        for (namespace, name, keys, identity) in wanted {
+        for ((namespace, name), service) in &model.services {
             let label = format!("{name}.{namespace}");
             let series =
                 |route: &str| metrics.mesh.series(&Hop { direction: "outbound", source, destination: &label, route });
-            let dest = {
-                let attached = routes.get(&(namespace.clone(), name.clone()));
-                let ports = keys
-                    .into_iter()
-                    .filter_map(|(port, key)| {
-                        let rules: Vec<_> = attached
-                            .into_iter()
-                            .flatten()
-                            .filter(|(p, _)| p.is_none_or(|p| p == port))
-                            .map(|(_, r)| {
-                                let mut action = compile_action("mesh", &r.action, &pools, metrics);
-                                // a target whose Service's identity is unknown answers 500
-                                if let Action::Forward { targets, .. } = &mut action.kind {
-                                    for t in targets.iter_mut() {
-                                        let key =
-                                            t.pool.as_ref().map(|p| (p.key.namespace.as_str(), p.key.service.as_str()));
-                                        if key.is_some_and(|k| unverifiable.contains(&k)) {
-                                            t.pool = None;
-                                        }
-                                    }
-                                }
-                                let action = Arc::new(MeshRoute { series: series(&action.name), action });
-                                (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
-                            })
-                            .collect();
-                        let routes = (!rules.is_empty()).then(|| Router::build(rules));
-                        Some(DestinationPort { port, pool: pools.get(&key)?.clone(), routes })
-                    })
-                    .collect();
-                let sni = format!("{name}.{namespace}.svc.{cluster_domain}");
-                let series = series("");
-                Arc::new(Destination {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    ports,
-                    identity,
-                    sni,
-                    label,
-                    series,
+            let ports = service
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let rules: Vec<_> = p
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            let action = compile_action("mesh", &r.action, &pools, metrics);
+                            let action = Arc::new(MeshRoute { series: series(&action.name), action });
+                            (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
+                        })
+                        .collect();
+                    let routes = (!rules.is_empty()).then(|| Router::build(rules));
+                    Some(DestinationPort { port: p.port, pool: pools.get(&p.pool)?.clone(), routes })
                 })
+                .collect();
+            let dest = Destination {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                ports,
+                identity: service.identity.clone(),
+                sni: format!("{name}.{namespace}.svc.{cluster_domain}"),
+                series: series(""),
+                label,
             };
-            services.entry(namespace).or_default().insert(name, dest);
+            services.entry(namespace.clone()).or_default().insert(name.clone(), Arc::new(dest));
         }
-        Directory { services, svc_suffix: format!(".svc.{cluster_domain}"), rejections }
+        Directory { services, svc_suffix: format!(".svc.{cluster_domain}") }
     }
 
     /// The Service `namespace/name`.
@@ -231,47 +178,6 @@ impl Directory {
             )),
         }
     }
-}
-
-/// HTTPRoutes whose parent is a Service, compiled, by that Service (with the parent's port), as
-/// the Gateway API mesh profile binds them for a workload in `namespace`: "consumer" routes (in
-/// `namespace`, for another namespace's Service) replace that Service's "producer" routes (in its
-/// own namespace, for every caller). Consumer routes of other namespaces are not for this gateway.
-fn mesh_routes(
-    store: &Store,
-    namespace: &str,
-    backends: &mut Backends<'_>,
-    rejections: &mut Vec<Rejection>,
-) -> HashMap<(String, String), Vec<(Option<u16>, RouteModel)>> {
-    let mut producer: HashMap<_, Vec<_>> = HashMap::new();
-    let mut consumer: HashMap<_, Vec<_>> = HashMap::new();
-    for ((ns, name), stored) in &store.http_routes {
-        let parents = service_parents(&stored.object, ns);
-        if parents.is_empty() || (ns != namespace && parents.iter().all(|(parent_ns, ..)| parent_ns != ns)) {
-            continue;
-        }
-        let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
-        let (models, warnings) = match compile_route(&stored.object, ns, name, backends) {
-            Ok(compiled) => compiled,
-            Err(errors) => {
-                rejections.push(r(errors.join("; ")));
-                continue;
-            }
-        };
-        if !warnings.is_empty() {
-            rejections.push(Rejection { served: true, ..r(warnings.join("; ")) });
-        }
-        for (parent_ns, service, port) in parents {
-            let bound = match (parent_ns == *ns, ns == namespace) {
-                (true, _) => &mut producer,
-                (false, true) => &mut consumer,
-                (false, false) => continue,
-            };
-            bound.entry((parent_ns, service)).or_default().extend(models.iter().map(|m| (port, m.clone())));
-        }
-    }
-    producer.extend(consumer);
-    producer
 }
 
 /// Settings of the outbound side.

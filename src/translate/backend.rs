@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::ServicePort;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
+use super::status::ConditionType::Accepted;
+use super::status::{Condition, Reason, Statuses};
 use super::{reject, EndpointModel, PoolSpec, UpstreamProtocol};
 use crate::policy::BackendPolicyModel;
 use crate::store::{Rejection, Store};
@@ -55,28 +57,41 @@ impl<'a> Backends<'a> {
         self.store
     }
 
-    /// Indexes the store's BackendPolicies, rejecting invalid ones.
-    pub fn new(store: &'a Store, rejections: &mut Vec<Rejection>) -> Self {
+    /// Indexes the store's BackendPolicies, rejecting invalid ones; each gets its Accepted
+    /// condition in `statuses`.
+    pub fn new(store: &'a Store, rejections: &mut Vec<Rejection>, statuses: &mut Statuses) -> Self {
         let mut policies: HashMap<_, Vec<_>> = HashMap::new();
         for ((ns, name), stored) in &store.backend_policies {
             let r = |reason: String| reject("BackendPolicy", ns, name, &stored.origin, reason);
+            let conditions = &mut statuses.of("BackendPolicy", ns, name).conditions;
             let model = match BackendPolicyModel::try_from(&stored.object.spec) {
                 Ok(m) => m,
                 Err(e) => {
-                    rejections.push(r(format!("{e}; the Services it targets keep their previous settings")));
+                    let reason = format!("{e}; the Services it targets keep their previous settings");
+                    conditions.push(Condition::fails(Accepted, Reason::Invalid, reason.clone()));
+                    rejections.push(r(reason));
                     continue;
                 }
             };
-            for target in &stored.object.spec.target_refs {
+            let targets = &stored.object.spec.target_refs;
+            let mut missing = vec![];
+            for target in targets {
                 if !store.services.contains_key(&(ns.clone(), target.name.clone())) {
                     let reason = format!("targets Service {ns}/{} which does not exist", target.name);
-                    rejections.push(Rejection { served: true, ..r(reason) });
+                    rejections.push(Rejection { served: true, ..r(reason.clone()) });
+                    missing.push(reason);
                 }
                 policies
                     .entry((ns.clone(), target.name.clone()))
                     .or_default()
                     .push((target.section_name.clone(), model.clone()));
             }
+            conditions.push(match missing.len() {
+                n if n > 0 && n == targets.len() => {
+                    Condition::fails(Accepted, Reason::TargetNotFound, missing.join("; "))
+                }
+                _ => Condition::holds(Accepted, missing.join("; ")),
+            });
         }
         let mut slices: HashMap<_, Vec<_>> = HashMap::new();
         for ((ns, _), stored) in &store.endpoint_slices {

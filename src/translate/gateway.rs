@@ -1,7 +1,7 @@
 //! Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway and HTTPRoute → listeners
 //! and routes. Gateway listeners that share a port share one socket.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use gateway_api::httproutes::*;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::backend::{Backends, PortRef};
+use super::status::ConditionType::{Accepted, Programmed, ResolvedRefs};
+use super::status::{Condition, ParentRef, ParentStatus, Problem, Reason};
 use super::tls::{CertModel, Secrets};
 use super::{
     created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
@@ -47,6 +49,10 @@ pub fn translate(
         .filter(|(_, c)| c.object.spec.controller_name == GATEWAY_CONTROLLER)
         .map(|(name, _)| name.as_str())
         .collect();
+    for class in &classes {
+        let accepted = Condition::holds(Accepted, format!("served by {GATEWAY_CONTROLLER}"));
+        model.statuses.of("GatewayClass", "", class).conditions.push(accepted);
+    }
     let mut listeners = vec![];
     for ((ns, name), stored) in &store.gateways {
         let gw = &stored.object;
@@ -54,12 +60,45 @@ pub fn translate(
             continue;
         }
         let mut errors = vec![];
+        let mut conditions = BTreeMap::new();
         for (i, l) in gw.spec.listeners.iter().enumerate() {
-            match listener(opts, secrets, ns, name, l, model) {
-                Ok(accepted) => listeners.push(accepted),
-                Err(e) => errors.push(format!("spec.listeners[{i}] ({}): {e}", l.name)),
-            }
+            let listener_conditions = match listener(opts, secrets, ns, name, l, model) {
+                Ok(accepted) => {
+                    listeners.push(accepted);
+                    [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec()
+                }
+                Err(problem) => {
+                    errors.push(format!("spec.listeners[{i}] ({}): {problem}", l.name));
+                    let mut c: Vec<Condition> = [Accepted, ResolvedRefs]
+                        .map(|t| match t == problem.type_ {
+                            true => problem.condition(),
+                            false => Condition::holds(t, ""),
+                        })
+                        .to_vec();
+                    c.push(Condition::fails(
+                        Programmed,
+                        Reason::Invalid,
+                        "the listener is not served; see its other conditions",
+                    ));
+                    c
+                }
+            };
+            conditions.insert(l.name.clone(), listener_conditions);
         }
+        let served = gw.spec.listeners.len() - errors.len();
+        let status = model.statuses.of("Gateway", ns, name);
+        status.listeners = conditions;
+        status.conditions = match (served, errors.is_empty()) {
+            (_, true) => vec![Condition::holds(Accepted, ""), Condition::holds(Programmed, "")],
+            (0, false) => vec![
+                Condition::fails(Accepted, Reason::ListenersNotValid, errors.join("; ")),
+                Condition::fails(Programmed, Reason::Invalid, "no listener is valid"),
+            ],
+            (_, false) => vec![
+                Condition { reason: Reason::ListenersNotValid, ..Condition::holds(Accepted, errors.join("; ")) },
+                Condition::holds(Programmed, format!("{served} of {} listeners are served", gw.spec.listeners.len())),
+            ],
+        };
         if !errors.is_empty() {
             model.rejections.push(reject("Gateway", ns, name, &stored.origin, errors.join("; ")));
         }
@@ -68,8 +107,8 @@ pub fn translate(
     for ((ns, name), stored) in &store.http_routes {
         let route = &stored.object;
         let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
-        let mut parents = vec![];
-        let mut refusals = vec![];
+        // each parentRef naming a Gateway of ours: the listeners it attaches to, or why none
+        let mut parents: Vec<(ParentRef, Result<Vec<&Listener>, Problem>)> = vec![];
         for p in route.spec.parent_refs.iter().flatten() {
             if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
                 || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
@@ -81,7 +120,8 @@ pub fn translate(
             if ours.is_empty() {
                 continue; // not a weir Gateway (or it does not exist): not ours to report
             }
-            let mut attached = 0;
+            let mut attached = vec![];
+            let mut refusals = vec![];
             for l in ours {
                 if p.section_name.as_ref().is_some_and(|s| *s != l.name)
                     || p.port.is_some_and(|port| port != i32::from(l.port))
@@ -100,28 +140,78 @@ pub fn translate(
                     ));
                     continue;
                 }
-                attached += 1;
-                parents.push(l);
+                attached.push(l);
             }
-            if attached == 0 && refusals.is_empty() {
-                refusals.push(format!("Gateway {}/{} has no listener matching the parentRef", gw_key.0, gw_key.1));
-            }
+            let parent = ParentRef {
+                group: GATEWAY_GROUP.into(),
+                kind: "Gateway".into(),
+                namespace: gw_key.0.clone(),
+                name: gw_key.1.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            };
+            let result = match (attached.is_empty(), refusals.is_empty()) {
+                (false, _) => Ok(attached),
+                (true, false) => Err(Problem::new(Accepted, Reason::NotAllowedByListeners, refusals.join("; "))),
+                (true, true) => Err(Problem::new(
+                    Accepted,
+                    Reason::NoMatchingParent,
+                    format!("Gateway {}/{} has no listener matching the parentRef", gw_key.0, gw_key.1),
+                )),
+            };
+            parents.push((parent, result));
         }
         if parents.is_empty() {
-            if !refusals.is_empty() {
-                model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
-            }
             continue;
         }
-        let compiled = match compile_route(route, ns, name, backends) {
+        let route_status = |parents: &[(ParentRef, Result<Vec<&Listener>, Problem>)],
+                            resolved: &Condition,
+                            hosts: &dyn Fn(&[&Listener]) -> Option<Problem>| {
+            parents
+                .iter()
+                .map(|(parent, result)| {
+                    let accepted = match result {
+                        Err(problem) => problem.condition(),
+                        Ok(listeners) => {
+                            hosts(listeners).map_or_else(|| Condition::holds(Accepted, ""), |p| p.condition())
+                        }
+                    };
+                    ParentStatus { parent: parent.clone(), conditions: vec![accepted, resolved.clone()] }
+                })
+                .collect::<Vec<_>>()
+        };
+        let attached: Vec<&Listener> = parents.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
+        if attached.is_empty() {
+            let refusals: Vec<&str> =
+                parents.iter().filter_map(|(_, r)| r.as_ref().err()).map(|p| p.message.as_str()).collect();
+            model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
+            model.statuses.of("HTTPRoute", ns, name).parents =
+                route_status(&parents, &Condition::holds(ResolvedRefs, ""), &|_| None);
+            continue;
+        }
+        let refused = |reason: Reason, message: String, model: &mut Model| {
+            let problem = Problem::new(Accepted, reason, message.clone());
+            let rejected = |_: &[&Listener]| Some(problem.clone());
+            model.statuses.of("HTTPRoute", ns, name).parents =
+                route_status(&parents, &Condition::holds(ResolvedRefs, ""), &rejected);
+            model.rejections.push(r(message));
+        };
+        let (compiled, resolved) = match compile_route(route, ns, name, backends) {
             Ok((rules, warnings)) => {
+                let resolved = match warnings.first() {
+                    None => Condition::holds(ResolvedRefs, ""),
+                    Some(first) => Condition {
+                        message: warnings.iter().map(|w| w.message.as_str()).collect::<Vec<_>>().join("; "),
+                        ..first.condition()
+                    },
+                };
                 if !warnings.is_empty() {
-                    model.rejections.push(Rejection { served: true, ..r(warnings.join("; ")) });
+                    model.rejections.push(Rejection { served: true, ..r(resolved.message.clone()) });
                 }
-                rules
+                (rules, resolved)
             }
             Err(errors) => {
-                model.rejections.push(r(errors.join("; ")));
+                refused(Reason::UnsupportedValue, errors.join("; "), model);
                 continue;
             }
         };
@@ -136,13 +226,16 @@ pub fn translate(
             Ok(h) if h.is_empty() => vec![HostPattern::Any],
             Ok(h) => h,
             Err(e) => {
-                model.rejections.push(r(format!("spec.hostnames: {e}")));
+                refused(Reason::UnsupportedValue, format!("spec.hostnames: {e}"), model);
                 continue;
             }
         };
+        let hosts_of = |l: &Listener| -> BTreeSet<HostPattern> {
+            route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect()
+        };
         let mut any_host = false;
-        for l in parents {
-            let hosts: BTreeSet<HostPattern> = route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect();
+        for l in &attached {
+            let hosts = hosts_of(l);
             any_host |= !hosts.is_empty();
             let Some(lm) = model.listeners.get_mut(&l.port) else { continue };
             for host in hosts {
@@ -151,8 +244,16 @@ pub fn translate(
                 }
             }
         }
+        const NO_HOST: &str = "none of spec.hostnames matches the hostname of a listener it attaches to";
+        let no_host = |listeners: &[&Listener]| {
+            listeners
+                .iter()
+                .all(|l| hosts_of(l).is_empty())
+                .then(|| Problem::new(Accepted, Reason::NoMatchingListenerHostname, NO_HOST))
+        };
+        model.statuses.of("HTTPRoute", ns, name).parents = route_status(&parents, &resolved, &no_host);
         if !any_host {
-            model.rejections.push(r("none of spec.hostnames matches the hostname of a listener it attaches to".into()));
+            model.rejections.push(r(NO_HOST.into()));
         }
     }
 }
@@ -165,49 +266,61 @@ fn listener(
     gw_name: &str,
     l: &GatewayListeners,
     model: &mut Model,
-) -> Result<Listener, String> {
+) -> Result<Listener, Problem> {
+    let unsupported = |message: String| Problem::new(Accepted, Reason::UnsupportedValue, message);
     let protocol = match l.protocol.as_str() {
         "HTTP" => Protocol::Http,
         "HTTPS" => Protocol::Https,
-        other => return Err(format!("protocol {other} is not supported yet; use HTTP or HTTPS")),
+        other => {
+            let message = format!("protocol {other} is not supported yet; use HTTP or HTTPS");
+            return Err(Problem::new(Accepted, Reason::UnsupportedProtocol, message));
+        }
     };
-    let port =
-        u16::try_from(l.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("port {} is out of range", l.port))?;
+    let port = u16::try_from(l.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| unsupported(format!("port {} is out of range", l.port)))?;
     let hostname = match &l.hostname {
-        Some(h) => HostPattern::parse(h, false).map_err(|e| e.to_string())?,
+        Some(h) => HostPattern::parse(h, false).map_err(|e| unsupported(e.to_string()))?,
         None => HostPattern::Any,
     };
     if let Some(existing) = model.listeners.get(&port) {
         if !existing.name.starts_with("gateway:") {
-            return Err(format!("port {port} is already used by the {} listener", existing.name));
+            let message = format!("port {port} is already used by the {} listener", existing.name);
+            return Err(Problem::new(Accepted, Reason::PortUnavailable, message));
         }
         if existing.protocol != protocol {
-            return Err(format!("port {port} is already an {:?} listener of {}", existing.protocol, existing.name));
+            let message = format!("port {port} is already an {:?} listener of {}", existing.protocol, existing.name);
+            return Err(Problem::new(Accepted, Reason::PortUnavailable, message));
         }
     }
     let mut certs = vec![];
     if protocol == Protocol::Https {
-        let tls = l.tls.as_ref().ok_or("an HTTPS listener needs tls.certificateRefs")?;
+        let tls = l.tls.as_ref().ok_or_else(|| unsupported("an HTTPS listener needs tls.certificateRefs".into()))?;
         if tls.mode.as_ref().is_some_and(|m| format!("{m:?}") != "Terminate") {
-            return Err("tls.mode Passthrough is not supported; use Terminate".into());
+            return Err(unsupported("tls.mode Passthrough is not supported; use Terminate".into()));
         }
         let refs = tls.certificate_refs.as_deref().unwrap_or_default();
         if refs.is_empty() {
-            return Err("an HTTPS listener needs at least one tls.certificateRefs entry".into());
+            return Err(unsupported("an HTTPS listener needs at least one tls.certificateRefs entry".into()));
         }
         for c in refs {
             if c.kind.as_deref().unwrap_or("Secret") != "Secret" || !c.group.as_deref().unwrap_or("").is_empty() {
-                return Err(format!("certificateRef {}: only core Secrets are supported", c.name));
+                let message = format!("certificateRef {}: only core Secrets are supported", c.name);
+                return Err(Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, message));
             }
             let secret_ns = c.namespace.as_deref().unwrap_or(ns);
             if !secrets.store().grants("Gateway", ns, "Secret", secret_ns, &c.name) {
-                return Err(format!(
+                let message = format!(
                     "certificateRef {secret_ns}/{}: a Secret in another namespace needs a ReferenceGrant in {secret_ns} \
                      allowing Gateways of {ns}",
                     c.name
-                ));
+                );
+                return Err(Problem::new(ResolvedRefs, Reason::RefNotPermitted, message));
             }
-            let loaded = secrets.load(secret_ns, &c.name)?;
+            let loaded = secrets
+                .load(secret_ns, &c.name)
+                .map_err(|e| Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, e))?;
             let hosts = if hostname == HostPattern::Any { vec![] } else { vec![hostname.clone()] };
             certs.push(CertModel {
                 hosts,
@@ -220,7 +333,9 @@ fn listener(
     let allowed = l.allowed_routes.as_ref();
     let from = allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.clone()).unwrap_or(From::Same);
     if from == From::Selector {
-        return Err("allowedRoutes.namespaces.from: Selector is not supported yet; use Same or All".into());
+        return Err(unsupported(
+            "allowedRoutes.namespaces.from: Selector is not supported yet; use Same or All".into(),
+        ));
     }
     let allows_http_route =
         allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| kinds.iter().any(|k| k.kind == "HTTPRoute"));
@@ -235,10 +350,9 @@ fn listener(
     Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), port, hostname, from, allows_http_route })
 }
 
-pub(crate) type Compiled = (Vec<RouteModel>, Vec<String>);
+/// A route's rules, and the problems with its backends (it is served; they answer 500).
+pub(crate) type Compiled = (Vec<RouteModel>, Vec<Problem>);
 
-/// Compiles every rule of a route. Hard errors reject the route; warnings (an invalid
-/// backendRef, which then answers 500) are reported but the route is served.
 /// The Services an HTTPRoute attaches to as its parents (the Gateway API mesh profile), with the
 /// parent's namespace and optional port.
 pub fn service_parents(route: &HttpRoute, ns: &str) -> Vec<(String, String, Option<u16>)> {
@@ -255,6 +369,8 @@ pub fn service_parents(route: &HttpRoute, ns: &str) -> Vec<(String, String, Opti
         .collect()
 }
 
+/// Compiles every rule of a route. Hard errors reject the route; warnings (an invalid
+/// backendRef, which then answers 500) are reported but the route is served.
 pub(crate) fn compile_route(
     route: &HttpRoute,
     ns: &str,
@@ -389,7 +505,7 @@ fn rule_action(
     at: &str,
     backends: &mut Backends<'_>,
     matchers: &[RequestMatch],
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Problem>,
 ) -> Result<ActionModel, String> {
     let mut request_headers = HeaderMods::default();
     let mut response_headers = HeaderMods::default();
@@ -515,7 +631,7 @@ fn backend_refs(
     ns: &str,
     at: &str,
     backends: &mut Backends<'_>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Problem>,
 ) -> Result<Vec<BackendRef>, String> {
     let mut out = vec![];
     for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
@@ -531,20 +647,25 @@ fn backend_refs(
         let name = format!("{target_ns}/{}:{}", b.name, b.port.map(|p| p.to_string()).unwrap_or_default());
         let pool =
             if !b.group.as_deref().unwrap_or("").is_empty() || b.kind.as_deref().unwrap_or("Service") != "Service" {
-                Err(format!("only Service backends are supported, not {}", b.kind.as_deref().unwrap_or("")))
+                let kind = b.kind.as_deref().unwrap_or("");
+                Err((Reason::InvalidKind, format!("only Service backends are supported, not {kind}")))
             } else if !backends.store().grants("HTTPRoute", ns, "Service", &target_ns, &b.name) {
-                Err(format!(
+                Err((
+                    Reason::RefNotPermitted,
+                    format!(
                     "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing HTTPRoutes of {ns}"
+                ),
                 ))
             } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
-                backends.resolve(&target_ns, &b.name, &PortRef::Number(port))
+                backends.resolve(&target_ns, &b.name, &PortRef::Number(port)).map_err(|e| (Reason::BackendNotFound, e))
             } else {
-                Err("port is required for a Service backend".to_string())
+                Err((Reason::BackendNotFound, "port is required for a Service backend".to_string()))
             };
         let pool = match pool {
             Ok(p) => Some(p),
-            Err(e) => {
-                warnings.push(format!("{bat}: {e}; requests for this backend get 500"));
+            Err((reason, e)) => {
+                let message = format!("{bat}: {e}; requests for this backend get 500");
+                warnings.push(Problem::new(ResolvedRefs, reason, message));
                 None
             }
         };

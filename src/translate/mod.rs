@@ -7,6 +7,8 @@
 pub mod backend;
 pub mod gateway;
 pub mod ingress;
+pub mod mesh;
+pub mod status;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -38,17 +40,38 @@ pub struct TranslateOptions {
     pub watch_ingress_without_class: bool,
 }
 
+impl TranslateOptions {
+    /// weir's default listener addresses (Ingress on 8080 and 8443 of every address, Gateways
+    /// on every address) for `ingress_class`: what `weir validate` and the tests translate with.
+    pub fn defaults(ingress_class: &str) -> TranslateOptions {
+        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        TranslateOptions {
+            ingress_http: SocketAddr::new(any, 8080),
+            ingress_https: SocketAddr::new(any, 8443),
+            gateway_address: any,
+            ingress_class: ingress_class.to_string(),
+            watch_ingress_without_class: false,
+        }
+    }
+}
+
 /// The validated configuration: listeners with their routes, and the pools they use.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub listeners: BTreeMap<u16, ListenerModel>,
     pub pools: BTreeMap<PoolKey, PoolSpec>,
     pub rejections: Vec<Rejection>,
+    /// Conditions per object, listener and parent reference, ready to become status.
+    pub statuses: status::Statuses,
 }
 
 impl crate::store::Rejects for Model {
     fn rejections_mut(&mut self) -> &mut Vec<Rejection> {
         &mut self.rejections
+    }
+
+    fn statuses_mut(&mut self) -> Option<&mut status::Statuses> {
+        Some(&mut self.statuses)
     }
 }
 
@@ -269,7 +292,7 @@ pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
 /// Translates the whole store.
 pub fn translate(store: &Store, opts: &TranslateOptions) -> Model {
     let mut model = Model { rejections: store.source_errors.clone(), ..Model::default() };
-    let mut backends = backend::Backends::new(store, &mut model.rejections);
+    let mut backends = backend::Backends::new(store, &mut model.rejections, &mut model.statuses);
     let mut secrets = tls::Secrets::new(store);
     ingress::translate(store, opts, &mut backends, &mut secrets, &mut model);
     gateway::translate(store, opts, &mut backends, &mut secrets, &mut model);
