@@ -1071,6 +1071,16 @@ async fn backend_request_timeout_takes_precedence_over_request_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
 }
 
+/// GEP-1742: `request` bounds the whole request, even when each try may take longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_bounds_the_request_whatever_a_try_may_take() {
+    let edge = Edge::start(&["a"], &[&timeout_route("a", "{request: 300ms, backendRequest: 5s}")]).await;
+    edge.echo("a").set_delay(Duration::from_secs(1));
+    edge.get("h.test", "/").await.assert_status(504);
+    edge.echo("a").set_delay(Duration::from_millis(0));
+    edge.get("h.test", "/").await.assert_served_by("a");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_timeout_rejects_the_route_with_a_reason() {
     let edge = Edge::start(&["a"], &[&timeout_route("a", "{request: 5 seconds}")]).await;

@@ -381,6 +381,42 @@ async fn grpc_unary_over_h2c_echoes_the_message_and_trailers() {
     assert_eq!(grpc.requests(), 3);
 }
 
+/// weir's own answers reach a gRPC caller as gRPC statuses (a trailers-only response, HTTP 200),
+/// not as a text/plain page its library cannot read; metrics count them by what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_get_weirs_own_failures_as_grpc_statuses() {
+    let (_grpc, grpc_yaml) = h2c_backend("grpc").await;
+    let weir =
+        TestWeir::start(&[("backends.yaml", &grpc_yaml), ("grpc.yaml", &ingress("grpc", "grpc.example.com", "grpc"))])
+            .await;
+    let h2 = H2::h2c(weir.http).await;
+
+    let cases = [("nope.example.com", "/weir.test.Echo/Say", "12", "no route matches this host and path")];
+    for (host, path, code, text) in cases {
+        let mut req = grpc_request(&h2, host, b"hi");
+        *req.uri_mut() = format!("http://{host}{path}").parse().unwrap();
+        let answer = h2.send(req).await;
+        let resp = &answer.resp;
+        assert_eq!(resp.status, 200, "gRPC answers are HTTP 200: {resp}");
+        assert_eq!(resp.header("content-type"), Some("application/grpc"), "{resp}");
+        assert_eq!(resp.header("grpc-status"), Some(code), "{resp}");
+        assert_eq!(resp.header("grpc-message"), Some(text), "{resp}");
+        assert!(resp.body.is_empty() && answer.trailers.is_none(), "trailers-only: {resp}");
+    }
+    // the same request without gRPC's content-type gets the plain answer
+    let resp = h2.get("nope.example.com", "/weir.test.Echo/Say").await;
+    resp.assert_status(404);
+    assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"), "{resp}");
+
+    let unmatched = [("listener", "ingress-http"), ("route", ""), ("backend", ""), ("status_class", "4xx")];
+    wait_until("both refusals are counted", WAIT, || async {
+        metric(&weir.metrics().await, "weir_requests_total", &unmatched) >= 2.0
+    })
+    .await;
+    let ok = [("listener", "ingress-http"), ("route", ""), ("backend", ""), ("status_class", "2xx")];
+    assert_eq!(metric(&weir.metrics().await, "weir_requests_total", &ok), 0.0, "the gRPC refusal is no 200");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_over_tls_h2_echoes_the_message_and_trailers() {
     let (ca, tls_yaml) = tls_host("grpcs", "grpcs.example.com", "grpc");

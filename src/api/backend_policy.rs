@@ -69,9 +69,8 @@ pub struct BackendPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
 
-    /// How long a request may take (mesh tier; on the edge use the HTTPRoute's `timeouts`). An
-    /// HTTPRoute's `timeouts` take precedence. Default: absent, meaning no overall limit and 60s
-    /// of silence from the endpoint per read.
+    /// How long a request may take, in both tiers. An HTTPRoute's `timeouts` take precedence.
+    /// Default: absent, meaning no overall limit and 60s of silence from the endpoint per read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsSpec>,
 

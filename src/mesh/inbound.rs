@@ -29,9 +29,10 @@ use tokio::time::Instant;
 
 use super::authz::Authorizer;
 use super::identity::{spiffe_id_of, Credentials, Refusal, SpiffeId};
+use crate::proxy::answer::{counted_status, Failure, FailureKind, Reveal};
 use crate::proxy::buffered::Buffered;
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::filters::{normalize_request_path, respond};
+use crate::proxy::filters::normalize_request_path;
 use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
@@ -41,7 +42,7 @@ pub const TARGET_PORT: http::HeaderName = http::HeaderName::from_static("weir-ta
 /// The caller's identity, for the workload: `By=<our ID>;URI=<caller ID>` (Envoy's XFCC format).
 pub const CLIENT_CERT: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 /// Why a request was refused (with a 403 or 421).
-pub const DENIED_REASON: http::HeaderName = http::HeaderName::from_static("weir-denied-reason");
+pub use crate::proxy::answer::DENIED_REASON;
 
 /// The workload behind this gateway.
 #[derive(Clone, Debug)]
@@ -142,6 +143,8 @@ pub struct InboundCtx {
     target: Option<SocketAddr>,
     /// `name.namespace` of the Service the caller reached (metrics), if the endpoint is known.
     service: Option<Arc<str>>,
+    /// What the gateway answered itself, if it did.
+    answered: Option<FailureKind>,
 }
 
 impl InboundCtx {
@@ -160,9 +163,15 @@ fn caller_of(session: &Session) -> Option<Caller> {
     digest.extension.get::<Caller>().cloned()
 }
 
-/// Answers `status` with `reason` in the body and in `weir-denied-reason`; the request ends here.
-pub async fn deny(session: &mut Session, status: u16, reason: &str) -> Result<bool> {
-    respond(session, status, format!("{reason}\n"), Some((DENIED_REASON, reason.to_string()))).await?;
+/// Answers a mesh request with a failure of `kind`, naming `reason` (also in
+/// `weir-denied-reason`); the request ends here.
+pub async fn deny(
+    session: &mut Session,
+    kind: FailureKind,
+    reason: &str,
+    answered: &mut Option<FailureKind>,
+) -> Result<bool> {
+    Failure::new(kind, reason.to_string()).send(session, Reveal::ReasonHeader, answered).await?;
     Ok(true)
 }
 
@@ -171,24 +180,33 @@ impl ProxyHttp for InboundProxy {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { _in_flight: self.drain.hold(), started: Instant::now(), caller: None, target: None, service: None }
+        InboundCtx {
+            _in_flight: self.drain.hold(),
+            started: Instant::now(),
+            caller: None,
+            target: None,
+            service: None,
+            answered: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> Result<bool> {
         let Some(caller) = caller_of(session) else {
             // the handshake requires a SPIFFE ID, so this is a bug, not a caller's mistake
-            return deny(session, 403, "the caller presented no SPIFFE identity").await;
+            return deny(session, FailureKind::Forbidden, "the caller presented no SPIFFE identity", &mut ctx.answered)
+                .await;
         };
         let port = session.req_header().headers.get(&TARGET_PORT).and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
         let Some(port) = port else {
-            return deny(session, 421, "the request names no workload port (weir-target-port)").await;
+            const NO_PORT: &str = "the request names no workload port (weir-target-port)";
+            return deny(session, FailureKind::Misdirected, NO_PORT, &mut ctx.answered).await;
         };
         if !self.workload.ports.contains(&port) {
             let reason = format!("port {port} is not a port of this workload");
-            return deny(session, 403, &reason).await;
+            return deny(session, FailureKind::Forbidden, &reason, &mut ctx.answered).await;
         }
         // authorization checks, and the workload receives, the same normalized path
-        if !normalize_request_path(session).await? {
+        if !normalize_request_path(session, &mut ctx.answered).await? {
             return Ok(true);
         }
         // the Service is found from where the caller connected, not from anything it says; an
@@ -201,7 +219,7 @@ impl ProxyHttp for InboundProxy {
             let hop = Hop { destination: &denial.service, ..ctx.hop(caller.id()) };
             self.metrics.mesh.denied(&hop, denial.label);
             ctx.caller = Some(caller);
-            return deny(session, 403, &denial.text).await;
+            return deny(session, FailureKind::Forbidden, &denial.text, &mut ctx.answered).await;
         }
         ctx.caller = Some(caller);
         ctx.target = Some(SocketAddr::new(self.workload.address, port));
@@ -210,7 +228,7 @@ impl ProxyHttp for InboundProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         if let Some(caller) = &ctx.caller {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let status = counted_status(session, ctx.answered);
             let hop = ctx.hop(caller.id());
             let series = caller.0 .1.get_or_init(|| self.metrics.mesh.series(&hop));
             if series.destination() == hop.destination {

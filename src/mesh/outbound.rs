@@ -28,12 +28,13 @@ use super::inbound::{deny, CLIENT_CERT, TARGET_PORT};
 use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
+use crate::proxy::answer::{counted_status, FailureKind};
 use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::filters::{
     filter_request, filter_response, location, normalize_request_path, respond, rewritten_path,
 };
 use crate::proxy::rewrite::redirect_location;
-use crate::proxy::upstream::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
+use crate::proxy::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};
@@ -238,6 +239,8 @@ pub struct OutboundCtx {
     overflowed: bool,
     /// The path and query the route's URLRewrite sends instead (every try).
     new_path: Option<String>,
+    /// What the gateway answered itself, if it did.
+    answered: Option<FailureKind>,
 }
 
 impl OutboundCtx {
@@ -313,11 +316,12 @@ impl ProxyHttp for OutboundProxy {
             failure: None,
             overflowed: false,
             new_path: None,
+            answered: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> Result<bool> {
-        if !normalize_request_path(session).await? {
+        if !normalize_request_path(session, &mut ctx.answered).await? {
             return Ok(true);
         }
         let req = session.req_header();
@@ -325,7 +329,7 @@ impl ProxyHttp for OutboundProxy {
         let directory = self.directory.load();
         let (dest, dp) = match directory.lookup(host, &self.settings.namespace) {
             Ok((dest, i)) => (dest, &dest.ports[i]),
-            Err(reason) => return deny(session, 404, &reason).await,
+            Err(reason) => return deny(session, FailureKind::NotFound, &reason, &mut ctx.answered).await,
         };
         ctx.addressed = Some(dest.clone());
         let pool = match &dp.routes {
@@ -340,7 +344,7 @@ impl ProxyHttp for OutboundProxy {
                 };
                 let Some(rule) = router.lookup(&view) else {
                     let reason = format!("no route of Service {}/{} matches", dest.namespace, dest.name);
-                    return deny(session, 404, &reason).await;
+                    return deny(session, FailureKind::NotFound, &reason, &mut ctx.answered).await;
                 };
                 ctx.route = Some(rule.action.clone());
                 let matched_prefix = match &rule.matcher.path {
@@ -352,7 +356,10 @@ impl ProxyHttp for OutboundProxy {
                         ctx.new_path = rewritten_path(&rule.action, matched_prefix, &req.uri);
                         match cycle.next().and_then(|i| targets[i].pool.clone()) {
                             Some(pool) => pool,
-                            None => return deny(session, 500, "the route's backend is not available").await,
+                            None => {
+                                const WHY: &str = "the route's backend is not available";
+                                return deny(session, FailureKind::BackendUnavailable, WHY, &mut ctx.answered).await;
+                            }
                         }
                     }
                     Action::Redirect { redirect, .. } => {
@@ -372,7 +379,7 @@ impl ProxyHttp for OutboundProxy {
                 "Service {}/{} of the route's backend is not in the mesh (see /config_dump)",
                 pool.key.namespace, pool.key.service
             );
-            return deny(session, 500, &reason).await;
+            return deny(session, FailureKind::BackendUnavailable, &reason, &mut ctx.answered).await;
         };
         ctx.destination = Some(backend.clone());
         let (timeouts, retry) = ctx.route.as_ref().map(|r| (r.timeouts, r.retry)).unwrap_or_default();
@@ -382,7 +389,8 @@ impl ProxyHttp for OutboundProxy {
             Ok(held) => ctx.in_flight = Some(held),
             Err(o) => {
                 let e = self.overflow(ctx, &o);
-                return deny(session, 503, ctx.failure.as_deref().unwrap_or(&e.to_string())).await;
+                let reason = ctx.failure.clone().unwrap_or_else(|| e.to_string());
+                return deny(session, FailureKind::Unavailable, &reason, &mut ctx.answered).await;
             }
         }
         Ok(false)
@@ -547,8 +555,10 @@ impl ProxyHttp for OutboundProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
-        let code = error_status(e);
-        if code > 0 && session.response_written().is_none() {
+        let Some(kind) = FailureKind::of_error(e) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        if session.response_written().is_none() {
             let reason = ctx.failure.take().unwrap_or_else(|| match e.etype() {
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                     match ctx.plan.as_ref().is_some_and(TryPlan::expired) {
@@ -558,9 +568,9 @@ impl ProxyHttp for OutboundProxy {
                 }
                 _ => format!("the upstream failed: {}", e.etype().as_str()),
             });
-            let _ = deny(session, code, &reason).await;
+            let _ = deny(session, kind, &reason, &mut ctx.answered).await;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
     }
 
     /// Retries are counted (`weir_mesh_retries_total`), not logged one by one.
@@ -573,7 +583,7 @@ impl ProxyHttp for OutboundProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = counted_status(session, ctx.answered);
         if let Some(pool) = ctx.pool.clone() {
             let failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
             ctx.attempt.finish(&pool, !failed);

@@ -5,7 +5,9 @@
 //! *different* endpoint; `logging` records metrics and passive health.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -14,12 +16,15 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::answer::{counted_status, Failure, FailureKind, Reveal};
 use super::drain::{Drain, InFlight};
 use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, rewritten_path};
 use super::rewrite::redirect_location;
-use super::upstream::{error_status, hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
+use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
 use crate::pool::Pool;
+use crate::resilience::retry::EDGE_DEFAULT;
+use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, PathMatch, RequestView};
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
@@ -51,6 +56,10 @@ pub struct EdgeCtx {
     /// The endpoint held and those tried, for in-flight counts, passive health and retries.
     attempt: Attempt,
     upstream_started: Option<Instant>,
+    /// What weir answered itself, if it did.
+    answered: Option<FailureKind>,
+    /// The request's deadline and per-try timeout (route `timeouts`, else the BackendPolicy's).
+    plan: Option<TryPlan>,
 }
 
 fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
@@ -99,17 +108,20 @@ impl ProxyHttp for EdgeProxy {
             new_path: None,
             attempt: Attempt::default(),
             upstream_started: None,
+            answered: None,
+            plan: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
-        if !normalize_request_path(session).await? {
+        if !normalize_request_path(session, &mut ctx.answered).await? {
             return Ok(true);
         }
         let snap = self.snapshot.load_full();
         ctx.port = local_port(session);
         let Some(listener) = snap.listeners.get(&ctx.port) else {
-            respond(session, 404, "this listener has no configuration\n", None).await?;
+            let failure = Failure::new(FailureKind::NotFound, "this listener has no configuration");
+            failure.send(session, Reveal::Text, &mut ctx.answered).await?;
             return Ok(true);
         };
         let req = session.req_header();
@@ -130,7 +142,8 @@ impl ProxyHttp for EdgeProxy {
         let Some(rule) = listener.router.lookup(&view) else {
             drop(host);
             ctx.snap = Some(snap);
-            respond(session, 404, "no route matches this host and path\n", None).await?;
+            let failure = Failure::new(FailureKind::NotFound, "no route matches this host and path");
+            failure.send(session, Reveal::Text, &mut ctx.answered).await?;
             return Ok(true);
         };
         let action = rule.action.clone();
@@ -153,17 +166,18 @@ impl ProxyHttp for EdgeProxy {
                 let chosen = cycle.next().filter(|&i| targets[i].pool.is_some());
                 ctx.target = chosen;
                 ctx.new_path = rewritten_path(&action, matched_prefix, &req.uri);
+                if let Some(pool) = chosen.and_then(|i| targets[i].pool.as_ref()) {
+                    ctx.plan =
+                        Some(TryPlan::new(pool.spec(), action.timeouts, action.retry, &EDGE_DEFAULT, ctx.started));
+                }
                 drop(host);
                 ctx.action = Some(action);
                 ctx.snap = Some(snap);
                 if chosen.is_none() {
-                    respond(
-                        session,
-                        500,
-                        "the backend of this route is not available; see weir's /config_dump\n",
-                        None,
-                    )
-                    .await?;
+                    const WHY: &str = "the backend of this route is not available; see weir's /config_dump";
+                    Failure::new(FailureKind::BackendUnavailable, WHY)
+                        .send(session, Reveal::Text, &mut ctx.answered)
+                        .await?;
                     return Ok(true);
                 }
             }
@@ -172,9 +186,14 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<Box<HttpPeer>> {
-        let Some(pool) = ctx.pool().cloned() else {
+        // timeouts.request is the whole request's deadline, connect retries included; each try
+        // (and each read of it) gets backendRequest, never past the deadline
+        let (Some(pool), Some(plan)) = (ctx.pool().cloned(), ctx.plan.as_ref()) else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "route has no backend");
         };
+        if plan.expired() {
+            return Error::e_explain(ErrorType::HTTPStatus(504), "the request timed out (timeouts.request)");
+        }
         let spec = pool.spec();
         let mut ip_buf = [0u8; 16];
         let key = hash_key(session, &spec.policy.algorithm, &mut ip_buf);
@@ -184,10 +203,9 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
-        o.connection_timeout = Some(spec.policy.connect_timeout);
+        o.connection_timeout = Some(plan.connect_timeout());
         o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        let route_timeout = ctx.action.as_ref().and_then(|a| a.timeouts.backend_request.or(a.timeouts.request));
-        o.read_timeout = Some(route_timeout.unwrap_or(DEFAULT_UPSTREAM_IO_TIMEOUT));
+        o.read_timeout = Some(plan.try_timeout(DEFAULT_UPSTREAM_IO_TIMEOUT));
         o.write_timeout = o.read_timeout;
         if spec.protocol == UpstreamProtocol::H2c {
             o.set_http_version(2, 2);
@@ -266,22 +284,24 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut EdgeCtx) -> FailToProxy {
-        let code = error_status(e);
-        if code > 0 && session.response_written().is_none() {
-            let body = match code {
-                503 => "no healthy endpoint for this route\n",
-                504 => "the upstream did not answer in time\n",
-                502 => "the upstream connection failed\n",
-                _ => "request failed\n",
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut EdgeCtx) -> FailToProxy {
+        let Some(kind) = FailureKind::of_error(e) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        if session.response_written().is_none() {
+            let text = match kind {
+                FailureKind::Unavailable => "no healthy endpoint for this route",
+                FailureKind::Timeout => "the upstream did not answer in time",
+                FailureKind::UpstreamFailed => "the upstream connection failed",
+                _ => "request failed",
             };
-            let _ = respond(session, code, body, None).await;
+            let _ = Failure::new(kind, text).send(session, Reveal::Text, &mut ctx.answered).await;
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = counted_status(session, ctx.answered);
         let elapsed = ctx.started.elapsed();
         if let Some(pool) = ctx.pool().cloned() {
             let upstream_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;

@@ -6,6 +6,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+use super::answer::{Failure, FailureKind, Reveal};
 use super::rewrite::rewrite_path;
 use crate::routing::normalize_path;
 use crate::snapshot::RouteAction;
@@ -114,13 +115,13 @@ fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
 /// Replaces the request's path with its normalized form ([`normalize_path`]) before anything
 /// routes, authorizes or forwards it, so all three see the same path. A path that climbs above
 /// the root is answered 400; then this returns `false` and the request ends.
-pub async fn normalize_request_path(session: &mut Session) -> Result<bool> {
+pub async fn normalize_request_path(session: &mut Session, answered: &mut Option<FailureKind>) -> Result<bool> {
     let uri = &session.req_header().uri;
     let normal = match normalize_path(uri.path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(true),
         Ok(std::borrow::Cow::Owned(path)) => path,
         Err(e) => {
-            respond(session, 400, format!("{e}\n"), None).await?;
+            Failure::new(FailureKind::BadRequest, e.to_string()).send(session, Reveal::Text, answered).await?;
             return Ok(false);
         }
     };

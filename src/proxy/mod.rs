@@ -1,6 +1,7 @@
 //! The edge's `ProxyHttp` and the listeners feeding it, and the rooms both tiers share: draining,
-//! request filters and path normalization, upstream defaults and errors.
+//! request filters and path normalization, upstream defaults, and weir's own answers.
 
+pub mod answer;
 pub mod buffered;
 pub mod drain;
 pub mod edge;

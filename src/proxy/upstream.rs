@@ -1,33 +1,15 @@
 //! What the upstream sides of both tiers share (the edge and the mesh outbound): the default I/O
-//! timeout, the status a failed request is answered with, and the consistent-hashing key.
+//! timeout and the consistent-hashing key.
 
 use std::time::Duration;
 
 use pingora::proxy::Session;
-use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::policy::{AlgorithmModel, HashKey};
 
 /// Longest wait for the upstream to send (or accept) more of a response when the route sets no
 /// timeout: ingress-nginx's `proxy-read-timeout` default. Pingora's own default is no limit.
 pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// The status answered for a failed request: the error's own, 504 for timeouts, 502 for other
-/// upstream failures, 0 (no answer) when the client is gone.
-pub fn error_status(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
 /// The key consistent hashing uses, borrowed from the request where possible.
 pub fn hash_key<'a>(session: &'a Session, algorithm: &AlgorithmModel, ip_buf: &'a mut [u8; 16]) -> &'a [u8] {
     let AlgorithmModel::ConsistentHash(key) = algorithm else { return &[] };

@@ -28,6 +28,11 @@ pub struct TryPlan {
 /// 502, 503, 504, connect failures, resets and per-try timeouts.
 pub static MESH_DEFAULT: LazyLock<RetryModel> = LazyLock::new(RetryModel::default);
 
+/// The edge's plan retries nothing itself: the edge retries connect failures only, by its own
+/// rule (`crate::pool::attempt`); its plan gives the deadline and the per-try timeout.
+pub static EDGE_DEFAULT: LazyLock<RetryModel> =
+    LazyLock::new(|| RetryModel { attempts: 0, codes: vec![], ..RetryModel::default() });
+
 impl TryPlan {
     /// The plan of a request that started at `start`: route timeouts win over the policy's.
     pub fn new(
@@ -144,6 +149,37 @@ mod tests {
         assert!(p.backoff(5) <= Duration::from_millis(30));
         tokio::time::advance(Duration::from_millis(30)).await;
         assert!(p.expired());
+    }
+
+    /// GEP-1742: `request` bounds the whole request, `backendRequest` each try within it.
+    #[tokio::test(start_paused = true)]
+    async fn the_request_deadline_caps_every_try_however_long_a_try_may_be() {
+        let route =
+            Timeouts { request: Some(Duration::from_millis(300)), backend_request: Some(Duration::from_secs(5)) };
+        let p = TryPlan::new(
+            spec(BackendPolicyModel::default()),
+            route,
+            RouteRetry::default(),
+            &EDGE_DEFAULT,
+            Instant::now(),
+        );
+        assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(100), "a retry gets what is left");
+        assert!(!p.expired());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(p.expired(), "then the request is answered 504");
+        let tries_only = Timeouts { request: None, backend_request: Some(Duration::from_millis(250)) };
+        let p = TryPlan::new(
+            spec(BackendPolicyModel::default()),
+            tries_only,
+            RouteRetry::default(),
+            &EDGE_DEFAULT,
+            Instant::now(),
+        );
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(250), "no deadline: each try its own");
+        assert_eq!(p.attempts(), 0, "the edge's plan retries nothing itself");
     }
 
     #[tokio::test(start_paused = true)]

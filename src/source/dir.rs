@@ -181,11 +181,17 @@ impl Changes {
 
     /// Waits for the next burst of changes to settle; returns when its first event was seen.
     pub async fn next(&mut self) -> Option<Instant> {
-        let first = self.events.recv().await?;
-        tokio::time::sleep(DEBOUNCE).await;
-        while self.events.try_recv().is_ok() {}
-        Some(first)
+        settle(&mut self.events).await
     }
+}
+
+/// The next burst of `events`: waits for its first, lets [`DEBOUNCE`] pass so the rest of the
+/// burst arrives, and swallows it; returns the first event's time.
+async fn settle(events: &mut mpsc::UnboundedReceiver<Instant>) -> Option<Instant> {
+    let first = events.recv().await?;
+    tokio::time::sleep(DEBOUNCE).await;
+    while events.try_recv().is_ok() {}
+    Some(first)
 }
 
 #[cfg(test)]
@@ -207,6 +213,29 @@ mod tests {
         assert_eq!(store.source_errors.len(), 1);
         std::fs::remove_file(&file).unwrap();
         assert_eq!(loader.load(dir.path()).unwrap().services.len(), 0, "deleting the file deletes it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_is_one_change_reported_after_the_debounce() {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let first = Instant::now();
+        tx.send(first).unwrap();
+        let started = tokio::time::Instant::now();
+        let burst = tokio::spawn(async move {
+            let got = settle(&mut events).await;
+            (got, tokio::time::Instant::now(), events)
+        });
+        tokio::time::sleep(DEBOUNCE / 2).await;
+        tx.send(Instant::now()).unwrap(); // the same save, a moment later
+        let (got, at, mut events) = burst.await.unwrap();
+        assert_eq!(got, Some(first), "the burst is reported with its first event's time");
+        assert_eq!(at - started, DEBOUNCE, "reported once the debounce has passed");
+        assert!(events.try_recv().is_err(), "the rest of the burst is swallowed");
+        let next = Instant::now();
+        tx.send(next).unwrap();
+        assert_eq!(settle(&mut events).await, Some(next), "a later change is a new burst");
+        drop(tx);
+        assert_eq!(settle(&mut events).await, None, "the watcher is gone");
     }
 
     #[test]
