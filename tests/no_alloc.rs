@@ -105,3 +105,141 @@ fn endpoint_pick_allocates_nothing() {
         assert_eq!(n, 0, "{algorithm:?}: endpoint picks allocated {n} times");
     }
 }
+
+/// Both tiers' route decisions, the mesh's Service lookup and its authorization, on what
+/// translation and compilation built from manifests.
+const MANIFESTS: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: weir}
+spec: {controllerName: weir.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {namespace: shop, name: gw}
+spec:
+  gatewayClassName: weir
+  listeners: [{name: web, protocol: HTTP, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: shop, name: web}
+spec:
+  parentRefs: [{name: gw}, {group: '', kind: Service, name: payments, port: 80}]
+  hostnames: [shop.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /charge}, headers: [{name: x-canary, value: 'yes'}]}]
+    backendRefs: [{name: payments-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: payments, port: 80, weight: 9}, {name: payments-v2, port: 80, weight: 1}]
+---
+apiVersion: weir.dev/v1alpha1
+kind: MeshAuthorization
+metadata: {namespace: shop, name: payments}
+spec:
+  targetRef: {kind: Service, name: payments}
+  defaultMode: Deny
+  rules:
+  - from: [{identity: 'spiffe://cluster.local/ns/shop/sa/checkout'}]
+    to: [{pathPrefix: /charge, methods: [POST]}]
+  - from: [{namespace: ops}]
+";
+
+fn service(name: &str, ip: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{namespace: shop, name: {name}}}
+spec: {{ports: [{{name: http, port: 80, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{namespace: shop, name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: ['{ip}'], conditions: {{ready: true}}}}]
+"
+    )
+}
+
+fn store() -> weir::store::Store {
+    let text = [MANIFESTS, &service("payments", "10.0.0.5"), &service("payments-v2", "10.0.0.6")].concat();
+    let (objects, errors) = weir::source::manifest::parse_manifests(&text, "no_alloc.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut store = weir::store::Store::default();
+    objects.into_iter().for_each(|o| store.apply(o, "no_alloc.yaml"));
+    store
+}
+
+fn request(path: &str, canary: bool) -> http::request::Parts {
+    let mut req = http::Request::builder().method(Method::GET).uri(path).header("host", "shop.example.com:9080");
+    if canary {
+        req = req.header("x-canary", "yes");
+    }
+    req.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn both_tiers_route_decisions_allocate_nothing() {
+    use weir::proxy::decide::{decide, Arrival, Decision};
+    let store = store();
+    let pools = std::sync::Arc::new(PoolRegistry::default());
+    let metrics = weir::telemetry::Metrics::new(pools.clone());
+    let model = weir::translate::translate(&store, &weir::translate::TranslateOptions::defaults("weir"));
+    assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+    let snapshot = weir::snapshot::compile(&model, 1, &pools, &metrics);
+    let edge = &snapshot.listeners[&9080].router;
+    let settings = weir::mesh::outbound::OutboundSettings {
+        namespace: "shop".into(),
+        cluster_domain: "cluster.local".into(),
+        mesh_port: 15008,
+    };
+    let mesh_model = weir::translate::mesh::translate(&store, Some("shop"));
+    assert!(mesh_model.rejections.is_empty(), "{:?}", mesh_model.rejections);
+    let directory = weir::mesh::outbound::Directory::compile(&mesh_model, &pools, &metrics, &settings, "spiffe://x");
+    let requests = [request("/charge/42", true), request("/items?page=2", false)];
+    let arrival = Arrival { scheme: "http", port: 9080 };
+    let run = |count: usize| {
+        for i in 0..count {
+            let req = &requests[i % 2];
+            let Decision::Forward { target: Some(_), new_path: None, rule } = decide(edge, req, arrival) else {
+                panic!("the edge forwards {}", req.uri)
+            };
+            std::hint::black_box(rule);
+            let (dest, port) = directory.lookup("payments.shop.svc.cluster.local:80", "shop").expect("payments");
+            let router = dest.ports[port].routes.as_ref().expect("payments has routes");
+            let Decision::Forward { target: Some(_), new_path: None, rule } = decide(router, req, arrival) else {
+                panic!("the mesh forwards {}", req.uri)
+            };
+            std::hint::black_box(rule);
+        }
+    };
+    // warm up: arc-swap's and the metric handles' per-thread state
+    run(10);
+    let n = allocations(|| run(1_000));
+    assert_eq!(n, 0, "route decisions allocated {n} times");
+}
+
+#[test]
+fn an_allowed_mesh_request_costs_no_allocation() {
+    use weir::mesh::authz::{Authorizer, GatewayPolicy};
+    use weir::mesh::identity::SpiffeId;
+    let model = weir::translate::mesh::translate(&store(), None);
+    let authorizer = Authorizer::compile(&model.authorization, "cluster.local", &GatewayPolicy::default());
+    let at = Some(SocketAddr::from(([10, 0, 0, 5], 8080)));
+    let checkout = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/checkout").unwrap();
+    let ops = SpiffeId::parse("spiffe://cluster.local/ns/ops/sa/debug").unwrap();
+    assert!(authorizer.decide(&checkout, at, &Method::GET, "/charge").is_err(), "only POST /charge is allowed");
+    let n = allocations(|| {
+        for i in 0..1_000 {
+            let (caller, method, path) = if i % 2 == 0 {
+                (&checkout, &Method::POST, "/charge/42")
+            } else {
+                (&ops, &Method::DELETE, "/anything")
+            };
+            authorizer.decide(caller, at, method, path).expect("allowed");
+        }
+    });
+    assert_eq!(n, 0, "authorization decisions allocated {n} times");
+}

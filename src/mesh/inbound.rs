@@ -56,22 +56,36 @@ pub struct Workload {
 /// The caller of a connection, kept on its TLS digest for its requests: its SPIFFE ID, and the
 /// series its requests are counted in (made on its first request).
 #[derive(Clone)]
-struct Caller(Arc<(SpiffeId, OnceLock<HopSeries>)>);
+struct Caller(Arc<CallerInfo>);
+
+/// What a connection's requests share: the caller, and what is built from it once.
+struct CallerInfo {
+    id: SpiffeId,
+    /// `By=<this gateway's ID at the handshake>;URI=<caller>` for `x-forwarded-client-cert`.
+    xfcc: http::HeaderValue,
+    /// The caller's metrics series.
+    series: OnceLock<HopSeries>,
+}
 
 impl Caller {
     fn id(&self) -> &SpiffeId {
-        &self.0 .0
+        &self.0.id
     }
 }
 
-/// Puts the [`Caller`] on the connection's TLS digest once the handshake is done.
-struct CallerIdentity;
+/// Puts the [`Caller`] on the connection's TLS digest once the handshake is done, with what its
+/// requests will need built once: `own` is the ID this gateway presented.
+struct CallerIdentity<'a> {
+    own: &'a SpiffeId,
+}
 
 #[async_trait]
-impl TlsAccept for CallerIdentity {
+impl TlsAccept for CallerIdentity<'_> {
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         let id = ssl.peer_certificate().and_then(|c| spiffe_id_of(&c).ok())?;
-        Some(Arc::new(Caller(Arc::new((id, OnceLock::new())))))
+        // SPIFFE IDs are URIs of printable ASCII, so this is always a valid header value
+        let xfcc = http::HeaderValue::try_from(format!("By={};URI={id}", self.own)).ok()?;
+        Some(Arc::new(Caller(Arc::new(CallerInfo { id, xfcc, series: OnceLock::new() }))))
     }
 }
 
@@ -90,10 +104,11 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         let creds = credentials.load_full();
         let (app, metrics, shutdown) = (app.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let identify = CallerIdentity { own: &creds.id };
             let handshake = pingora::protocols::tls::server::handshake_with_callback(
                 &creds.acceptor,
                 Buffered::new(stream),
-                &CallerIdentity,
+                &identify,
             );
             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
@@ -230,7 +245,7 @@ impl ProxyHttp for InboundProxy {
         if let Some(caller) = &ctx.caller {
             let status = counted_status(session, ctx.answered);
             let hop = ctx.hop(caller.id());
-            let series = caller.0 .1.get_or_init(|| self.metrics.mesh.series(&hop));
+            let series = caller.0.series.get_or_init(|| self.metrics.mesh.series(&hop));
             if series.destination() == hop.destination {
                 series.observe(status, ctx.started.elapsed());
             } else {
@@ -259,8 +274,7 @@ impl ProxyHttp for InboundProxy {
         upstream.remove_header(&TARGET_PORT);
         upstream.remove_header(&CLIENT_CERT);
         if let Some(caller) = &ctx.caller {
-            let xfcc = format!("By={};URI={}", self.credentials.load().id, caller.id());
-            upstream.insert_header(CLIENT_CERT, xfcc)?;
+            upstream.insert_header(CLIENT_CERT, caller.0.xfcc.clone())?;
         }
         Ok(())
     }

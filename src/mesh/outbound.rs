@@ -29,15 +29,13 @@ use crate::pool::attempt::Attempt;
 use crate::pool::breaker::{Held, Limit, Overflow, CONNECTIONS_FULL};
 use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::answer::{counted_status, FailureKind};
+use crate::proxy::decide::{decide, Arrival, Decision, Routed};
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::filters::{
-    filter_request, filter_response, location, normalize_request_path, respond, rewritten_path,
-};
-use crate::proxy::rewrite::redirect_location;
+use crate::proxy::filters::{filter_request, filter_response, location, normalize_request_path, respond};
 use crate::proxy::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::MESH_DEFAULT;
 use crate::resilience::TryPlan;
-use crate::routing::{normalize_host, HostPattern, PathMatch, RequestView, Router, Rule};
+use crate::routing::{normalize_host, HostPattern, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
@@ -75,6 +73,12 @@ pub struct DestinationPort {
 pub struct MeshRoute {
     pub action: RouteAction,
     pub series: HopSeries,
+}
+
+impl Routed for Arc<MeshRoute> {
+    fn route(&self) -> &RouteAction {
+        &self.action
+    }
 }
 
 impl std::ops::Deref for MeshRoute {
@@ -334,43 +338,33 @@ impl ProxyHttp for OutboundProxy {
         ctx.addressed = Some(dest.clone());
         let pool = match &dp.routes {
             None => dp.pool.clone(),
-            Some(router) => {
-                let view = RequestView {
-                    host: &normalize_host(host),
-                    path: req.uri.path(),
-                    query: req.uri.query(),
-                    method: &req.method,
-                    headers: &req.headers,
-                };
-                let Some(rule) = router.lookup(&view) else {
+            // the application spoke plain HTTP to the Service's port
+            Some(router) => match decide(router, req, Arrival { scheme: "http", port: dp.port }) {
+                Decision::NoRoute => {
                     let reason = format!("no route of Service {}/{} matches", dest.namespace, dest.name);
                     return deny(session, FailureKind::NotFound, &reason, &mut ctx.answered).await;
-                };
-                ctx.route = Some(rule.action.clone());
-                let matched_prefix = match &rule.matcher.path {
-                    PathMatch::Prefix(p) => Some(p.as_str()),
-                    _ => None,
-                };
-                match &rule.action.kind {
-                    Action::Forward { targets, cycle, .. } => {
-                        ctx.new_path = rewritten_path(&rule.action, matched_prefix, &req.uri);
-                        match cycle.next().and_then(|i| targets[i].pool.clone()) {
-                            Some(pool) => pool,
-                            None => {
-                                const WHY: &str = "the route's backend is not available";
-                                return deny(session, FailureKind::BackendUnavailable, WHY, &mut ctx.answered).await;
-                            }
+                }
+                Decision::Redirect { rule, status, location: to } => {
+                    ctx.route = Some(rule);
+                    respond(session, status, "", location(to)).await?;
+                    return Ok(true);
+                }
+                Decision::Forward { rule, target, new_path } => {
+                    ctx.new_path = new_path;
+                    let pool = match &rule.kind {
+                        Action::Forward { targets, .. } => target.and_then(|i| targets[i].pool.clone()),
+                        Action::Redirect { .. } => None,
+                    };
+                    ctx.route = Some(rule);
+                    match pool {
+                        Some(pool) => pool,
+                        None => {
+                            const WHY: &str = "the route's backend is not available";
+                            return deny(session, FailureKind::BackendUnavailable, WHY, &mut ctx.answered).await;
                         }
                     }
-                    Action::Redirect { redirect, .. } => {
-                        // the application spoke plain HTTP to the Service's port
-                        let (path, query) = (req.uri.path(), req.uri.query());
-                        let to = redirect_location(redirect, matched_prefix, "http", view.host, dp.port, path, query);
-                        respond(session, redirect.status, "", location(to)).await?;
-                        return Ok(true);
-                    }
                 }
-            }
+            },
         };
         // the server to verify is the chosen backend's (a route may send payments to payments-v2),
         // never the addressed Service's in its place

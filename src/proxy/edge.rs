@@ -17,15 +17,15 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::answer::{counted_status, Failure, FailureKind, Reveal};
+use super::decide::{decide, Arrival, Decision};
 use super::drain::{Drain, InFlight};
-use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, rewritten_path};
-use super::rewrite::redirect_location;
+use super::filters::{filter_request, filter_response, location, normalize_request_path, respond};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
 use crate::pool::Pool;
 use crate::resilience::retry::EDGE_DEFAULT;
 use crate::resilience::TryPlan;
-use crate::routing::{normalize_host, PathMatch, RequestView};
+
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::translate::{Protocol, UpstreamProtocol};
@@ -124,56 +124,28 @@ impl ProxyHttp for EdgeProxy {
             failure.send(session, Reveal::Text, &mut ctx.answered).await?;
             return Ok(true);
         };
-        let req = session.req_header();
-        let raw_host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let host = normalize_host(raw_host);
-        let view = RequestView {
-            host: &host,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            method: &req.method,
-            headers: &req.headers,
-        };
-        let Some(rule) = listener.router.lookup(&view) else {
-            drop(host);
-            ctx.snap = Some(snap);
-            let failure = Failure::new(FailureKind::NotFound, "no route matches this host and path");
-            failure.send(session, Reveal::Text, &mut ctx.answered).await?;
-            return Ok(true);
-        };
-        let action = rule.action.clone();
-        let matched_prefix = match &rule.matcher.path {
-            PathMatch::Prefix(p) => Some(p.as_str()),
-            _ => None,
-        };
-        match &action.kind {
-            Action::Redirect { redirect: r, .. } => {
-                let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
-                let to = redirect_location(r, matched_prefix, scheme, &host, ctx.port, req.uri.path(), req.uri.query());
-                let status = r.status;
-                drop(host);
-                ctx.action = Some(action);
-                ctx.snap = Some(snap);
+        let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
+        let decision = decide(&listener.router, session.req_header(), Arrival { scheme, port: ctx.port });
+        ctx.snap = Some(snap);
+        match decision {
+            Decision::NoRoute => {
+                let failure = Failure::new(FailureKind::NotFound, "no route matches this host and path");
+                failure.send(session, Reveal::Text, &mut ctx.answered).await?;
+                return Ok(true);
+            }
+            Decision::Redirect { rule, status, location: to } => {
+                ctx.action = Some(rule);
                 respond(session, status, "", location(to)).await?;
                 return Ok(true);
             }
-            Action::Forward { targets, cycle, .. } => {
-                let chosen = cycle.next().filter(|&i| targets[i].pool.is_some());
-                ctx.target = chosen;
-                ctx.new_path = rewritten_path(&action, matched_prefix, &req.uri);
-                if let Some(pool) = chosen.and_then(|i| targets[i].pool.as_ref()) {
-                    ctx.plan =
-                        Some(TryPlan::new(pool.spec(), action.timeouts, action.retry, &EDGE_DEFAULT, ctx.started));
+            Decision::Forward { rule, target, new_path } => {
+                ctx.target = target;
+                ctx.new_path = new_path;
+                if let Some(pool) = target.and_then(|i| target_of(&rule, i)).and_then(|t| t.pool.as_ref()) {
+                    ctx.plan = Some(TryPlan::new(pool.spec(), rule.timeouts, rule.retry, &EDGE_DEFAULT, ctx.started));
                 }
-                drop(host);
-                ctx.action = Some(action);
-                ctx.snap = Some(snap);
-                if chosen.is_none() {
+                ctx.action = Some(rule);
+                if target.is_none() {
                     const WHY: &str = "the backend of this route is not available; see weir's /config_dump";
                     Failure::new(FailureKind::BackendUnavailable, WHY)
                         .send(session, Reveal::Text, &mut ctx.answered)

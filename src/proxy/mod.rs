@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod buffered;
+pub mod decide;
 pub mod drain;
 pub mod edge;
 pub mod filters;
