@@ -567,20 +567,25 @@ def ensure_tools(proxies: list[str], quick: bool) -> dict:
     return tools
 
 
-def build(proxies: list[str]) -> dict:
+def build(proxies: list[str], weir_bin: str | None = None) -> dict:
+    """Builds weir (unless `weir_bin`, a build to measure instead, is given) and, if measured,
+    the minimal Pingora proxy."""
     cargo = cargo_bin("cargo") or die("cargo not found")
-    argv = [cargo, "build", "--release", "--bin", "weir"]
+    argv = [cargo, "build", "--release"] + ([] if weir_bin else ["--bin", "weir"])
     if "pingora" in proxies:
         argv += ["--example", "pingora_minimal"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+    bins = {"weir": weir_bin or str(target / "weir"), "pingora": str(target / "examples" / "pingora_minimal")}
+    if weir_bin and "pingora" not in proxies:
+        return bins
     progress(f"build: {' '.join(argv[1:])} (the first release build takes several minutes)")
     t = time.monotonic()
     run(argv, cwd=ROOT, timeout=3600)
     progress(f"build: done in {time.monotonic() - t:.0f}s")
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
-    return {"weir": str(target / "weir"), "pingora": str(target / "examples" / "pingora_minimal")}
+    return bins
 
 
-def tool_versions(tools: dict, bins: dict) -> dict:
+def tool_versions(tools: dict, bins: dict, weir_bin: str | None = None) -> dict:
     def first(s: str) -> str:
         return s.splitlines()[0] if s else s
 
@@ -593,7 +598,8 @@ def tool_versions(tools: dict, bins: dict) -> dict:
         return m.group(0) if m else first(s)
 
     v = {
-        "weir": f"{ver(output([bins['weir'], '--version']))} (commit {commit}{', with local changes' if dirty else ''})",
+        "weir": f"{ver(output([bins['weir'], '--version']))} "
+        + (f"(the build at {weir_bin})" if weir_bin else f"(commit {commit}{', with local changes' if dirty else ''})"),
         "Pingora": m.group(1) if m else "?",
         "rustc": ver(output(["rustc", "--version"])),
         "oha": ver(output([tools["oha"], "--version"])),
@@ -1887,6 +1893,8 @@ def main() -> int:
                     "in results.json")
     ap.add_argument("--no-direct", action="store_true", help="skip the client -> backend ceiling rows")
     ap.add_argument("--keep-work", action="store_true", help="keep the generated configs and logs (benches/results/tmp/)")
+    ap.add_argument("--weir-bin", help="measure this weir binary instead of building the checkout (another build, "
+                    "to compare two builds run after run)")
     args = ap.parse_args()
 
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -1922,7 +1930,7 @@ def main() -> int:
              + (f" ({mesh_duration:g} s per chain in mesh)" if "mesh" in scenarios and mesh_duration != duration else "")
              + f"; results to {out}")
     tools = ensure_tools(proxies, args.quick)
-    bins = build(proxies)
+    bins = build(proxies, args.weir_bin)
     # builds used every CPU; from here on the harness itself stays off the proxy's CPU
     os.sched_setaffinity(0, {LOAD_CPU})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # room for many connections
@@ -1935,7 +1943,7 @@ def main() -> int:
     report = {
         "date": date,
         "machine": machine(),
-        "versions": tool_versions(tools, bins),
+        "versions": tool_versions(tools, bins, args.weir_bin),
         "duration_s": duration,
         "repeat": args.repeat,
         "warmup_s": WARMUP_S,

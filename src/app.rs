@@ -22,9 +22,9 @@ use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
-use crate::store::{build_keeping_last_good, Rejection, Store};
+use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
-use crate::translate::{translate, TranslateOptions};
+use crate::translate::{build_keeping_last_good, translate, TranslateOptions};
 
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]

@@ -2,6 +2,7 @@
 //! `weir demo` needs no files) and the tests' (which also need broken certificates: expired,
 //! not yet valid, without a SPIFFE ID).
 
+use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
@@ -9,6 +10,8 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
+
+use crate::mesh::source::IdentityFiles;
 
 /// A self-signed CA, in memory.
 pub struct Ca {
@@ -86,5 +89,16 @@ impl Ca {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued { chain_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Issues an SVID for `spiffe_id` valid for `valid_for` and writes it into `dir` as a mesh
+    /// gateway reads it: `tls.crt` (chain), `tls.key`, `ca.crt` (this CA's bundle).
+    pub fn write_svid(&self, dir: &Path, spiffe_id: &str, valid_for: Duration) -> anyhow::Result<IdentityFiles> {
+        let issued = self.issue(&LeafSpec::svid(spiffe_id, valid_for))?;
+        let files = IdentityFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key"), bundle: dir.join("ca.crt") };
+        std::fs::write(&files.cert, issued.chain_pem)?;
+        std::fs::write(&files.key, issued.key_pem)?;
+        std::fs::write(&files.bundle, self.bundle_pem())?;
+        Ok(files)
     }
 }

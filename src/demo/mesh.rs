@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::DefaultPolicy;
-use crate::demo::ca::{Ca, LeafSpec};
+use crate::demo::ca::Ca;
 use crate::demo::echo::EchoServer;
 use crate::mesh::inbound::Workload;
 use crate::mesh::outbound::OutboundSettings;
@@ -102,13 +103,36 @@ fn endpoints_of(store: &Store, service: &str) -> anyhow::Result<Vec<SocketAddr>>
 fn identity(dir: &Path, ca: &Ca, sa: &str) -> anyhow::Result<IdentityFiles> {
     let d = dir.join(sa);
     std::fs::create_dir_all(&d)?;
-    let id = format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}");
-    let issued = ca.issue(&LeafSpec::svid(&id, std::time::Duration::from_secs(86_400)))?;
-    let files = IdentityFiles { cert: d.join("tls.crt"), key: d.join("tls.key"), bundle: d.join("ca.crt") };
-    std::fs::write(&files.cert, issued.chain_pem)?;
-    std::fs::write(&files.key, issued.key_pem)?;
-    std::fs::write(&files.bundle, ca.bundle_pem())?;
-    Ok(files)
+    ca.write_svid(&d, &format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}"), Duration::from_secs(86_400))
+}
+
+/// How the gateway beside the workload listening on `app` runs, as in a pod: its inbound on the
+/// app's IP and `inbound_port`, the workload's one port, the identity `files`, the manifests of
+/// `config_dir`, admin on `admin`, every authenticated caller allowed by default, no outbound
+/// side. The demo and the tests start their gateways from this.
+pub fn pod_gateway(
+    app: SocketAddr,
+    inbound_port: u16,
+    files: IdentityFiles,
+    config_dir: Option<PathBuf>,
+    admin: SocketAddr,
+) -> MeshOptions {
+    MeshOptions {
+        inbound: SocketAddr::new(app.ip(), inbound_port),
+        identity: IdentitySource::Files(files),
+        workload: Workload { address: app.ip(), ports: vec![app.port()] },
+        config_dir,
+        outbound: None,
+        admin,
+        default_policy: DefaultPolicy::AllowAuthenticated,
+    }
+}
+
+/// An outbound side on `listen` for a workload of `namespace` (cluster domain `cluster.local`),
+/// its peers' gateways listening on `mesh_port`.
+pub fn outbound_side(listen: SocketAddr, namespace: &str, mesh_port: u16) -> OutboundOptions {
+    let settings = OutboundSettings { namespace: namespace.into(), cluster_domain: TRUST_DOMAIN.into(), mesh_port };
+    OutboundOptions { listen, settings }
 }
 
 impl MeshStory {
@@ -118,23 +142,11 @@ impl MeshStory {
         let dir = std::env::temp_dir().join(format!("weir-demo-{}-{}", std::process::id(), ports.inbound));
         let ca = Ca::new("weir demo mesh CA")?;
         let gateway = |app: SocketAddr, sa: &str, outbound: bool| -> anyhow::Result<MeshOptions> {
-            let ip = app.ip();
-            Ok(MeshOptions {
-                inbound: SocketAddr::new(ip, ports.inbound),
-                identity: IdentitySource::Files(identity(&dir, &ca, sa)?),
-                workload: Workload { address: ip, ports: vec![app.port()] },
-                config_dir: Some(config_dir.to_path_buf()),
-                outbound: outbound.then(|| OutboundOptions {
-                    listen: SocketAddr::new(ip, ports.outbound),
-                    settings: OutboundSettings {
-                        namespace: NAMESPACE.into(),
-                        cluster_domain: TRUST_DOMAIN.into(),
-                        mesh_port: ports.inbound,
-                    },
-                }),
-                admin: SocketAddr::new(ip, ports.admin),
-                default_policy: DefaultPolicy::AllowAuthenticated,
-            })
+            let admin = SocketAddr::new(app.ip(), ports.admin);
+            let mut opts = pod_gateway(app, ports.inbound, identity(&dir, &ca, sa)?, Some(config_dir.into()), admin);
+            let listen = SocketAddr::new(app.ip(), ports.outbound);
+            opts.outbound = outbound.then(|| outbound_side(listen, NAMESPACE, ports.inbound));
+            Ok(opts)
         };
         let mut payments = vec![];
         let replicas = endpoints_of(store, "payments")?;

@@ -39,9 +39,9 @@ use crate::proxy::drain::Drain;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
-use crate::store::{build_keeping_last_good, Rejection, Store};
+use crate::store::{Rejection, Store};
 use crate::telemetry::Metrics;
-use crate::translate;
+use crate::translate::{self, build_keeping_last_good};
 
 /// Where the workload's identity comes from.
 #[derive(Clone, Debug)]

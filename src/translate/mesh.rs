@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use super::backend::{Backends, PoolKey, PortRef};
 use super::gateway::{compile_route, service_parents};
+use super::last_good::Rejects;
 use super::status::ConditionType::{Accepted, ResolvedRefs};
 use super::status::{Condition, ParentRef, ParentStatus, Problem, Reason, Statuses};
 use super::{reject, ActionKind, PoolSpec, RouteModel};
 use crate::api::mesh_authorization::{MeshAuthorizationSpec, Mode};
 use crate::api::spiffe::{SpiffeId, IDENTITY_ANNOTATION};
-use crate::store::{NsName, Rejection, Rejects, Store};
+use crate::store::{NsName, Rejection, Store};
 
 /// What a mesh gateway serves, validated.
 #[derive(Clone, Debug, Default)]

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod ingress;
+pub mod last_good;
 pub mod mesh;
 pub mod status;
 pub mod tls;
@@ -24,6 +25,7 @@ use crate::routing::{HostPattern, Order, RequestMatch};
 use crate::store::{Rejection, Store};
 
 pub use backend::PoolKey;
+pub use last_good::build_keeping_last_good;
 
 /// Settings the translation depends on that come from the command line.
 #[derive(Clone, Debug)]
@@ -65,7 +67,7 @@ pub struct Model {
     pub statuses: status::Statuses,
 }
 
-impl crate::store::Rejects for Model {
+impl last_good::Rejects for Model {
     fn rejections_mut(&mut self) -> &mut Vec<Rejection> {
         &mut self.rejections
     }

@@ -180,8 +180,8 @@ mod tests {
     use super::ConditionType::*;
     use super::*;
     use crate::source::manifest::parse_manifests;
-    use crate::store::{build_keeping_last_good, Store};
-    use crate::translate::{translate, Model, TranslateOptions};
+    use crate::store::Store;
+    use crate::translate::{build_keeping_last_good, translate, Model, TranslateOptions};
 
     const CLASS_AND_GATEWAY: &str = "
 apiVersion: gateway.networking.k8s.io/v1

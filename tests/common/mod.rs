@@ -19,6 +19,7 @@
 mod client;
 mod cluster;
 mod manifests;
+mod mesh;
 mod metrics;
 mod tls;
 
@@ -29,6 +30,8 @@ pub use client::*;
 pub use cluster::*;
 #[allow(unused_imports)]
 pub use manifests::*;
+#[allow(unused_imports)]
+pub use mesh::*;
 #[allow(unused_imports)]
 pub use metrics::*;
 #[allow(unused_imports)]
