@@ -33,7 +33,7 @@ use crate::proxy::decide::{decide, Arrival, Decision, Routed};
 use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::filters::{filter_request, filter_response, location, normalize_request_path, respond};
 use crate::proxy::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
-use crate::resilience::retry::MESH_DEFAULT;
+use crate::resilience::retry::{FailedTry, MESH};
 use crate::resilience::TryPlan;
 use crate::routing::{normalize_host, HostPattern, Router, Rule};
 use crate::snapshot::{compile_action, Action, RouteAction};
@@ -266,12 +266,17 @@ impl OutboundProxy {
     fn retry_after_failure(&self, session: &Session, ctx: &mut OutboundCtx, why: &str, sent: bool) -> bool {
         let (Some(pool), Some(plan)) = (ctx.pool.clone(), ctx.plan.as_ref()) else { return false };
         ctx.attempt.finish(&pool, false);
-        let replayable = !sent
-            || (plan.method_retryable(&session.req_header().method) && !session.as_ref().retry_buffer_truncated());
-        if !replayable || session.response_written().is_some() || plan.expired() {
+        if session.response_written().is_some() {
             return false;
         }
-        let verdict = ctx.attempt.may_retry(&pool, plan.attempts());
+        let failed = match sent {
+            false => FailedTry::Connect,
+            true => FailedTry::Sent {
+                method: &session.req_header().method,
+                replayable: !session.as_ref().retry_buffer_truncated(),
+            },
+        };
+        let verdict = plan.retry_failed_try(&mut ctx.attempt, &pool, failed);
         let wait = sent.then(|| plan.backoff(ctx.attempt.retries));
         let creds = self.credentials.load();
         match verdict {
@@ -285,7 +290,7 @@ impl OutboundProxy {
                 self.metrics.mesh.budget_exhausted(&ctx.hop(&creds.id));
                 false
             }
-            RetryVerdict::AttemptsUsed | RetryVerdict::NoEndpointLeft => false,
+            RetryVerdict::NotRetryable | RetryVerdict::AttemptsUsed | RetryVerdict::NoEndpointLeft => false,
         }
     }
 
@@ -377,7 +382,7 @@ impl ProxyHttp for OutboundProxy {
         };
         ctx.destination = Some(backend.clone());
         let (timeouts, retry) = ctx.route.as_ref().map(|r| (r.timeouts, r.retry)).unwrap_or_default();
-        ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, retry, &MESH_DEFAULT, ctx.started));
+        ctx.plan = Some(TryPlan::new(pool.spec(), timeouts, retry, &MESH, ctx.started));
         ctx.pool = Some(pool.clone());
         match pool.hold(Limit::Requests) {
             Ok(held) => ctx.in_flight = Some(held),

@@ -8,9 +8,6 @@ use std::sync::Arc;
 use super::{EndpointStats, Pool, RetryVerdict};
 use crate::policy::MAX_RETRY_ATTEMPTS;
 
-/// Connect failures retried on another endpoint, per request, on the edge.
-pub const MAX_CONNECT_RETRIES: u32 = 2;
-
 /// Endpoints a request already tried, inline (no allocation per request).
 struct Tried {
     addrs: [SocketAddr; MAX_RETRY_ATTEMPTS as usize + 1],
@@ -51,13 +48,6 @@ impl Attempt {
             self.tried.len += 1;
         }
         Some(picked.addr)
-    }
-
-    /// The connection to the held endpoint failed (nothing was sent): reports it, and says
-    /// whether the request may try another endpoint ([`Attempt::may_retry`]).
-    pub fn connect_failed(&mut self, pool: &Arc<Pool>, max_retries: u32) -> RetryVerdict {
-        self.finish(pool, false);
-        self.may_retry(pool, max_retries)
     }
 
     /// Whether the request may be tried again: fewer than `max_retries` retries so far, an

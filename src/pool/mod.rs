@@ -58,6 +58,9 @@ pub struct EndpointStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryVerdict {
     Granted,
+    /// This failure is not one the request is tried again for (a sent request whose method or
+    /// body cannot be sent again, a tier that does not retry it, a deadline passed).
+    NotRetryable,
     /// The request used every retry it may have.
     AttemptsUsed,
     /// Every endpoint not yet tried is down, ejected or gone.

@@ -21,9 +21,9 @@ use super::decide::{decide, Arrival, Decision};
 use super::drain::{Drain, InFlight};
 use super::filters::{filter_request, filter_response, location, normalize_request_path, respond};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
-use crate::pool::attempt::{Attempt, MAX_CONNECT_RETRIES};
+use crate::pool::attempt::Attempt;
 use crate::pool::Pool;
-use crate::resilience::retry::EDGE_DEFAULT;
+use crate::resilience::retry::{FailedTry, EDGE};
 use crate::resilience::TryPlan;
 
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
@@ -142,7 +142,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.target = target;
                 ctx.new_path = new_path;
                 if let Some(pool) = target.and_then(|i| target_of(&rule, i)).and_then(|t| t.pool.as_ref()) {
-                    ctx.plan = Some(TryPlan::new(pool.spec(), rule.timeouts, rule.retry, &EDGE_DEFAULT, ctx.started));
+                    ctx.plan = Some(TryPlan::new(pool.spec(), rule.timeouts, rule.retry, &EDGE, ctx.started));
                 }
                 ctx.action = Some(rule);
                 if target.is_none() {
@@ -249,7 +249,9 @@ impl ProxyHttp for EdgeProxy {
         let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return e };
         let Some(pool) = &target.pool else { return e };
         target.metrics.connect_errors.inc();
-        if ctx.attempt.connect_failed(pool, MAX_CONNECT_RETRIES).granted() {
+        ctx.attempt.finish(pool, false);
+        let Some(plan) = &ctx.plan else { return e };
+        if plan.retry_failed_try(&mut ctx.attempt, pool, FailedTry::Connect).granted() {
             target.metrics.retries.inc();
             e.set_retry(true);
         }

@@ -9,13 +9,15 @@ use http::Method;
 use tokio::time::Instant;
 
 use crate::policy::RetryModel;
+use crate::pool::attempt::Attempt;
+use crate::pool::{Pool, RetryVerdict};
 use crate::translate::{PoolSpec, RouteRetry, Timeouts};
 
 /// What a request may spend on tries, fixed when it is routed.
 pub struct TryPlan {
     /// The Service port's spec (its BackendPolicy), held for the request.
     spec: Arc<PoolSpec>,
-    default: &'static RetryModel,
+    rule: &'static RetryRule,
     /// The route's own retry settings, over the policy's.
     route_retry: RouteRetry,
     /// The whole request must have its response headers by then.
@@ -24,14 +26,38 @@ pub struct TryPlan {
     pub per_try: Option<Duration>,
 }
 
-/// The mesh's retries when no BackendPolicy sets them: 2 retries of idempotent requests on
-/// 502, 503, 504, connect failures, resets and per-try timeouts.
-pub static MESH_DEFAULT: LazyLock<RetryModel> = LazyLock::new(RetryModel::default);
+/// What a tier retries.
+pub struct RetryRule {
+    /// The retry settings when nothing else sets them.
+    pub default: RetryModel,
+    /// Whether a BackendPolicy's `retry` and a route's retry annotations apply.
+    pub configurable: bool,
+    /// Whether a try that was sent (then reset, timed out or answered a retried status) may be
+    /// tried again; a connect failure (nothing was sent) always may.
+    pub after_send: bool,
+}
 
-/// The edge's plan retries nothing itself: the edge retries connect failures only, by its own
-/// rule (`crate::pool::attempt`); its plan gives the deadline and the per-try timeout.
-pub static EDGE_DEFAULT: LazyLock<RetryModel> =
-    LazyLock::new(|| RetryModel { attempts: 0, codes: vec![], ..RetryModel::default() });
+/// The mesh: a BackendPolicy's or a route's retries, else 2 retries of idempotent requests on
+/// 502, 503, 504, connect failures, resets and per-try timeouts.
+pub static MESH: LazyLock<RetryRule> =
+    LazyLock::new(|| RetryRule { default: RetryModel::default(), configurable: true, after_send: true });
+
+/// The edge: connect failures only, twice, on other endpoints (a request that left is never
+/// sent twice by the edge).
+pub static EDGE: LazyLock<RetryRule> = LazyLock::new(|| RetryRule {
+    default: RetryModel { attempts: 2, codes: vec![], ..RetryModel::default() },
+    configurable: false,
+    after_send: false,
+});
+
+/// A failed try, for [`TryPlan::retry_failed_try`].
+#[derive(Clone, Copy, Debug)]
+pub enum FailedTry<'a> {
+    /// The connection failed: nothing was sent.
+    Connect,
+    /// The request was sent (`method`), and its body can be sent again (`replayable`).
+    Sent { method: &'a Method, replayable: bool },
+}
 
 impl TryPlan {
     /// The plan of a request that started at `start`: route timeouts win over the policy's.
@@ -39,13 +65,14 @@ impl TryPlan {
         spec: Arc<PoolSpec>,
         route: Timeouts,
         route_retry: RouteRetry,
-        default: &'static RetryModel,
+        rule: &'static RetryRule,
         start: Instant,
     ) -> TryPlan {
         let timeouts = &spec.policy.timeouts;
         let deadline = route.request.or(timeouts.request).map(|t| start + t);
         let per_try = route.backend_request.or(timeouts.per_try);
-        TryPlan { spec, default, route_retry, deadline, per_try }
+        let route_retry = if rule.configurable { route_retry } else { RouteRetry::default() };
+        TryPlan { spec, rule, route_retry, deadline, per_try }
     }
 
     /// Retries after the first try: the route's, else the policy's (or the default).
@@ -53,9 +80,29 @@ impl TryPlan {
         self.route_retry.attempts.unwrap_or(self.retry().attempts)
     }
 
-    /// The retry settings: the BackendPolicy's, else the tier's default.
+    /// The retry settings: the BackendPolicy's where the tier lets it set them, else the tier's.
     pub fn retry(&self) -> &RetryModel {
-        self.spec.policy.retry.as_ref().unwrap_or(self.default)
+        match &self.spec.policy.retry {
+            Some(policy) if self.rule.configurable => policy,
+            _ => &self.rule.default,
+        }
+    }
+
+    /// A try failed (its endpoint already reported): whether the request is tried again on an
+    /// endpoint it has not tried. A connect failure is, whatever the method; a sent request
+    /// only where the tier retries sent requests, its method may be retried (idempotent, or the
+    /// policy says so) and its body can be sent again. Never past the deadline; then the
+    /// attempts left and the pool's retry budget decide (a grant is counted in both).
+    pub fn retry_failed_try(&self, attempt: &mut Attempt, pool: &Pool, failed: FailedTry<'_>) -> RetryVerdict {
+        if let FailedTry::Sent { method, replayable } = failed {
+            if !self.rule.after_send || !self.method_retryable(method) || !replayable {
+                return RetryVerdict::NotRetryable;
+            }
+        }
+        if self.expired() {
+            return RetryVerdict::NotRetryable;
+        }
+        attempt.may_retry(pool, self.attempts())
     }
 
     /// The Service port's spec.
@@ -118,7 +165,7 @@ mod tests {
     }
 
     fn plan(policy: &BackendPolicyModel) -> TryPlan {
-        TryPlan::new(spec(policy.clone()), Timeouts::default(), RouteRetry::default(), &MESH_DEFAULT, Instant::now())
+        TryPlan::new(spec(policy.clone()), Timeouts::default(), RouteRetry::default(), &MESH, Instant::now())
     }
 
     #[tokio::test(start_paused = true)]
@@ -156,13 +203,7 @@ mod tests {
     async fn the_request_deadline_caps_every_try_however_long_a_try_may_be() {
         let route =
             Timeouts { request: Some(Duration::from_millis(300)), backend_request: Some(Duration::from_secs(5)) };
-        let p = TryPlan::new(
-            spec(BackendPolicyModel::default()),
-            route,
-            RouteRetry::default(),
-            &EDGE_DEFAULT,
-            Instant::now(),
-        );
+        let p = TryPlan::new(spec(BackendPolicyModel::default()), route, RouteRetry::default(), &EDGE, Instant::now());
         assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(300));
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(100), "a retry gets what is left");
@@ -170,16 +211,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(p.expired(), "then the request is answered 504");
         let tries_only = Timeouts { request: None, backend_request: Some(Duration::from_millis(250)) };
-        let p = TryPlan::new(
-            spec(BackendPolicyModel::default()),
-            tries_only,
-            RouteRetry::default(),
-            &EDGE_DEFAULT,
-            Instant::now(),
-        );
+        let p =
+            TryPlan::new(spec(BackendPolicyModel::default()), tries_only, RouteRetry::default(), &EDGE, Instant::now());
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(p.try_timeout(Duration::from_secs(60)), Duration::from_millis(250), "no deadline: each try its own");
-        assert_eq!(p.attempts(), 0, "the edge's plan retries nothing itself");
+        assert_eq!(p.attempts(), 2, "the edge retries connect failures twice");
     }
 
     #[tokio::test(start_paused = true)]
@@ -187,14 +223,57 @@ mod tests {
         let mut policy = BackendPolicyModel::default();
         policy.timeouts.request = Some(Duration::from_secs(10));
         let route = Timeouts { request: Some(Duration::from_secs(1)), backend_request: None };
-        let p = TryPlan::new(spec(policy.clone()), route, RouteRetry::default(), &MESH_DEFAULT, Instant::now());
+        let p = TryPlan::new(spec(policy.clone()), route, RouteRetry::default(), &MESH, Instant::now());
         assert_eq!(p.remaining(), Some(Duration::from_secs(1)));
         assert!(!p.method_retryable(&Method::POST) && p.method_retryable(&Method::PUT));
         assert!(p.status_retryable(503) && !p.status_retryable(500));
         assert_eq!(p.attempts(), 2);
         let says = RouteRetry { attempts: Some(0), non_idempotent: Some(true) };
-        let p = TryPlan::new(spec(policy), route, says, &MESH_DEFAULT, Instant::now());
+        let p = TryPlan::new(spec(policy), route, says, &MESH, Instant::now());
         assert!(p.method_retryable(&Method::POST), "the route says POST may be retried");
         assert_eq!(p.attempts(), 0, "the route's attempts win");
+    }
+
+    /// Four ready endpoints, in a pool with a fresh retry budget.
+    fn pool(policy: BackendPolicyModel) -> Arc<Pool> {
+        let key = crate::translate::PoolKey { namespace: "ns".into(), service: "svc".into(), port: 80 };
+        let addrs = (1..=4u8).map(|i| std::net::SocketAddr::from(([10, 0, 0, i], 80)));
+        let registry = crate::pool::PoolRegistry::default();
+        registry.sync(&std::collections::BTreeMap::from([(key.clone(), PoolSpec::ready(addrs, policy))]))[&key].clone()
+    }
+
+    /// Fails tries of `plan` as `failed` until it says no; the verdicts, in order.
+    fn fail_until_refused(plan: &TryPlan, pool: &Pool, failed: FailedTry<'_>) -> Vec<RetryVerdict> {
+        let mut attempt = Attempt::default();
+        let mut verdicts = vec![];
+        loop {
+            attempt.pick(pool, b"").expect("an endpoint left");
+            let verdict = plan.retry_failed_try(&mut attempt, pool, failed);
+            verdicts.push(verdict);
+            if verdict != RetryVerdict::Granted {
+                return verdicts;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_tier_retries_what_its_rule_says_on_the_same_machinery() {
+        use RetryVerdict::*;
+        let mut policy = BackendPolicyModel::default();
+        policy.retry = Some(RetryModel { attempts: 3, non_idempotent: true, ..RetryModel::default() });
+        let p = pool(policy.clone());
+        let (get, post) = (&Method::GET, &Method::POST);
+        let sent = |method, replayable| FailedTry::Sent { method, replayable };
+        let edge = TryPlan::new(p.spec(), Timeouts::default(), RouteRetry::default(), &EDGE, Instant::now());
+        assert_eq!(fail_until_refused(&edge, &p, FailedTry::Connect), [Granted, Granted, AttemptsUsed], "twice");
+        assert_eq!(fail_until_refused(&edge, &p, sent(get, true)), [NotRetryable], "the edge never resends");
+        assert_eq!(edge.attempts(), 2, "a BackendPolicy's retry is the mesh's");
+        let mesh = TryPlan::new(p.spec(), Timeouts::default(), RouteRetry::default(), &MESH, Instant::now());
+        assert_eq!(fail_until_refused(&mesh, &p, sent(post, true)), [Granted, Granted, Granted, AttemptsUsed]);
+        assert_eq!(fail_until_refused(&mesh, &p, sent(get, false)), [NotRetryable], "a body that cannot be replayed");
+        let deadline = Timeouts { request: Some(Duration::from_millis(100)), backend_request: None };
+        let late = TryPlan::new(p.spec(), deadline, RouteRetry::default(), &MESH, Instant::now());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(fail_until_refused(&late, &p, FailedTry::Connect), [NotRetryable], "never past the deadline");
     }
 }
