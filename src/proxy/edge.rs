@@ -25,7 +25,6 @@ use crate::pool::attempt::Attempt;
 use crate::pool::Pool;
 use crate::resilience::retry::{FailedTry, EDGE};
 use crate::resilience::TryPlan;
-
 use crate::snapshot::{Action, RouteAction, Snapshot, Target};
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::translate::{Protocol, UpstreamProtocol};
