@@ -146,19 +146,28 @@ impl CertStore {
 }
 
 /// Compiles a model: links pools (creating or updating them in place) and metric handles.
-pub fn compile(model: &Model, generation: u64, pools: &PoolRegistry, metrics: &Metrics) -> Snapshot {
-    let pools = pools.sync(&model.pools);
-    let listeners = model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, metrics))).collect();
+pub fn compile(model: &Model, generation: u64, registry: &PoolRegistry, metrics: &Metrics) -> Snapshot {
+    let pools = registry.sync(&model.pools);
+    let listeners =
+        model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, registry, metrics))).collect();
     Snapshot { generation, listeners, rejections: model.rejections.clone(), statuses: model.statuses.clone(), pools }
 }
 
-fn compile_listener(l: &ListenerModel, pools: &BTreeMap<PoolKey, Arc<Pool>>, metrics: &Metrics) -> Listener {
+fn compile_listener(
+    l: &ListenerModel,
+    pools: &BTreeMap<PoolKey, Arc<Pool>>,
+    registry: &PoolRegistry,
+    metrics: &Metrics,
+) -> Listener {
     // a rule shared by several matches or hostnames compiles once
     let mut actions: HashMap<*const ActionModel, Arc<RouteAction>> = HashMap::new();
     let rules = l.routes.iter().map(|(host, r)| {
         let action = actions
             .entry(Arc::as_ptr(&r.action))
-            .or_insert_with(|| Arc::new(compile_action(&l.name, &r.action, pools, metrics)))
+            .or_insert_with(|| {
+                let position = registry.position(&format!("{}|{}", l.name, r.action.name));
+                Arc::new(compile_action(&l.name, &r.action, pools, metrics, position))
+            })
             .clone();
         (host.clone(), Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
     });
@@ -172,18 +181,21 @@ fn compile_listener(l: &ListenerModel, pools: &BTreeMap<PoolKey, Arc<Pool>>, met
     }
 }
 
+/// Compiles a rule's action; its weighted split continues from `position` (kept across builds
+/// by [`PoolRegistry::position`]).
 pub(crate) fn compile_action(
     listener: &str,
     a: &ActionModel,
     pools: &BTreeMap<PoolKey, Arc<Pool>>,
     metrics: &Metrics,
+    position: Arc<std::sync::atomic::AtomicUsize>,
 ) -> RouteAction {
     let kind = match &a.kind {
         ActionKind::Redirect(r) => {
             Action::Redirect { redirect: r.clone(), metrics: metrics.target(listener, &a.name, "") }
         }
         ActionKind::Forward(refs) => Action::Forward {
-            cycle: SmoothCycle::new(&refs.iter().map(|b| b.weight).collect::<Vec<_>>()),
+            cycle: SmoothCycle::continuing(&refs.iter().map(|b| b.weight).collect::<Vec<_>>(), position),
             targets: refs
                 .iter()
                 .map(|b| Target {

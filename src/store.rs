@@ -22,7 +22,7 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub type NsName = (String, String);
 
 /// An object and where it came from (a file path, or `kubernetes`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Stored<T> {
     pub object: T,
     pub origin: String,
@@ -71,7 +71,7 @@ impl std::fmt::Display for Rejection {
 }
 
 /// Every object weir knows about, by kind.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Store {
     pub ingresses: BTreeMap<NsName, Stored<Ingress>>,
     pub ingress_classes: BTreeMap<String, Stored<IngressClass>>,

@@ -319,6 +319,35 @@ async fn every_change_to_a_file_is_applied_and_its_apply_time_measured() {
     assert!(metric(&metrics, "weir_config_apply_seconds_sum", &[]) > 0.0, "apply time is measured:\n{metrics}");
 }
 
+/// A weighted split holds through any number of rebuilds: each publish used to start the split
+/// over at its first backend, so with a publish between requests a 3:1 split sent everything
+/// to the first backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_holds_through_rebuilds() {
+    let port = free_port();
+    let gateway = local(port);
+    const HOST: &str = "split.test";
+    let (_b, weir) = TestWeir::with_backends(
+        &["a", "b"],
+        &[
+            ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
+            ("route.yaml", &weighted_route("r", "edge", &[HOST], &[("a", 3), ("b", 1)])),
+        ],
+    )
+    .await;
+    wait_listening(gateway).await;
+    let mut served = BTreeMap::<String, usize>::new();
+    for i in 0..40u16 {
+        // a change elsewhere: a new generation before every request
+        let before = weir.generation().await;
+        weir.write("other.yaml", &service(NS, "other", 1000 + i, "http"));
+        weir.wait_generation_after(before).await;
+        *served.entry(who(gateway, HOST).await.expect("served")).or_default() += 1;
+    }
+    assert_eq!(served.get("a"), Some(&30), "3:1 over 40 requests, one per generation: {served:?}");
+    assert_eq!(served.get("b"), Some(&10), "{served:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deleted and recreated files
 

@@ -110,7 +110,8 @@ impl Directory {
         source: &str,
     ) -> Directory {
         let cluster_domain = &settings.cluster_domain;
-        let pools = pools.sync(&model.pools);
+        let registry = pools;
+        let pools = registry.sync(&model.pools);
         let mut services: HashMap<String, HashMap<String, Arc<Destination>>> = HashMap::new();
         for ((namespace, name), service) in &model.services {
             let label = format!("{name}.{namespace}");
@@ -124,7 +125,8 @@ impl Directory {
                         .routes
                         .iter()
                         .map(|r| {
-                            let action = compile_action("mesh", &r.action, &pools, metrics);
+                            let key = format!("mesh|{namespace}/{name}:{}|{}", p.port, r.action.name);
+                            let action = compile_action("mesh", &r.action, &pools, metrics, registry.position(&key));
                             let action = Arc::new(MeshRoute { series: series(&action.name), action });
                             (HostPattern::Any, Rule { matcher: r.matcher.clone(), order: r.order.clone(), action })
                         })

@@ -124,7 +124,8 @@ pub fn watch_identity(
     let mut watched = Watched::start(files.read(), on_refusal, on_reload)?;
     let current = watched.current.clone();
     let dirs = files.dirs();
-    let mut changes = Changes::watch(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    // any file there: the identity's files, or the atomic writer's swap of them
+    let mut changes = Changes::watch(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(), |_| true)
         .map_err(|e| format!("cannot watch the identity files: {e}"))?;
     tokio::spawn(async move {
         while changes.next().await.is_some() {

@@ -15,6 +15,7 @@ pub mod weighted;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
@@ -119,7 +120,7 @@ impl Pool {
         registry.set_health_check(Box::new(health::SharedCheck(check.clone())));
         let endpoints = Arc::new(SharedEndpoints::default());
         let view = Backends::new_with_health_registry(Box::new(Discovery(endpoints.clone())), registry.clone());
-        let selector = Selector::build(&BTreeSet::new(), &HashMap::new(), &spec.policy.algorithm);
+        let selector = Selector::build(&BTreeSet::new(), &HashMap::new(), &spec.policy.algorithm, None);
         let pool = Arc::new_cyclic(|pool| Pool {
             key,
             spec: ArcSwap::from_pointee(spec.clone()),
@@ -156,7 +157,9 @@ impl Pool {
         self.endpoints.0.store(Arc::new(routable.iter().map(|a| backend(*a)).collect()));
         // the discovery never waits, so this completes at once
         let _ = self.view.update(|_| {}).now_or_never();
-        self.selector.store(Arc::new(Selector::build(&self.view.get_backend(), &stats, &spec.policy.algorithm)));
+        let previous = self.selector.load_full();
+        let selector = Selector::build(&self.view.get_backend(), &stats, &spec.policy.algorithm, Some(&previous));
+        self.selector.store(Arc::new(selector));
         if force || old.policy.health_check != spec.policy.health_check {
             self.check.set(spec.policy.health_check.as_ref());
             self.restart_health_checks(spec.policy.health_check.as_ref().map(|h| h.interval));
@@ -282,12 +285,23 @@ impl Drop for Pool {
 #[derive(Default)]
 pub struct PoolRegistry {
     pools: Mutex<BTreeMap<PoolKey, Arc<Pool>>>,
+    /// Routes' weighted-split positions, by route, kept across rebuilds as the pools are.
+    positions: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl PoolRegistry {
+    /// The weighted-split position of the route `key` (a listener's or a Service's rule): the
+    /// one its previous build used, so a rebuild continues the split where it was.
+    pub fn position(&self, key: &str) -> Arc<AtomicUsize> {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions.entry(key.to_string()).or_default().clone()
+    }
+
     /// Makes the registry hold exactly `specs`: new pools are created, existing ones updated in
     /// place, and pools no longer referenced are dropped (requests still using them finish).
     pub fn sync(&self, specs: &BTreeMap<PoolKey, PoolSpec>) -> BTreeMap<PoolKey, Arc<Pool>> {
+        // a build starts here: positions that no serving build holds any more go
+        self.positions.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, p| Arc::strong_count(p) > 1);
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|k, _| specs.contains_key(k));
         for (key, spec) in specs {
@@ -303,5 +317,31 @@ impl PoolRegistry {
 
     pub fn all(&self) -> BTreeMap<PoolKey, Arc<Pool>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BackendPolicyModel;
+    use crate::translate::EndpointModel;
+
+    #[test]
+    fn round_robin_continues_through_endpoint_changes() {
+        let key = PoolKey { namespace: "ns".into(), service: "svc".into(), port: 80 };
+        let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 80));
+        let registry = PoolRegistry::default();
+        let mut spec = PoolSpec::ready([addr(1), addr(2)], BackendPolicyModel::default());
+        let pool = registry.sync(&BTreeMap::from([(key.clone(), spec.clone())]))[&key].clone();
+        let mut picks = vec![pool.select(b"", &[]).unwrap().addr];
+        for i in 0..5u8 {
+            // a Pod that is not ready yet joins the slice, then another: the endpoints change,
+            // the routable ones do not
+            spec.endpoints.push(EndpointModel { addr: addr(10 + i), ready: false, serving: false, terminating: false });
+            registry.sync(&BTreeMap::from([(key.clone(), spec.clone())]));
+            picks.push(pool.select(b"", &[]).unwrap().addr);
+        }
+        let firsts = picks.iter().filter(|a| **a == addr(1)).count();
+        assert_eq!(firsts, 3, "alternating across six rebuilds, not restarting at the first: {picks:?}");
     }
 }

@@ -84,11 +84,13 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
 }
 
 impl Selector {
-    /// Builds the selector for `backends`, taking each endpoint's stats from `stats`.
+    /// Builds the selector for `backends`, taking each endpoint's stats from `stats`; round robin
+    /// continues from `previous`'s position.
     pub fn build(
         backends: &BTreeSet<Backend>,
         stats: &HashMap<SocketAddr, Arc<EndpointStats>>,
         algorithm: &AlgorithmModel,
+        previous: Option<&Selector>,
     ) -> Self {
         let list: Vec<Backend> = backends.iter().filter(|b| inet(b).is_some()).cloned().collect();
         let stats: Vec<Arc<EndpointStats>> = list
@@ -98,7 +100,12 @@ impl Selector {
             .collect();
         let kind = match algorithm {
             AlgorithmModel::RoundRobin => {
-                Kind::RoundRobin(SmoothCycle::new(&list.iter().map(|b| b.weight as u32).collect::<Vec<_>>()))
+                let position = match previous.map(|p| &p.kind) {
+                    Some(Kind::RoundRobin(cycle)) => cycle.position(),
+                    _ => Arc::default(),
+                };
+                let weights: Vec<u32> = list.iter().map(|b| b.weight as u32).collect();
+                Kind::RoundRobin(SmoothCycle::continuing(&weights, position))
             }
             AlgorithmModel::LeastLatency => Kind::LeastLatency(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
             AlgorithmModel::ConsistentHash(_) => Kind::Hash {
@@ -167,7 +174,7 @@ mod tests {
     fn selector(n: usize, algorithm: AlgorithmModel) -> Selector {
         let backends: BTreeSet<Backend> =
             (0..n).map(|i| Backend::new(&format!("10.0.0.{}:80", i + 1)).unwrap()).collect();
-        Selector::build(&backends, &HashMap::new(), &algorithm)
+        Selector::build(&backends, &HashMap::new(), &algorithm, None)
     }
 
     #[test]

@@ -2,20 +2,30 @@
 //! when the snapshot or pool is built, and a request only bumps an atomic counter.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Longest cycle kept; larger weight sums are scaled down (keeping every non-zero weight > 0).
 pub const MAX_CYCLE: u64 = 4096;
 
-/// A precomputed smooth weighted round-robin cycle over indices `0..weights.len()`.
+/// A precomputed smooth weighted round-robin cycle over indices `0..weights.len()`. Its
+/// position may be shared with the cycle it replaces, so that a rebuild (a new configuration, an
+/// endpoint change) continues the rotation instead of starting it over: restarting at the first
+/// entry on every publish sends everything to the first backend when publishes are frequent.
 #[derive(Debug, Default)]
 pub struct SmoothCycle {
     sequence: Box<[u32]>,
-    next: AtomicUsize,
+    next: Arc<AtomicUsize>,
 }
 
 impl SmoothCycle {
-    /// Builds the cycle. Zero weights never appear; all-zero gives an empty cycle.
+    /// Builds the cycle, starting at the beginning.
     pub fn new(weights: &[u32]) -> Self {
+        Self::continuing(weights, Arc::default())
+    }
+
+    /// Builds the cycle, continuing from `position` (shared with the cycle it replaces). Zero
+    /// weights never appear; all-zero gives an empty cycle.
+    pub fn continuing(weights: &[u32], position: Arc<AtomicUsize>) -> Self {
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         let weights: Vec<i64> = if total > MAX_CYCLE {
             weights.iter().map(|&w| if w == 0 { 0 } else { (u64::from(w) * MAX_CYCLE / total).max(1) as i64 }).collect()
@@ -37,7 +47,12 @@ impl SmoothCycle {
             current[best] -= total;
             sequence.push(best as u32);
         }
-        SmoothCycle { sequence: sequence.into_boxed_slice(), next: AtomicUsize::new(0) }
+        SmoothCycle { sequence: sequence.into_boxed_slice(), next: position }
+    }
+
+    /// The position, for the cycle that replaces this one.
+    pub fn position(&self) -> Arc<AtomicUsize> {
+        self.next.clone()
     }
 
     /// The next index, or `None` for an empty cycle.

@@ -130,20 +130,30 @@ fn file_error(file: &str, reason: String) -> Rejection {
     }
 }
 
-/// Loads `dir` once, then reloads it on every change, publishing each store on the returned
-/// channel. The watcher lives as long as the spawned task.
+/// Whether a change at `path` can change the configuration: a manifest file, a directory, or
+/// the entries Kubernetes' atomic writer swaps in a ConfigMap or Secret volume (`..data`,
+/// `..2026_12_05...`). A log or editor file beside the manifests is not.
+pub fn may_hold_manifests(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) || name.starts_with("..") || path.is_dir()
+}
+
+/// Loads `dir` once, then reloads it when a manifest changes, publishing each store that differs
+/// from the last on the returned channel (a reload that reads the same objects publishes
+/// nothing). The watcher lives as long as the spawned task.
 pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
     let mut loader = DirLoader::default();
     let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now() };
     let (tx, rx) = watch::channel(first);
-    let mut changes = Changes::watch(&[&dir])?;
+    let mut changes = Changes::watch(&[&dir], may_hold_manifests)?;
     tokio::spawn(async move {
         while let Some(changed_at) = changes.next().await {
             match loader.load(&dir) {
                 Ok(store) => {
-                    if tx.send(Loaded { store, changed_at }).is_err() {
+                    if tx.is_closed() {
                         return;
                     }
+                    publish_if_changed(&tx, Loaded { store, changed_at });
                 }
                 Err(e) => tracing::error!(dir = %dir.display(), error = %e,
                     "cannot read the config directory; the last good configuration keeps serving"),
@@ -151,6 +161,18 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
         }
     });
     Ok(rx)
+}
+
+/// Publishes `loaded` unless it holds the objects already published (a reload that read the
+/// same manifests: no new generation, nothing reset). Returns whether it published.
+fn publish_if_changed(tx: &watch::Sender<Loaded>, loaded: Loaded) -> bool {
+    tx.send_if_modified(|current| {
+        let changed = current.store != loaded.store;
+        if changed {
+            *current = loaded;
+        }
+        changed
+    })
 }
 
 /// Changes to files under some paths (writes, creations, renames, removals; not reads), with
@@ -162,12 +184,13 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Watches `paths` (directories recursively).
-    pub fn watch(paths: &[&Path]) -> std::io::Result<Changes> {
+    /// Watches `paths` (directories recursively), reporting changes to the files `relevant`
+    /// accepts.
+    pub fn watch(paths: &[&Path], relevant: fn(&Path) -> bool) -> std::io::Result<Changes> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
-                if !event.kind.is_access() {
+                if !event.kind.is_access() && event.paths.iter().any(|p| relevant(p)) {
                     let _ = events_tx.send(Instant::now());
                 }
             }
@@ -236,6 +259,39 @@ mod tests {
         assert_eq!(settle(&mut events).await, Some(next), "a later change is a new burst");
         drop(tx);
         assert_eq!(settle(&mut events).await, None, "the watcher is gone");
+    }
+
+    #[test]
+    fn only_manifests_and_the_atomic_writers_swaps_can_change_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, relevant) in [
+            ("routes.yaml", true),
+            ("sub/routes.yml", true),
+            ("..data", true),
+            ("..2026_12_05_10_00_00.123", true),
+            ("weir.log", false),
+            (".routes.yaml.swp", false),
+            ("notes.txt", false),
+        ] {
+            assert_eq!(may_hold_manifests(&dir.path().join(path)), relevant, "{path}");
+        }
+        assert!(may_hold_manifests(dir.path()), "a directory (moved in with its files)");
+    }
+
+    #[test]
+    fn a_reload_that_reads_the_same_objects_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+        let mut loader = DirLoader::default();
+        let load =
+            |loader: &mut DirLoader| Loaded { store: loader.load(dir.path()).unwrap(), changed_at: Instant::now() };
+        let (tx, mut rx) = watch::channel(load(&mut loader));
+        rx.mark_unchanged();
+        assert!(!publish_if_changed(&tx, load(&mut loader)), "the same objects");
+        assert!(!rx.has_changed().unwrap());
+        std::fs::write(dir.path().join("svc.yaml"), SVC.replace("port: 80", "port: 81")).unwrap();
+        assert!(publish_if_changed(&tx, load(&mut loader)), "a changed Service");
+        assert!(rx.has_changed().unwrap());
     }
 
     #[test]
