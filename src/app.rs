@@ -22,6 +22,8 @@ use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
+use crate::source::kubernetes::watch_kubernetes;
+use crate::source::ConfigSource;
 use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{build_keeping_last_good, translate, TranslateOptions};
@@ -29,7 +31,7 @@ use crate::translate::{build_keeping_last_good, translate, TranslateOptions};
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]
 pub struct EdgeOptions {
-    pub config_dir: PathBuf,
+    pub source: ConfigSource,
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub gateway_address: IpAddr,
@@ -44,7 +46,7 @@ impl EdgeOptions {
     pub fn local(config_dir: impl Into<PathBuf>) -> Self {
         let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         EdgeOptions {
-            config_dir: config_dir.into(),
+            source: ConfigSource::Dir(config_dir.into()),
             http: any,
             https: any,
             gateway_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -55,9 +57,9 @@ impl EdgeOptions {
         }
     }
 
-    pub fn from_args(config_dir: PathBuf, a: &ListenArgs) -> Self {
+    pub fn from_args(source: ConfigSource, a: &ListenArgs) -> Self {
         EdgeOptions {
-            config_dir,
+            source,
             http: a.http,
             https: a.https,
             gateway_address: a.gateway_address,
@@ -129,8 +131,12 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         ingress_class: opts.ingress_class.clone(),
         watch_ingress_without_class: opts.watch_ingress_without_class,
     };
-    let store_rx = watch_dir(opts.config_dir.clone())
-        .with_context(|| format!("cannot read the config directory {}", opts.config_dir.display()))?;
+    let store_rx = match &opts.source {
+        ConfigSource::Dir(dir) => {
+            watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?
+        }
+        ConfigSource::Kubernetes(k) => watch_kubernetes(k).await?,
+    };
 
     let pools = Arc::new(PoolRegistry::default());
     let metrics = Metrics::new(pools.clone());
@@ -168,7 +174,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         bind_errors: Arc::new(move || errors_from.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     };
     let (admin_addr, admin_listeners) = crate::admin::serve(admin, admin_app, shutdown_rx)?;
-    tracing::info!(%http_addr, %https_addr, %admin_addr, config_dir = %opts.config_dir.display(), "weir edge is serving");
+    tracing::info!(%http_addr, %https_addr, %admin_addr, source = %opts.source, "weir edge is serving");
     Ok(EdgeHandle {
         http_addr,
         https_addr,
@@ -203,6 +209,10 @@ impl ConfigLoop {
     }
 
     async fn apply(&mut self, loaded: Loaded) {
+        if !loaded.synced {
+            // the source has not read everything yet: serving part of it would answer 404s
+            return;
+        }
         let started = Instant::now();
         let (store, model) = build_keeping_last_good(loaded.store, &self.previous_store, |s| translate(s, &self.opts));
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{apply, cluster, get, namespace, wait_for, wait_until};
+use common::{apply, cluster, echo_deployment, get, namespace, wait_for, wait_until, ECHO_PORT};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -23,60 +23,6 @@ use kube::{Api, Client};
 /// Bound for the cluster to converge: Pods start as processes, controllers react in a second or
 /// two, but a busy 2-core CI machine is slower.
 const CONVERGE: Duration = Duration::from_secs(90);
-
-/// The echo's port in its Pod (echo-basic's default HTTP port).
-const ECHO_PORT: u16 = 3000;
-
-/// A Deployment of the Gateway API's echo image behind a Service `echo`. `version` goes into an
-/// env var, so changing it rolls the Deployment. Old Pods drain for 2 s in a preStop hook.
-fn echo_deployment(replicas: u32, version: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: echo
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: echo}}
-  strategy:
-    type: RollingUpdate
-    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
-  template:
-    metadata:
-      labels: {{app: echo}}
-    spec:
-      terminationGracePeriodSeconds: 10
-      containers:
-      - name: echo
-        image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
-        ports:
-        - {{name: http, containerPort: {ECHO_PORT}}}
-        env:
-        - {{name: VERSION, value: "{version}"}}
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - name: NAMESPACE
-          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-        readinessProbe:
-          httpGet: {{path: /ready, port: http}}
-          periodSeconds: 1
-        lifecycle:
-          preStop:
-            sleep: {{seconds: 2}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-spec:
-  selector: {{app: echo}}
-  ports:
-  - {{name: http, port: 8080, targetPort: http}}
-"#
-    )
-}
 
 /// One endpoint of an EndpointSlice: address and (ready, serving, terminating).
 type Conditions = (bool, bool, bool);

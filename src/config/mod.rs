@@ -154,11 +154,63 @@ pub struct ListenArgs {
     pub threads: Option<usize>,
 }
 
+/// Where configuration comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// A directory of manifests (`--config-dir`).
+    Dir,
+    /// The Kubernetes API server (in-cluster, `--kubeconfig` or `KUBECONFIG`).
+    Kubernetes,
+}
+
+/// The configuration source flags of `weir edge`.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Where configuration comes from.
+    #[arg(long, value_enum, default_value_t = SourceKind::Dir)]
+    pub source: SourceKind,
+    /// Directory of Kubernetes manifests (*.yaml, *.yml, multi-document), watched for changes
+    /// (`--source dir`).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Kubeconfig file (`--source kubernetes`); else in-cluster, then KUBECONFIG.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A namespace to watch (`--source kubernetes`); repeat for several. Default: all.
+    #[arg(long = "watch-namespace")]
+    pub watch_namespaces: Vec<String>,
+}
+
+impl SourceArgs {
+    /// The source the flags name; fails, saying what to fix, on a mismatch.
+    pub fn source(&self) -> anyhow::Result<crate::source::ConfigSource> {
+        use crate::source::{kubernetes::KubeSource, ConfigSource};
+        match (self.source, &self.config_dir) {
+            (SourceKind::Dir, Some(dir)) => {
+                anyhow::ensure!(
+                    self.kubeconfig.is_none() && self.watch_namespaces.is_empty(),
+                    "--kubeconfig and --watch-namespace are for --source kubernetes"
+                );
+                Ok(ConfigSource::Dir(dir.clone()))
+            }
+            (SourceKind::Dir, None) => {
+                anyhow::bail!("give --config-dir DIR (a directory of manifests), or --source kubernetes")
+            }
+            (SourceKind::Kubernetes, Some(_)) => {
+                anyhow::bail!("--config-dir is for --source dir; with --source kubernetes the API server is the source")
+            }
+            (SourceKind::Kubernetes, None) => Ok(ConfigSource::Kubernetes(KubeSource {
+                kubeconfig: self.kubeconfig.clone(),
+                namespaces: self.watch_namespaces.clone(),
+            })),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct EdgeArgs {
-    /// Directory of Kubernetes manifests (*.yaml, *.yml, multi-document), watched for changes.
-    #[arg(long)]
-    pub config_dir: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// On SIGTERM or Ctrl-C, how long open connections get to finish (e.g. 30s).
     #[arg(long, default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = crate::api::duration::parse)]
     pub drain_timeout: Duration,
@@ -202,5 +254,25 @@ mod tests {
             let err = parse(&["weir", tier, "--drain-timeout", "1.5s"]).unwrap_err().to_string();
             assert!(err.contains("\"1.5s\" is not a Gateway API duration"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_source_flags_say_what_to_fix() {
+        let source = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["weir", "edge"].iter().chain(args).copied()).map_err(|e| e.to_string())?;
+            let Command::Edge(edge) = cli.command else { panic!("not the edge") };
+            edge.source.source().map_err(|e| e.to_string())
+        };
+        assert!(matches!(source(&["--config-dir", "d"]), Ok(crate::source::ConfigSource::Dir(_))));
+        let k = source(&["--source", "kubernetes", "--watch-namespace", "a", "--watch-namespace", "b"]);
+        let Ok(crate::source::ConfigSource::Kubernetes(k)) = k else { panic!("{k:?}") };
+        assert_eq!(k.namespaces, ["a", "b"]);
+        assert!(source(&[]).unwrap_err().contains("give --config-dir DIR"));
+        assert!(source(&["--source", "kubernetes", "--config-dir", "d"])
+            .unwrap_err()
+            .contains("--config-dir is for --source dir"));
+        assert!(source(&["--config-dir", "d", "--kubeconfig", "k"])
+            .unwrap_err()
+            .contains("are for --source kubernetes"));
     }
 }

@@ -160,7 +160,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let story = mesh::MeshStory::start(&store, &args.config_dir, mesh::GatewayPorts::default())
         .await
         .context("the mesh story (checkout and payments pods on 127.0.0.2-4)")?;
-    let handle = start_edge(EdgeOptions::from_args(args.config_dir.clone(), &args.listen)).await?;
+    let handle =
+        start_edge(EdgeOptions::from_args(crate::source::ConfigSource::Dir(args.config_dir.clone()), &args.listen))
+            .await?;
     let snap = handle.snapshot();
     for r in &snap.rejections {
         println!("  rejected: {r}");

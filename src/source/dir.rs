@@ -23,6 +23,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 pub struct Loaded {
     pub store: Store,
     pub changed_at: Instant,
+    /// The source has read everything once (always, for a directory): until then the store is
+    /// not a configuration to serve.
+    pub synced: bool,
 }
 
 /// Reads a directory, remembering each file's last good objects across reloads.
@@ -143,7 +146,7 @@ pub fn may_hold_manifests(path: &Path) -> bool {
 /// nothing). The watcher lives as long as the spawned task.
 pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
     let mut loader = DirLoader::default();
-    let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now() };
+    let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now(), synced: true };
     let (tx, rx) = watch::channel(first);
     let mut changes = Changes::watch(&[&dir], may_hold_manifests)?;
     tokio::spawn(async move {
@@ -153,7 +156,7 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
                     if tx.is_closed() {
                         return;
                     }
-                    publish_if_changed(&tx, Loaded { store, changed_at });
+                    publish_if_changed(&tx, Loaded { store, changed_at, synced: true });
                 }
                 Err(e) => tracing::error!(dir = %dir.display(), error = %e,
                     "cannot read the config directory; the last good configuration keeps serving"),
@@ -283,8 +286,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
         let mut loader = DirLoader::default();
-        let load =
-            |loader: &mut DirLoader| Loaded { store: loader.load(dir.path()).unwrap(), changed_at: Instant::now() };
+        let load = |loader: &mut DirLoader| Loaded {
+            store: loader.load(dir.path()).unwrap(),
+            changed_at: Instant::now(),
+            synced: true,
+        };
         let (tx, mut rx) = watch::channel(load(&mut loader));
         rx.mark_unchanged();
         assert!(!publish_if_changed(&tx, load(&mut loader)), "the same objects");

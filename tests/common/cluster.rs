@@ -118,3 +118,57 @@ pub async fn apply(client: &Client, namespace: &str, yaml: &str) -> Result<Vec<D
     }
     Ok(applied)
 }
+
+/// The echo's port in its Pod (echo-basic's default HTTP port).
+pub const ECHO_PORT: u16 = 3000;
+
+/// A Deployment of the Gateway API's echo image behind a Service `echo`. `version` goes into an
+/// env var, so changing it rolls the Deployment. Old Pods drain for 2 s in a preStop hook.
+pub fn echo_deployment(replicas: u32, version: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: echo}}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata:
+      labels: {{app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: echo
+        image: registry.k8s.io/gateway-api/echo-basic:v1.5.1
+        ports:
+        - {{name: http, containerPort: {ECHO_PORT}}}
+        env:
+        - {{name: VERSION, value: "{version}"}}
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: NAMESPACE
+          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+        readinessProbe:
+          httpGet: {{path: /ready, port: http}}
+          periodSeconds: 1
+        lifecycle:
+          preStop:
+            sleep: {{seconds: 2}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector: {{app: echo}}
+  ports:
+  - {{name: http, port: 8080, targetPort: http}}
+"#
+    )
+}

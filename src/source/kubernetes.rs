@@ -1,0 +1,267 @@
+//! `--source kubernetes`: the objects the directory source reads, watched on the API server with
+//! kube-rs watchers, filling the same [`Store`].
+//!
+//! Each kind (in each watched namespace) has its own watcher. A relist replaces that kind's
+//! objects as one set. A burst of events is coalesced into one publish, and a publish that
+//! changes nothing is not made. Nothing is published before every kind has synced once. A kind
+//! whose resource is not installed (a missing CRD) counts as synced and empty: it is reported
+//! once and watched again with a backoff, so it is picked up when its CRD appears, with no
+//! restart. A watch that fails (an expired resource version, a restarted apiserver, a cut
+//! connection) is retried with a backoff; meanwhile the last published store keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use super::dir::Loaded;
+use crate::api::backend_policy::BackendPolicy;
+use crate::api::mesh_authorization::MeshAuthorization;
+use crate::store::{NsName, Object, Store};
+
+/// The origin of every object from the API server (where the directory source names a file).
+pub const ORIGIN: &str = "kubernetes";
+
+/// How events are coalesced: a publish waits until no event has come for this long.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+/// Where the API server is and what to watch.
+#[derive(Clone, Debug, Default)]
+pub struct KubeSource {
+    /// A kubeconfig file (`--kubeconfig`); else kube-rs's inference: in-cluster, then
+    /// `KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (`--watch-namespace`); empty: all.
+    pub namespaces: Vec<String>,
+}
+
+impl KubeSource {
+    /// A client for the API server.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        // kube's rustls needs a process-wide crypto provider; ring is already in the build
+        // (rcgen). Another caller may have installed one: that one is used.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                    .await
+                    .with_context(|| format!("the kubeconfig {} is not usable", path.display()))?
+            }
+            None => kube::Config::infer().await.context(
+                "no Kubernetes configuration found: not in a cluster, and no KUBECONFIG or ~/.kube/config; give --kubeconfig",
+            )?,
+        };
+        Client::try_from(config).context("cannot make a Kubernetes client")
+    }
+}
+
+/// What one watcher saw.
+enum Seen {
+    /// A relist starts: the objects until [`Seen::Listed`] replace the kind's.
+    Relist,
+    Listed,
+    Applied(NsName, Box<Object>),
+    Deleted(NsName),
+    /// The resource is not installed (404).
+    Missing,
+    /// The watch failed (it is retried).
+    Failed(String),
+}
+
+/// One watcher: a kind, in a namespace or all.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Feed {
+    kind: &'static str,
+    namespace: Option<String>,
+}
+
+#[derive(Default)]
+struct FeedState {
+    objects: BTreeMap<NsName, Object>,
+    relisting: Option<BTreeMap<NsName, Object>>,
+    synced: bool,
+    missing_reported: bool,
+}
+
+/// Starts watching and returns the stores as they change; the first value is sent once every
+/// kind has synced (an empty store until then, which the config loop does not apply:
+/// `Loaded::synced` is false).
+pub async fn watch_kubernetes(source: &KubeSource) -> anyhow::Result<watch::Receiver<Loaded>> {
+    let client = source.client().await?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let namespaces: Vec<Option<String>> = match source.namespaces.is_empty() {
+        true => vec![None],
+        false => source.namespaces.iter().cloned().map(Some).collect(),
+    };
+    let mut feeds = vec![];
+    let mut feed = |kind: &'static str, namespace: Option<String>| {
+        let f = Feed { kind, namespace };
+        feeds.push(f.clone());
+        (f, events_tx.clone())
+    };
+    // cluster-scoped kinds
+    spawn::<IngressClass>(Api::all(client.clone()), watcher::Config::default(), feed("IngressClass", None), |o| {
+        Object::IngressClass(Box::new(o))
+    });
+    spawn::<GatewayClass>(Api::all(client.clone()), watcher::Config::default(), feed("GatewayClass", None), |o| {
+        Object::GatewayClass(Box::new(o))
+    });
+    for ns in namespaces {
+        let api = |c: &Client| -> (Client, Option<String>) { (c.clone(), ns.clone()) };
+        macro_rules! namespaced {
+            ($ty:ty, $kind:literal, $wrap:expr, $config:expr) => {{
+                let (c, ns) = api(&client);
+                let a: Api<$ty> = match &ns {
+                    Some(ns) => Api::namespaced(c, ns),
+                    None => Api::all(c),
+                };
+                spawn::<$ty>(a, $config, feed($kind, ns), $wrap);
+            }};
+        }
+        let any = watcher::Config::default;
+        namespaced!(Ingress, "Ingress", |o| Object::Ingress(Box::new(o)), any());
+        namespaced!(Gateway, "Gateway", |o| Object::Gateway(Box::new(o)), any());
+        namespaced!(HttpRoute, "HTTPRoute", |o| Object::HttpRoute(Box::new(o)), any());
+        namespaced!(ReferenceGrant, "ReferenceGrant", |o| Object::ReferenceGrant(Box::new(o)), any());
+        namespaced!(Service, "Service", |o| Object::Service(Box::new(o)), any());
+        namespaced!(EndpointSlice, "EndpointSlice", |o| Object::EndpointSlice(Box::new(o)), any());
+        // only what weir reads: TLS certificates, never every Secret of the cluster
+        let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
+        namespaced!(Secret, "Secret", |o| Object::Secret(Box::new(o)), tls);
+        namespaced!(BackendPolicy, "BackendPolicy", |o| Object::BackendPolicy(Box::new(o)), any());
+        namespaced!(MeshAuthorization, "MeshAuthorization", |o| Object::MeshAuthorization(Box::new(o)), any());
+    }
+    let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+    tokio::spawn(gather(feeds, events, tx));
+    Ok(rx)
+}
+
+/// Runs one watcher, sending what it sees as `feed`.
+fn spawn<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    (feed, tx): (Feed, mpsc::UnboundedSender<(Feed, Seen)>),
+    wrap: fn(K) -> Object,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = stream.next().await {
+            let seen = match event {
+                Ok(watcher::Event::Init) => Seen::Relist,
+                Ok(watcher::Event::InitDone) => Seen::Listed,
+                Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                    Seen::Applied(key(&o), Box::new(wrap(o)))
+                }
+                Ok(watcher::Event::Delete(o)) => Seen::Deleted(key(&o)),
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => Seen::Missing,
+                Err(e) => Seen::Failed(e.to_string()),
+            };
+            if tx.send((feed.clone(), seen)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn key<K: Resource>(o: &K) -> NsName {
+    let meta = o.meta();
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// Keeps every feed's objects and publishes the store when a burst of events has settled, once
+/// every feed has synced.
+async fn gather(feeds: Vec<Feed>, mut events: mpsc::UnboundedReceiver<(Feed, Seen)>, tx: watch::Sender<Loaded>) {
+    let mut state: HashMap<Feed, FeedState> = feeds.into_iter().map(|f| (f, FeedState::default())).collect();
+    while let Some(first) = events.recv().await {
+        let changed_at = Instant::now();
+        let mut batch = vec![first];
+        // coalesce: take events until none has come for COALESCE
+        while let Ok(Some(next)) = tokio::time::timeout(COALESCE, events.recv()).await {
+            batch.push(next);
+        }
+        for (feed, seen) in batch {
+            let s = state.entry(feed.clone()).or_default();
+            match seen {
+                Seen::Relist => s.relisting = Some(BTreeMap::new()),
+                Seen::Listed => {
+                    if let Some(listed) = s.relisting.take() {
+                        s.objects = listed;
+                    }
+                    if !s.synced {
+                        tracing::info!(kind = feed.kind, namespace = ?feed.namespace, objects = s.objects.len(), "synced");
+                    }
+                    s.synced = true;
+                    s.missing_reported = false;
+                }
+                Seen::Applied(k, o) => {
+                    let target = s.relisting.as_mut().unwrap_or(&mut s.objects);
+                    target.insert(k, *o);
+                }
+                Seen::Deleted(k) => {
+                    s.objects.remove(&k);
+                    if let Some(r) = s.relisting.as_mut() {
+                        r.remove(&k);
+                    }
+                }
+                Seen::Missing => {
+                    if !s.missing_reported {
+                        tracing::warn!(
+                            kind = feed.kind,
+                            "the {} resource is not installed (its CRD is missing); weir serves the rest and watches for it",
+                            feed.kind
+                        );
+                        s.missing_reported = true;
+                    }
+                    s.objects.clear();
+                    s.synced = true;
+                }
+                Seen::Failed(e) => tracing::warn!(
+                    kind = feed.kind,
+                    namespace = ?feed.namespace,
+                    error = %e,
+                    "watch failed; retrying, and the last configuration keeps serving"
+                ),
+            }
+        }
+        if !state.values().all(|s| s.synced) {
+            continue;
+        }
+        let mut store = Store::default();
+        for s in state.values() {
+            for o in s.objects.values() {
+                store.apply(o.clone(), ORIGIN);
+            }
+        }
+        tx.send_if_modified(|current| {
+            let changed = !current.synced || current.store != store;
+            if changed {
+                *current = Loaded { store, changed_at, synced: true };
+            }
+            changed
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}

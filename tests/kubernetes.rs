@@ -1,0 +1,105 @@
+//! `--source kubernetes` against the real control plane (tests/cluster): weir watches the API
+//! server and serves what is applied there, with no file in between.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use weir::app::{start_edge, EdgeOptions};
+use weir::source::kubernetes::KubeSource;
+use weir::source::ConfigSource;
+
+/// Bound for the cluster and weir to converge (Pods start as processes; a busy CI machine is
+/// slower).
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// A GatewayClass of weir's (named after the test's namespace: classes are cluster-wide), a
+/// Gateway listening on `port`, and an HTTPRoute sending /missing to a Service that does not
+/// exist and the rest to the echo Deployment.
+fn gateway_and_route(ns: &str, port: u16) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: weir-{ns}}}
+spec: {{controllerName: weir.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  gatewayClassName: weir-{ns}
+  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /missing}}}}]
+    backendRefs: [{{name: ghost, port: 8080}}]
+  - backendRefs: [{{name: echo, port: 8080}}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "edge").await;
+    apply(&client, &ns, &echo_deployment(2, "1")).await.expect("apply the echo Deployment");
+    let port = free_port();
+    apply(&client, &ns, &gateway_and_route(&ns, port)).await.expect("apply the Gateway and HTTPRoute");
+
+    let source = KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()] };
+    let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
+        .await
+        .expect("weir edge --source kubernetes");
+    let gateway = local(port);
+    // the echo answers from its Pods once they are ready: both of them, through the Gateway
+    let pods = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    wait_until("both echo Pods answer through the Gateway", CONVERGE, || {
+        let (pods, ns) = (&pods, &ns);
+        async move {
+            let Ok(resp) = request(gateway).host("shop.example.com").path("/who").try_send().await else {
+                return false;
+            };
+            if resp.status != 200 {
+                return false;
+            }
+            let body = resp.json();
+            assert_eq!(body["namespace"], ns.as_str(), "the echo of the test's namespace: {body}");
+            let mut pods = pods.lock().unwrap();
+            pods.insert(body["pod"].as_str().unwrap_or_default().to_string());
+            pods.len() == 2
+        }
+    })
+    .await;
+    // a rule whose Service does not exist answers 500; the others keep serving
+    get(gateway, "shop.example.com", "/missing").await.assert_status(500);
+    let rejection = edge
+        .snapshot()
+        .rejections
+        .iter()
+        .find(|r| r.kind == "HTTPRoute" && r.name == "web")
+        .cloned()
+        .expect("the route's missing backend is reported");
+    assert!(rejection.reason.contains(&format!("Service {ns}/ghost does not exist")), "{rejection:?}");
+    assert_eq!(rejection.file, "kubernetes", "{rejection:?}");
+
+    // a change applied to the cluster is served: the route now takes only /v2
+    let narrowed = gateway_and_route(&ns, port).replace(
+        "  - backendRefs: [{name: echo",
+        "  - matches: [{path: {type: PathPrefix, value: /v2}}]\n    backendRefs: [{name: echo",
+    );
+    apply(&client, &ns, &narrowed).await.expect("apply the narrowed HTTPRoute");
+    wait_until("the narrowed route applies", CONVERGE, || async {
+        request(gateway).host("shop.example.com").path("/who").try_send().await.is_ok_and(|r| r.status == 404)
+    })
+    .await;
+    get(gateway, "shop.example.com", "/v2/who").await.assert_status(200);
+    edge.shutdown().await;
+}
