@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => a.listen.access_log,
         _ => None,
     };
-    weir::telemetry::init_tracing(access_log);
+    weir::telemetry::init_tracing(access_log, cli.log_format);
     match cli.command {
         Command::Validate(args) => weir::validate::run(&args),
         Command::Crds => {

@@ -461,33 +461,22 @@ impl Drop for Edge {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Starts `weir edge --access-log json` on loopback port 0 listeners and reads the addresses it
-/// logs on stderr.
-fn start_binary(config_dir: &std::path::Path) -> Edge {
+/// Starts `weir [global] edge --access-log json` on loopback port 0 listeners (stderr is a pipe,
+/// as in a Pod or a redirect to a file) and reads the HTTP address it logs on stderr, with
+/// `http_addr` (the text of the line it logs that in).
+fn start_binary_with(
+    config_dir: &std::path::Path,
+    global: &[&str],
+    http_addr: fn(&str) -> Option<String>,
+) -> (Edge, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(global)
         .args(["edge", "--config-dir"])
         .arg(config_dir)
         .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--gateway-address", "127.0.0.1", "--access-log", "json"])
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -506,7 +495,7 @@ fn start_binary(config_dir: &std::path::Path) -> Edge {
     let err = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = err_tx.send(strip_ansi(&line));
+            let _ = err_tx.send(line);
         }
     });
     let mut edge = Edge { child, http: local(0), stdout };
@@ -514,16 +503,34 @@ fn start_binary(config_dir: &std::path::Path) -> Edge {
     loop {
         match err_rx.recv_timeout(WAIT) {
             Ok(line) => {
-                if let Some(rest) = line.split("http_addr=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("");
+                assert!(!line.contains('\u{1b}'), "colour codes in a log that is not a terminal: {line:?}");
+                if let Some(addr) = http_addr(&line) {
                     edge.http = addr.parse().unwrap_or_else(|_| panic!("bad http_addr in {line:?}"));
-                    return edge;
+                    return (edge, line);
                 }
                 seen.push(line);
             }
             Err(_) => panic!("weir edge did not log that it is serving within {WAIT:?}; stderr:\n{}", seen.join("\n")),
         }
     }
+}
+
+/// [`start_binary_with`] the text log.
+fn start_binary(config_dir: &std::path::Path) -> Edge {
+    let text = |line: &str| Some(line.split("http_addr=").nth(1)?.split_whitespace().next()?.to_string());
+    start_binary_with(config_dir, &[], text).0
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = |line: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        Some(v.get("http_addr")?.as_str()?.to_string())
+    };
+    let (_edge, line) = start_binary_with(dir.path(), &["--log-format", "json"], json);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((v["level"].as_str(), v["message"].as_str()), (Some("INFO"), Some("weir edge is serving")), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

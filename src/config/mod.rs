@@ -36,6 +36,9 @@ pub const DEFAULT_DEMO_CONFIG: &str = "conf/quickstart";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How weir's own log (stderr) is written: text (colours on a terminal only) or json.
+    #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]

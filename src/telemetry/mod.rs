@@ -5,11 +5,22 @@ pub mod mesh;
 pub mod metrics;
 
 pub use access_log::AccessLogFormat;
+
+/// How weir's own log (stderr) is written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people; colours on a terminal only.
+    #[default]
+    Text,
+    /// One JSON object per line, for a cluster's log collection.
+    Json,
+}
 pub use metrics::{Metrics, TargetMetrics};
 
 /// Installs the tracing subscriber (`RUST_LOG` filters, default `info`) and bridges Pingora's
 /// `log` records into it. Safe to call more than once (later calls do nothing).
-pub fn init_tracing(access_log: Option<AccessLogFormat>) {
+pub fn init_tracing(access_log: Option<AccessLogFormat>, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -21,9 +32,25 @@ pub fn init_tracing(access_log: Option<AccessLogFormat>) {
             .with_writer(std::io::stdout)
             .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == access_log::TARGET))
     });
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != access_log::TARGET));
+    let not_access = tracing_subscriber::filter::filter_fn(|m| m.target() != access_log::TARGET);
+    let logs = match format {
+        // colours only for a terminal (and not when NO_COLOR is set): a file or a Pod's log
+        // gets plain text
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .with_filter(not_access)
+                .boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(not_access)
+            .boxed(),
+    };
     let _ = tracing_log::LogTracer::init();
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(access).try_init();
 }
