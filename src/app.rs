@@ -131,15 +131,15 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         ingress_class: opts.ingress_class.clone(),
         watch_ingress_without_class: opts.watch_ingress_without_class,
     };
+    let pools = Arc::new(PoolRegistry::default());
+    let metrics = Metrics::new(pools.clone());
     let store_rx = match &opts.source {
         ConfigSource::Dir(dir) => {
             watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?
         }
-        ConfigSource::Kubernetes(k) => watch_kubernetes(k).await?,
+        ConfigSource::Kubernetes(k) => watch_kubernetes(k, metrics.clone()).await?,
     };
 
-    let pools = Arc::new(PoolRegistry::default());
-    let metrics = Metrics::new(pools.clone());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

@@ -78,6 +78,12 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
         }
     })
     .await;
+    // every kind watched has synced, and says when
+    let metrics = request(edge.admin_addr).path("/metrics").send().await.text();
+    for kind in ["GatewayClass", "Gateway", "HTTPRoute", "Service", "EndpointSlice", "Secret", "BackendPolicy"] {
+        assert_eq!(metric(&metrics, "weir_source_synced", &[("kind", kind)]), 1.0, "{kind}:\n{metrics}");
+        assert!(metric(&metrics, "weir_source_last_sync_timestamp_seconds", &[("kind", kind)]) > 1.7e9, "{kind}");
+    }
     // a rule whose Service does not exist answers 500; the others keep serving
     get(gateway, "shop.example.com", "/missing").await.assert_status(500);
     let rejection = edge

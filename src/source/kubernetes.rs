@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,6 +34,7 @@ use super::dir::Loaded;
 use crate::api::backend_policy::BackendPolicy;
 use crate::api::mesh_authorization::MeshAuthorization;
 use crate::store::{NsName, Object, Store};
+use crate::telemetry::Metrics;
 
 /// The origin of every object from the API server (where the directory source names a file).
 pub const ORIGIN: &str = "kubernetes";
@@ -104,7 +106,7 @@ struct FeedState {
 /// Starts watching and returns the stores as they change; the first value is sent once every
 /// kind has synced (an empty store until then, which the config loop does not apply:
 /// `Loaded::synced` is false).
-pub async fn watch_kubernetes(source: &KubeSource) -> anyhow::Result<watch::Receiver<Loaded>> {
+pub async fn watch_kubernetes(source: &KubeSource, metrics: Arc<Metrics>) -> anyhow::Result<watch::Receiver<Loaded>> {
     let client = source.client().await?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let namespaces: Vec<Option<String>> = match source.namespaces.is_empty() {
@@ -150,7 +152,7 @@ pub async fn watch_kubernetes(source: &KubeSource) -> anyhow::Result<watch::Rece
         namespaced!(MeshAuthorization, "MeshAuthorization", |o| Object::MeshAuthorization(Box::new(o)), any());
     }
     let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
-    tokio::spawn(gather(feeds, events, tx));
+    tokio::spawn(gather(feeds, events, tx, metrics));
     Ok(rx)
 }
 
@@ -191,7 +193,12 @@ fn key<K: Resource>(o: &K) -> NsName {
 
 /// Keeps every feed's objects and publishes the store when a burst of events has settled, once
 /// every feed has synced.
-async fn gather(feeds: Vec<Feed>, mut events: mpsc::UnboundedReceiver<(Feed, Seen)>, tx: watch::Sender<Loaded>) {
+async fn gather(
+    feeds: Vec<Feed>,
+    mut events: mpsc::UnboundedReceiver<(Feed, Seen)>,
+    tx: watch::Sender<Loaded>,
+    metrics: Arc<Metrics>,
+) {
     let mut state: HashMap<Feed, FeedState> = feeds.into_iter().map(|f| (f, FeedState::default())).collect();
     while let Some(first) = events.recv().await {
         let changed_at = Instant::now();
@@ -213,6 +220,9 @@ async fn gather(feeds: Vec<Feed>, mut events: mpsc::UnboundedReceiver<(Feed, See
                     }
                     s.synced = true;
                     s.missing_reported = false;
+                    metrics.source_synced.with_label_values(&[feed.kind]).set(1);
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    metrics.source_last_sync.with_label_values(&[feed.kind]).set(now.as_secs_f64());
                 }
                 Seen::Applied(k, o) => {
                     let target = s.relisting.as_mut().unwrap_or(&mut s.objects);
@@ -236,12 +246,15 @@ async fn gather(feeds: Vec<Feed>, mut events: mpsc::UnboundedReceiver<(Feed, See
                     s.objects.clear();
                     s.synced = true;
                 }
-                Seen::Failed(e) => tracing::warn!(
+                Seen::Failed(e) => {
+                    metrics.source_watch_failures.with_label_values(&[feed.kind]).inc();
+                    tracing::warn!(
                     kind = feed.kind,
                     namespace = ?feed.namespace,
                     error = %e,
                     "watch failed; retrying, and the last configuration keeps serving"
-                ),
+                    )
+                }
             }
         }
         if !state.values().all(|s| s.synced) {

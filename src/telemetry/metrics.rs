@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use super::mesh::MeshMetrics;
@@ -44,6 +44,12 @@ pub struct Metrics {
     pub mesh_identity_reloads: IntCounterVec,
     /// Mutual-TLS connections accepted by the mesh inbound listener (handshake done).
     pub mesh_inbound_connections: IntCounter,
+    /// `--source kubernetes`: failed watches (each retried), by kind.
+    pub source_watch_failures: IntCounterVec,
+    /// `--source kubernetes`: 1 once a kind has synced (listed) at least once, by kind.
+    pub source_synced: IntGaugeVec,
+    /// `--source kubernetes`: when a kind last finished a list (Unix seconds), by kind.
+    pub source_last_sync: GaugeVec,
     /// Mesh requests by hop (caller, destination, route).
     pub mesh: MeshMetrics,
     /// Handles by (listener, route, backend), for the snapshot being built and for the one
@@ -149,8 +155,23 @@ impl Metrics {
             "mesh_inbound_connections_total",
             "Mutual-TLS connections accepted by the mesh inbound listener",
         ));
+        let source_watch_failures = must(IntCounterVec::new(
+            Opts::new("source_watch_failures_total", "Failed watches of the API server (each is retried), by kind"),
+            &["kind"],
+        ));
+        let source_synced = must(IntGaugeVec::new(
+            Opts::new("source_synced", "1 once a kind has been listed from the API server"),
+            &["kind"],
+        ));
+        let source_last_sync = must(GaugeVec::new(
+            Opts::new("source_last_sync_timestamp_seconds", "When a kind last finished a list of the API server"),
+            &["kind"],
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn Collector>,
+            Box::new(source_watch_failures.clone()),
+            Box::new(source_synced.clone()),
+            Box::new(source_last_sync.clone()),
             Box::new(mesh_inbound_connections.clone()),
             Box::new(mesh_handshake_failures.clone()),
             Box::new(mesh_identity_reloads.clone()),
@@ -183,6 +204,9 @@ impl Metrics {
             mesh_handshake_failures,
             mesh_identity_reloads,
             mesh_inbound_connections,
+            source_watch_failures,
+            source_synced,
+            source_last_sync,
             mesh,
             targets: Mutex::new(Default::default()),
         })
