@@ -39,8 +39,10 @@ use crate::telemetry::Metrics;
 /// The origin of every object from the API server (where the directory source names a file).
 pub const ORIGIN: &str = "kubernetes";
 
-/// How events are coalesced: a publish waits until no event has come for this long.
+/// How events are coalesced: a publish waits until no event has come for this long...
 pub const COALESCE: Duration = Duration::from_millis(20);
+/// ...or until the burst has lasted this long, so that steady churn still publishes.
+pub const MAX_COALESCE: Duration = Duration::from_millis(200);
 
 /// Where the API server is and what to watch.
 #[derive(Clone, Debug, Default)]
@@ -203,8 +205,11 @@ async fn gather(
     while let Some(first) = events.recv().await {
         let changed_at = Instant::now();
         let mut batch = vec![first];
-        // coalesce: take events until none has come for COALESCE
-        while let Ok(Some(next)) = tokio::time::timeout(COALESCE, events.recv()).await {
+        // coalesce: take events until none has come for COALESCE, at most MAX_COALESCE
+        let until = tokio::time::Instant::now() + MAX_COALESCE;
+        while let Ok(Some(next)) =
+            tokio::time::timeout_at(until.min(tokio::time::Instant::now() + COALESCE), events.recv()).await
+        {
             batch.push(next);
         }
         for (feed, seen) in batch {
@@ -276,5 +281,65 @@ async fn gather(
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> (NsName, Box<Object>) {
+        let mut s = Service::default();
+        s.metadata.namespace = Some("shop".into());
+        s.metadata.name = Some(name.into());
+        (("shop".into(), name.into()), Box::new(Object::Service(Box::new(s))))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_before_the_first_sync_a_burst_is_one_publish_and_steady_churn_still_publishes() {
+        let feed = Feed { kind: "Service", namespace: None };
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (tx, mut rx) =
+            watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+        tokio::spawn(gather(vec![feed.clone()], events, tx, Metrics::new(Default::default())));
+        let send = |seen: Seen| events_tx.send((feed.clone(), seen)).unwrap();
+        let applied = |name: &str| {
+            let (k, o) = service(name);
+            Seen::Applied(k, o)
+        };
+        send(Seen::Relist);
+        send(applied("a"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!rx.has_changed().unwrap(), "not listed yet: nothing to serve");
+        send(Seen::Listed);
+        rx.changed().await.unwrap();
+        assert!(rx.borrow_and_update().synced);
+        for i in 0..100 {
+            send(applied(&format!("b{i}")));
+        }
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().store.services.len(), 101, "the burst in one publish");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!rx.has_changed().unwrap(), "and only one");
+        // an event every 10 ms for a second: never 20 ms of quiet, yet it publishes as it goes
+        let churn = tokio::spawn({
+            let events_tx = events_tx.clone();
+            let feed = feed.clone();
+            async move {
+                for i in 0..100 {
+                    let (k, o) = service(&format!("c{i}"));
+                    events_tx.send((feed.clone(), Seen::Applied(k, o))).unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        let mut publishes = 0;
+        while tokio::time::timeout(MAX_COALESCE + COALESCE, rx.changed()).await.is_ok() {
+            publishes += 1;
+            rx.borrow_and_update();
+        }
+        churn.await.unwrap();
+        assert!((4..=7).contains(&publishes), "about one publish per {MAX_COALESCE:?} over a second: {publishes}");
+        assert_eq!(rx.borrow().store.services.len(), 201);
     }
 }
