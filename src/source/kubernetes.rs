@@ -129,33 +129,40 @@ pub async fn watch_kubernetes(source: &KubeSource, metrics: Arc<Metrics>) -> any
         Object::GatewayClass(Box::new(o))
     });
     for ns in namespaces {
-        let api = |c: &Client| -> (Client, Option<String>) { (c.clone(), ns.clone()) };
-        macro_rules! namespaced {
-            ($ty:ty, $kind:literal, $wrap:expr, $config:expr) => {{
-                let (c, ns) = api(&client);
-                let a: Api<$ty> = match &ns {
-                    Some(ns) => Api::namespaced(c, ns),
-                    None => Api::all(c),
-                };
-                spawn::<$ty>(a, $config, feed($kind, ns), $wrap);
-            }};
-        }
+        let ns = ns.as_deref();
+        let mut feed = |kind| feed(kind, ns.map(str::to_string));
         let any = watcher::Config::default;
-        namespaced!(Ingress, "Ingress", |o| Object::Ingress(Box::new(o)), any());
-        namespaced!(Gateway, "Gateway", |o| Object::Gateway(Box::new(o)), any());
-        namespaced!(HttpRoute, "HTTPRoute", |o| Object::HttpRoute(Box::new(o)), any());
-        namespaced!(ReferenceGrant, "ReferenceGrant", |o| Object::ReferenceGrant(Box::new(o)), any());
-        namespaced!(Service, "Service", |o| Object::Service(Box::new(o)), any());
-        namespaced!(EndpointSlice, "EndpointSlice", |o| Object::EndpointSlice(Box::new(o)), any());
         // only what weir reads: TLS certificates, never every Secret of the cluster
         let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
-        namespaced!(Secret, "Secret", |o| Object::Secret(Box::new(o)), tls);
-        namespaced!(BackendPolicy, "BackendPolicy", |o| Object::BackendPolicy(Box::new(o)), any());
-        namespaced!(MeshAuthorization, "MeshAuthorization", |o| Object::MeshAuthorization(Box::new(o)), any());
+        spawn::<Ingress>(api(&client, ns), any(), feed("Ingress"), |o| Object::Ingress(Box::new(o)));
+        spawn::<Gateway>(api(&client, ns), any(), feed("Gateway"), |o| Object::Gateway(Box::new(o)));
+        spawn::<HttpRoute>(api(&client, ns), any(), feed("HTTPRoute"), |o| Object::HttpRoute(Box::new(o)));
+        spawn::<ReferenceGrant>(api(&client, ns), any(), feed("ReferenceGrant"), |o| {
+            Object::ReferenceGrant(Box::new(o))
+        });
+        spawn::<Service>(api(&client, ns), any(), feed("Service"), |o| Object::Service(Box::new(o)));
+        spawn::<EndpointSlice>(api(&client, ns), any(), feed("EndpointSlice"), |o| Object::EndpointSlice(Box::new(o)));
+        spawn::<Secret>(api(&client, ns), tls, feed("Secret"), |o| Object::Secret(Box::new(o)));
+        spawn::<BackendPolicy>(api(&client, ns), any(), feed("BackendPolicy"), |o| Object::BackendPolicy(Box::new(o)));
+        spawn::<MeshAuthorization>(api(&client, ns), any(), feed("MeshAuthorization"), |o| {
+            Object::MeshAuthorization(Box::new(o))
+        });
     }
     let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
     tokio::spawn(gather(feeds, events, tx, metrics));
     Ok(rx)
+}
+
+/// The API of a namespaced kind in `ns`, or in every namespace.
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs one watcher, sending what it sees as `feed`.

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::backend::{Backends, PortRef};
 use super::status::ConditionType::{Accepted, Programmed, ResolvedRefs};
-use super::status::{Condition, ParentRef, ParentStatus, Problem, Reason};
+use super::status::{resolved_refs, Condition, ParentRef, ParentStatus, Problem, Reason};
 use super::tls::{CertModel, Secrets};
 use super::{
     created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
@@ -164,47 +164,23 @@ pub fn translate(
         if parents.is_empty() {
             continue;
         }
-        let route_status = |parents: &[(ParentRef, Result<Vec<&Listener>, Problem>)],
-                            resolved: &Condition,
-                            hosts: &dyn Fn(&[&Listener]) -> Option<Problem>| {
-            parents
-                .iter()
-                .map(|(parent, result)| {
-                    let accepted = match result {
-                        Err(problem) => problem.condition(),
-                        Ok(listeners) => {
-                            hosts(listeners).map_or_else(|| Condition::holds(Accepted, ""), |p| p.condition())
-                        }
-                    };
-                    ParentStatus { parent: parent.clone(), conditions: vec![accepted, resolved.clone()] }
-                })
-                .collect::<Vec<_>>()
-        };
         let attached: Vec<&Listener> = parents.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
         if attached.is_empty() {
             let refusals: Vec<&str> =
                 parents.iter().filter_map(|(_, r)| r.as_ref().err()).map(|p| p.message.as_str()).collect();
             model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
-            model.statuses.of("HTTPRoute", ns, name).parents =
-                route_status(&parents, &Condition::holds(ResolvedRefs, ""), &|_| None);
+            model.statuses.of("HTTPRoute", ns, name).parents = parent_statuses(&parents, &resolved_refs(&[]), |_| None);
             continue;
         }
         let refused = |reason: Reason, message: String, model: &mut Model| {
             let problem = Problem::new(Accepted, reason, message.clone());
-            let rejected = |_: &[&Listener]| Some(problem.clone());
             model.statuses.of("HTTPRoute", ns, name).parents =
-                route_status(&parents, &Condition::holds(ResolvedRefs, ""), &rejected);
+                parent_statuses(&parents, &resolved_refs(&[]), |_| Some(problem.clone()));
             model.rejections.push(r(message));
         };
         let (compiled, resolved) = match compile_route(route, ns, name, backends) {
             Ok((rules, warnings)) => {
-                let resolved = match warnings.first() {
-                    None => Condition::holds(ResolvedRefs, ""),
-                    Some(first) => Condition {
-                        message: warnings.iter().map(|w| w.message.as_str()).collect::<Vec<_>>().join("; "),
-                        ..first.condition()
-                    },
-                };
+                let resolved = resolved_refs(&warnings);
                 if !warnings.is_empty() {
                     model.rejections.push(Rejection { served: true, ..r(resolved.message.clone()) });
                 }
@@ -251,11 +227,30 @@ pub fn translate(
                 .all(|l| hosts_of(l).is_empty())
                 .then(|| Problem::new(Accepted, Reason::NoMatchingListenerHostname, NO_HOST))
         };
-        model.statuses.of("HTTPRoute", ns, name).parents = route_status(&parents, &resolved, &no_host);
+        model.statuses.of("HTTPRoute", ns, name).parents = parent_statuses(&parents, &resolved, no_host);
         if !any_host {
             model.rejections.push(r(NO_HOST.into()));
         }
     }
+}
+
+/// A route's status per Gateway parent: Accepted unless the parent refused it (`Err`) or
+/// `refusal` finds a problem with the listeners it attached to; `resolved` for ResolvedRefs.
+fn parent_statuses(
+    parents: &[(ParentRef, Result<Vec<&Listener>, Problem>)],
+    resolved: &Condition,
+    refusal: impl Fn(&[&Listener]) -> Option<Problem>,
+) -> Vec<ParentStatus> {
+    parents
+        .iter()
+        .map(|(parent, attached)| {
+            let accepted = match attached {
+                Err(problem) => problem.condition(),
+                Ok(listeners) => refusal(listeners).map_or_else(|| Condition::holds(Accepted, ""), |p| p.condition()),
+            };
+            ParentStatus { parent: parent.clone(), conditions: vec![accepted, resolved.clone()] }
+        })
+        .collect()
 }
 
 /// Validates one listener and adds its socket (or its certificates to a shared socket).

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use super::backend::{Backends, PoolKey, PortRef};
 use super::gateway::{compile_route, service_parents};
 use super::last_good::Rejects;
-use super::status::ConditionType::{Accepted, ResolvedRefs};
-use super::status::{Condition, ParentRef, ParentStatus, Problem, Reason, Statuses};
+use super::status::ConditionType::Accepted;
+use super::status::{resolved_refs, Condition, ParentRef, ParentStatus, Reason, Statuses};
 use super::{reject, ActionKind, PoolSpec, RouteModel};
 use crate::api::mesh_authorization::{MeshAuthorizationSpec, Mode};
 use crate::api::spiffe::{SpiffeId, IDENTITY_ANNOTATION};
@@ -221,13 +221,7 @@ fn mesh_routes(
         let compiled = compile_route(&stored.object, ns, name, backends);
         let conditions = match &compiled {
             Err(errors) => vec![Condition::fails(Accepted, Reason::UnsupportedValue, errors.join("; "))],
-            Ok((_, warnings)) => {
-                let resolved = match warnings.first() {
-                    None => Condition::holds(ResolvedRefs, ""),
-                    Some(first) => Condition { message: messages(warnings), ..first.condition() },
-                };
-                vec![Condition::holds(Accepted, ""), resolved]
-            }
+            Ok((_, warnings)) => vec![Condition::holds(Accepted, ""), resolved_refs(warnings)],
         };
         statuses.of("HTTPRoute", ns, name).parents.extend(parents.iter().map(|(parent_ns, service, port)| {
             let parent = ParentRef {
@@ -248,7 +242,7 @@ fn mesh_routes(
             }
         };
         if !warnings.is_empty() {
-            rejections.push(Rejection { served: true, ..r(messages(&warnings)) });
+            rejections.push(Rejection { served: true, ..r(resolved_refs(&warnings).message) });
         }
         for (parent_ns, service, port) in parents {
             let bound = match (parent_ns == *ns, ns == namespace) {
@@ -261,11 +255,6 @@ fn mesh_routes(
     }
     producer.extend(consumer);
     producer
-}
-
-/// The problems' messages, for a rejection.
-fn messages(problems: &[Problem]) -> String {
-    problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ")
 }
 
 /// Every MeshAuthorization validated and merged by Service, and the endpoints' Services.

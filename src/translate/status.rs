@@ -100,6 +100,18 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// The ResolvedRefs condition of a route whose backend references had `problems`: true when
+/// there are none, else false with the first problem's reason and every problem's message.
+pub fn resolved_refs(problems: &[Problem]) -> Condition {
+    match problems.first() {
+        None => Condition::holds(ConditionType::ResolvedRefs, ""),
+        Some(first) => {
+            let message = problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+            Condition { message, ..first.condition() }
+        }
+    }
+}
+
 /// A route's parent, as its `parentRefs` entry names it (namespace filled in).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ParentRef {
