@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::{Action, Snapshot};
+use crate::source::kubernetes::{WatchState, WatchStates};
 use crate::telemetry::Metrics;
 
 /// Serves the admin endpoints.
@@ -20,6 +21,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     /// Listener ports that could not be bound, with why.
     pub bind_errors: Arc<dyn Fn() -> BTreeMap<u16, String> + Send + Sync>,
+    /// The Kubernetes source's watches (none for a directory).
+    pub watches: WatchStates,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown`; returns the bound address and the
@@ -47,7 +50,7 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 
 /// The whole running configuration as JSON: listeners with their routes and certificates,
 /// pools with endpoint health, and every rejected object with its reason.
-pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>) -> Value {
+pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>, watches: &[WatchState]) -> Value {
     let mut listeners: Vec<_> = snap.listeners.values().collect();
     listeners.sort_by_key(|l| l.addr.port());
     let listeners: Vec<Value> = listeners
@@ -120,6 +123,7 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>) -> Valu
         "pools": pools,
         "rejections": snap.rejections,
         "statuses": snap.statuses,
+        "watches": watches,
     })
 }
 
@@ -138,7 +142,7 @@ impl ServeHttp for AdminApp {
                 }
             }
             "/config_dump" => {
-                let dump = config_dump(&self.snapshot.load(), &(self.bind_errors)());
+                let dump = config_dump(&self.snapshot.load(), &(self.bind_errors)(), &self.watches.load());
                 reply(200, "application/json", serde_json::to_vec_pretty(&dump).unwrap_or_default())
             }
             _ => reply(404, "text/plain", b"admin endpoints: /metrics /ready /live /config_dump\n".to_vec()),

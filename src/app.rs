@@ -22,11 +22,11 @@ use crate::proxy::listeners::{Apps, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
-use crate::source::kubernetes::watch_kubernetes;
+use crate::source::kubernetes::{watch_kubernetes, WatchStates};
 use crate::source::ConfigSource;
 use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
-use crate::translate::{build_keeping_last_good, translate, TranslateOptions};
+use crate::translate::{build_keeping_last_good, pools_only, translate, TranslateOptions};
 
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]
@@ -133,11 +133,12 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
     };
     let pools = Arc::new(PoolRegistry::default());
     let metrics = Metrics::new(pools.clone());
+    let watches = WatchStates::default();
     let store_rx = match &opts.source {
         ConfigSource::Dir(dir) => {
             watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?
         }
-        ConfigSource::Kubernetes(k) => watch_kubernetes(k, metrics.clone()).await?,
+        ConfigSource::Kubernetes(k) => watch_kubernetes(k, metrics.clone(), watches.clone()).await?,
     };
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
@@ -162,6 +163,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         listeners: proxy_listeners.clone(),
         previous_rejections: BTreeSet::new(),
         previous_store: Store::default(),
+        previous_loaded: None,
     };
     let first = store_rx.borrow().clone();
     config.apply(first).await;
@@ -172,6 +174,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
         bind_errors: Arc::new(move || errors_from.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        watches,
     };
     let (admin_addr, admin_listeners) = crate::admin::serve(admin, admin_app, shutdown_rx)?;
     tracing::info!(%http_addr, %https_addr, %admin_addr, source = %opts.source, "weir edge is serving");
@@ -198,6 +201,9 @@ struct ConfigLoop {
     previous_rejections: BTreeSet<Rejection>,
     /// The store the serving snapshot was built from, after last-good substitutions.
     previous_store: Store,
+    /// The store as loaded, once a snapshot serves it: a change to EndpointSlices only goes
+    /// to the pools directly.
+    previous_loaded: Option<Store>,
 }
 
 impl ConfigLoop {
@@ -213,7 +219,25 @@ impl ConfigLoop {
             // the source has not read everything yet: serving part of it would answer 404s
             return;
         }
+        if let Some(previous) = self.previous_loaded.as_ref().filter(|p| p.same_but_endpoints(&loaded.store)) {
+            // endpoints moved: the pools take them in place, and the next generation shares
+            // every compiled route; nothing moved: nothing is published
+            if previous.endpoint_slices == loaded.store.endpoint_slices {
+                return;
+            }
+            let current = self.snapshot.load_full();
+            self.pools.refresh(&pools_only(&loaded.store, current.pools.keys()));
+            let snap = current.with_new_endpoints();
+            self.metrics.config_generation.set(snap.generation as i64);
+            self.snapshot.store(Arc::new(snap));
+            self.metrics.config_endpoint_updates.inc();
+            self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
+            self.previous_store.endpoint_slices.clone_from(&loaded.store.endpoint_slices);
+            self.previous_loaded = Some(loaded.store);
+            return;
+        }
         let started = Instant::now();
+        let loaded_store = loaded.store.clone();
         let (store, model) = build_keeping_last_good(loaded.store, &self.previous_store, |s| translate(s, &self.opts));
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
         let current = self.snapshot.load_full();
@@ -235,6 +259,7 @@ impl ConfigLoop {
         }
         self.previous_rejections = rejections;
         self.previous_store = store;
+        self.previous_loaded = Some(loaded_store);
         let generation = current.generation + 1;
         let snap = Arc::new(compile(&model, generation, &self.pools, &self.metrics));
         self.snapshot.store(snap.clone());

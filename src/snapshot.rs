@@ -22,8 +22,9 @@ use crate::translate::{
 /// The one published configuration.
 pub struct Snapshot {
     pub generation: u64,
-    /// By port; weir's listeners have distinct ports.
-    pub listeners: HashMap<u16, Listener>,
+    /// By port; weir's listeners have distinct ports. Shared with the next generation when
+    /// only endpoints change ([`Snapshot::with_new_endpoints`]).
+    pub listeners: Arc<HashMap<u16, Listener>>,
     pub rejections: Vec<Rejection>,
     /// Conditions per object, listener and parent reference (shown in `/config_dump`).
     pub statuses: Statuses,
@@ -35,10 +36,22 @@ impl Snapshot {
     pub fn empty() -> Self {
         Snapshot {
             generation: 0,
-            listeners: HashMap::new(),
+            listeners: Arc::default(),
             rejections: vec![],
             statuses: Statuses::default(),
             pools: BTreeMap::new(),
+        }
+    }
+
+    /// The next generation after an endpoint-only change, which the pools took in place: the
+    /// same compiled listeners and routes.
+    pub fn with_new_endpoints(&self) -> Snapshot {
+        Snapshot {
+            generation: self.generation + 1,
+            listeners: self.listeners.clone(),
+            rejections: self.rejections.clone(),
+            statuses: self.statuses.clone(),
+            pools: self.pools.clone(),
         }
     }
 }
@@ -148,8 +161,9 @@ impl CertStore {
 /// Compiles a model: links pools (creating or updating them in place) and metric handles.
 pub fn compile(model: &Model, generation: u64, registry: &PoolRegistry, metrics: &Metrics) -> Snapshot {
     let pools = registry.sync(&model.pools);
-    let listeners =
-        model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, registry, metrics))).collect();
+    let listeners = Arc::new(
+        model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, registry, metrics))).collect(),
+    );
     Snapshot { generation, listeners, rejections: model.rejections.clone(), statuses: model.statuses.clone(), pools }
 }
 

@@ -154,6 +154,37 @@ impl Store {
         }
     }
 
+    /// Whether `other` holds the same objects as this store, EndpointSlices aside: a change
+    /// between the two moves endpoints only, and no route needs translating again.
+    pub fn same_but_endpoints(&self, other: &Store) -> bool {
+        // every field named, so that a new kind cannot be forgotten here
+        let Store {
+            ingresses,
+            ingress_classes,
+            gateway_classes,
+            gateways,
+            http_routes,
+            services,
+            endpoint_slices: _,
+            secrets,
+            backend_policies,
+            mesh_authorizations,
+            reference_grants,
+            source_errors,
+        } = self;
+        *ingresses == other.ingresses
+            && *ingress_classes == other.ingress_classes
+            && *gateway_classes == other.gateway_classes
+            && *gateways == other.gateways
+            && *http_routes == other.http_routes
+            && *services == other.services
+            && *secrets == other.secrets
+            && *backend_policies == other.backend_policies
+            && *mesh_authorizations == other.mesh_authorizations
+            && *reference_grants == other.reference_grants
+            && *source_errors == other.source_errors
+    }
+
     /// Number of objects held (not counting source errors).
     pub fn len(&self) -> usize {
         self.ingresses.len()

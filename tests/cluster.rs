@@ -158,6 +158,12 @@ async fn rolling_update_shows_old_pods_terminating_then_gone() {
         pods.keys().all(|n| !old.contains_key(n)).then_some(pods)
     })
     .await;
+    // the list above may be ahead of the watch: stop recording once the watch has caught up
+    let new_ips: BTreeSet<&String> = new.values().collect();
+    wait_until("the watch has seen the slice of the new Pods only", CONVERGE, || async {
+        seen.lock().unwrap().last().is_some_and(|eps| eps.keys().collect::<BTreeSet<_>>() == new_ips)
+    })
+    .await;
     watch.abort();
 
     let history = seen.lock().unwrap().clone();

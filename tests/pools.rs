@@ -168,8 +168,18 @@ fn names(echoes: &[EchoServer]) -> Vec<String> {
 // Hand-made loopback endpoints, for what an echo server cannot do: record the health probes it
 // gets, never answer, or answer slowly.
 
-/// A bare HTTP/1.1 endpoint: answers every request with `answer` (or never, when `None`,
-/// holding the connection open) and records every request head it receives.
+/// How a [`RawEndpoint`] answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// Never: the connection is held open.
+    Never,
+    /// It closes the connection after reading the request head: a Pod stopping at SIGTERM.
+    HangUp,
+}
+
+/// A bare HTTP/1.1 endpoint: answers every request as `answer` says and records every request
+/// head it receives.
 struct RawEndpoint {
     heads: Arc<Mutex<Vec<String>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -182,7 +192,7 @@ impl Drop for RawEndpoint {
 }
 
 impl RawEndpoint {
-    async fn start(addr: SocketAddr, answer: Option<u16>) -> std::io::Result<(RawEndpoint, SocketAddr)> {
+    async fn start(addr: SocketAddr, answer: Answer) -> std::io::Result<(RawEndpoint, SocketAddr)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -203,11 +213,15 @@ impl RawEndpoint {
                             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                             buf.drain(..end + 4);
                             recorded.lock().unwrap().push(head);
-                            if let Some(status) = answer {
-                                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
-                                if stream.write_all(reply.as_bytes()).await.is_err() {
-                                    return;
+                            match answer {
+                                Answer::Status(status) => {
+                                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                                        return;
+                                    }
                                 }
+                                Answer::Never => {}
+                                Answer::HangUp => return,
                             }
                         }
                     }
@@ -503,8 +517,8 @@ async fn tcp_health_check_marks_a_stopped_replica_unhealthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_health_check_sends_the_configured_host_or_else_the_endpoint_address() {
-    let plain = on_one_port(1, |_, a| RawEndpoint::start(a, Some(200))).await.remove(0);
-    let named = on_one_port(1, |_, a| RawEndpoint::start(a, Some(200))).await.remove(0);
+    let plain = on_one_port(1, |_, a| RawEndpoint::start(a, Answer::Status(200))).await.remove(0);
+    let named = on_one_port(1, |_, a| RawEndpoint::start(a, Answer::Status(200))).await.remove(0);
     let check = |host: &str| {
         format!(
             "
@@ -547,7 +561,7 @@ async fn http_health_check_timeout_fails_an_endpoint_that_never_answers() {
     // One endpoint that accepts connections but never answers, one echo server, on one port.
     let mut pair = None;
     for _ in 0..20 {
-        let (silent, silent_addr) = RawEndpoint::start("127.0.0.2:0".parse().unwrap(), None).await.unwrap();
+        let (silent, silent_addr) = RawEndpoint::start("127.0.0.2:0".parse().unwrap(), Answer::Never).await.unwrap();
         let port = silent_addr.port();
         if let Ok(echo) = EchoServer::start("fast", SocketAddr::from(([127, 0, 0, 3], port))).await {
             pair = Some((silent, silent_addr, echo));
@@ -863,6 +877,46 @@ async fn refused_connection_is_retried_on_another_replica() {
     // (5 failures) the stopped replica ends up ejected.
     assert_eq!(endpoint_healthy(&metrics, down.addr()), Some(0.0), "{metrics}");
     assert!(ejections(&metrics, down.addr()) >= 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_whose_endpoint_hangs_up_before_answering_is_retried_elsewhere() {
+    // two endpoints on one port: one hangs up on every request it reads, one answers
+    let started = on_one_port(2, |i, addr| async move {
+        match i {
+            0 => RawEndpoint::start(addr, Answer::HangUp).await.map(|(r, a)| ((Some(r), None), a)),
+            _ => EchoServer::start("app-1", addr).await.map(|e| {
+                let a = e.addr();
+                ((None, Some(e)), a)
+            }),
+        }
+    })
+    .await;
+    let addrs: Vec<SocketAddr> = started.iter().map(|(_, a)| *a).collect();
+    let mut started = started.into_iter().map(|(e, _)| e);
+    let (Some(hangs_up), None) = started.next().unwrap() else { unreachable!() };
+    let (None, Some(_echo)) = started.next().unwrap() else { unreachable!() };
+    let edge = Edge::start_app(&service_at(NS, "app", &addrs), None).await;
+
+    // round robin: every other request reaches the endpoint that hangs up, on a new connection
+    // (it closed the last); a POST may have been acted on, so it is not sent again
+    let mut statuses = vec![];
+    for i in 0..4 {
+        statuses.push(edge.try_post(&format!("payload {i}")).await.unwrap().status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 502, 502], "the POSTs that reached it fail");
+    assert_eq!(hangs_up.heads().iter().filter(|h| h.starts_with("POST")).count(), 2);
+    // a GET is tried on the other endpoint (until outlier detection ejects the failing one)
+    for i in 0..20 {
+        let resp = edge.try_get().await.unwrap();
+        assert_eq!(resp.status, 200, "GET {i}: {resp}");
+        assert_eq!(resp.echo_name(), Some("app-1"));
+    }
+    assert!(hangs_up.heads().iter().any(|h| h.starts_with("GET")), "a GET did reach it: {:?}", hangs_up.heads());
+    let metrics = edge.metrics().await;
+    let retries = metric(&metrics, "weir_upstream_retries_total", &[("backend", &backend_label("app"))]);
+    assert!(retries >= 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

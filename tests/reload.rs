@@ -348,6 +348,44 @@ async fn a_weighted_split_holds_through_rebuilds() {
     assert_eq!(served.get("b"), Some(&10), "{served:?}");
 }
 
+/// Endpoints change all the time in a cluster: such a change goes to the pools, with no route
+/// translated or compiled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_only_change_reaches_the_pools_without_translating_routes() {
+    let (echoes, _) = replicas(NS, "app", 2).await;
+    let port = free_port();
+    let gateway = local(port);
+    const HOST: &str = "endpoints.test";
+    let weir = TestWeir::start(&[
+        ("gateway.yaml", &class_and_gateway(NS, "edge", port)),
+        ("app.yaml", &service_with("app", &[&echoes[0]])),
+        ("route.yaml", &weighted_route("r", "edge", &[HOST], &[("app", 1)])),
+    ])
+    .await;
+    wait_listening(gateway).await;
+    let counts = |metrics: &str| {
+        (
+            metric(metrics, "weir_config_translate_seconds_count", &[]),
+            metric(metrics, "weir_config_endpoint_updates_total", &[]),
+        )
+    };
+    let (translates, updates) = counts(&weir.metrics().await);
+
+    weir.apply("app.yaml", &service_with("app", &[&echoes[0], &echoes[1]])).await;
+    let seen = answers(gateway, HOST, 4).await;
+    assert!(seen.contains(&Ok("app-2".to_string())), "the new endpoint serves: {seen:?}");
+    assert_eq!(counts(&weir.metrics().await), (translates, updates + 1.0), "no translation");
+
+    weir.apply("app.yaml", &service_with("app", &[&echoes[1]])).await;
+    assert_eq!(answers(gateway, HOST, 4).await, vec![Ok("app-2".to_string()); 4], "the old one is gone");
+    assert_eq!(counts(&weir.metrics().await), (translates, updates + 2.0));
+
+    // a change to a route is translated
+    weir.apply("route.yaml", &weighted_route("r", "edge", &[HOST, "also.test"], &[("app", 1)])).await;
+    assert_eq!(who(gateway, "also.test").await, Ok("app-2".to_string()));
+    assert_eq!(counts(&weir.metrics().await), (translates + 1.0, updates + 2.0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deleted and recreated files
 

@@ -203,8 +203,12 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     // no edge configuration here: the dump holds the mesh's rejections and conditions; generation
     // 1 makes /ready say what is true: the identity is loaded and the listeners are bound
     let dump = Arc::new(ArcSwap::from_pointee(Snapshot { generation: 1, ..Snapshot::empty() }));
-    let admin_app =
-        AdminApp { snapshot: dump.clone(), metrics: metrics.clone(), bind_errors: Arc::new(Default::default) };
+    let admin_app = AdminApp {
+        snapshot: dump.clone(),
+        metrics: metrics.clone(),
+        bind_errors: Arc::new(Default::default),
+        watches: Default::default(),
+    };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
     let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials, dump)?;
     let drain = Drain::default();

@@ -315,6 +315,17 @@ impl PoolRegistry {
         pools.clone()
     }
 
+    /// Updates the pools of `specs` that exist, in place (an endpoint-only change): no pool is
+    /// created or dropped, and every route keeps its split position.
+    pub fn refresh(&self, specs: &BTreeMap<PoolKey, PoolSpec>) {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, spec) in specs {
+            if let Some(pool) = pools.get(key) {
+                pool.apply(spec.clone(), false);
+            }
+        }
+    }
+
     pub fn all(&self) -> BTreeMap<PoolKey, Arc<Pool>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -1,8 +1,9 @@
 //! The edge tier's `ProxyHttp`: thin phases that call routing, pools and telemetry.
 //!
 //! `request_filter` routes (one snapshot load per request), answers redirects and errors;
-//! `upstream_peer` picks an endpoint; `fail_to_connect` marks connect failures retryable onto a
-//! *different* endpoint; `logging` records metrics and passive health.
+//! `upstream_peer` picks an endpoint; `fail_to_connect` and `error_while_proxy` mark connect
+//! failures, and connections that broke before any answer to an idempotent request, retryable
+//! onto a *different* endpoint; `logging` records metrics and passive health.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,10 +56,27 @@ pub struct EdgeCtx {
     /// The endpoint held and those tried, for in-flight counts, passive health and retries.
     attempt: Attempt,
     upstream_started: Option<Instant>,
+    /// The try being made got a response header: a failure now is not retried.
+    upstream_answered: bool,
     /// What weir answered itself, if it did.
     answered: Option<FailureKind>,
     /// The request's deadline and per-try timeout (route `timeouts`, else the BackendPolicy's).
     plan: Option<TryPlan>,
+}
+
+/// A try failed: reports its endpoint and says whether the request is tried again elsewhere
+/// (counted in the retries metric).
+fn retry_failed_try(ctx: &mut EdgeCtx, failed: FailedTry<'_>) -> bool {
+    let Some(action) = ctx.action.clone() else { return false };
+    let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return false };
+    let Some(pool) = &target.pool else { return false };
+    ctx.attempt.finish(pool, false);
+    let Some(plan) = &ctx.plan else { return false };
+    let granted = plan.retry_failed_try(&mut ctx.attempt, pool, failed).granted();
+    if granted {
+        target.metrics.retries.inc();
+    }
+    granted
 }
 
 fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
@@ -107,6 +125,7 @@ impl ProxyHttp for EdgeProxy {
             new_path: None,
             attempt: Attempt::default(),
             upstream_started: None,
+            upstream_answered: false,
             answered: None,
             plan: None,
         }
@@ -172,6 +191,7 @@ impl ProxyHttp for EdgeProxy {
             return Error::e_explain(ErrorType::HTTPStatus(503), format!("no healthy endpoint in {}", pool.key));
         };
         ctx.upstream_started = Some(Instant::now());
+        ctx.upstream_answered = false;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(plan.connect_timeout());
@@ -219,6 +239,7 @@ impl ProxyHttp for EdgeProxy {
         _upstream: &mut ResponseHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
+        ctx.upstream_answered = true;
         if let (Some(ep), Some(t)) = (ctx.attempt.endpoint(), ctx.upstream_started) {
             ep.observe_latency(t.elapsed());
         }
@@ -244,16 +265,36 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(action) = ctx.action.clone() else { return e };
-        let Some(target) = ctx.target.and_then(|i| target_of(&action, i)) else { return e };
-        let Some(pool) = &target.pool else { return e };
-        target.metrics.connect_errors.inc();
-        ctx.attempt.finish(pool, false);
-        let Some(plan) = &ctx.plan else { return e };
-        if plan.retry_failed_try(&mut ctx.attempt, pool, FailedTry::Connect).granted() {
-            target.metrics.retries.inc();
-            e.set_retry(true);
+        if let Some(t) = ctx.target() {
+            t.metrics.connect_errors.inc();
         }
+        let retry = retry_failed_try(ctx, FailedTry::Connect);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut EdgeCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // a connection that broke before any answer (a Pod stopping at SIGTERM): tried on
+        // another endpoint if the request may be; an answered or timed-out request never is
+        let broke = !matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        let unanswered = !ctx.upstream_answered && session.response_written().is_none();
+        let retry = e.esource() == &ErrorSource::Upstream && broke && unanswered && {
+            let failed = FailedTry::Unanswered {
+                method: &session.req_header().method,
+                replayable: !session.as_ref().retry_buffer_truncated(),
+                reused: client_reused,
+            };
+            retry_failed_try(ctx, failed)
+        };
+        e.set_retry(retry);
         e
     }
 

@@ -42,8 +42,9 @@ pub struct RetryRule {
 pub static MESH: LazyLock<RetryRule> =
     LazyLock::new(|| RetryRule { default: RetryModel::default(), configurable: true, after_send: true });
 
-/// The edge: connect failures only, twice, on other endpoints (a request that left is never
-/// sent twice by the edge).
+/// The edge: connect failures, and connections that failed before any answer to an idempotent
+/// request, twice, on other endpoints; a request that got an answer, or timed out, is never
+/// sent twice by the edge.
 pub static EDGE: LazyLock<RetryRule> = LazyLock::new(|| RetryRule {
     default: RetryModel { attempts: 2, codes: vec![], ..RetryModel::default() },
     configurable: false,
@@ -57,6 +58,10 @@ pub enum FailedTry<'a> {
     Connect,
     /// The request was sent (`method`), and its body can be sent again (`replayable`).
     Sent { method: &'a Method, replayable: bool },
+    /// The connection failed (reset or closed, not timed out) before any byte of an answer:
+    /// a Pod stopping at SIGTERM. Retried like a connect failure when the connection was reused
+    /// (an idle connection the endpoint had closed), else when the method may be retried.
+    Unanswered { method: &'a Method, replayable: bool, reused: bool },
 }
 
 impl TryPlan {
@@ -89,15 +94,23 @@ impl TryPlan {
     }
 
     /// A try failed (its endpoint already reported): whether the request is tried again on an
-    /// endpoint it has not tried. A connect failure is, whatever the method; a sent request
-    /// only where the tier retries sent requests, its method may be retried (idempotent, or the
-    /// policy says so) and its body can be sent again. Never past the deadline; then the
+    /// endpoint it has not tried. A connect failure is, whatever the method; a connection that
+    /// failed before any answer is when its body can be sent again and it was reused or its
+    /// method may be retried (idempotent, or the policy says so); another sent request only
+    /// where the tier retries sent requests, on the same conditions. Never past the deadline; then the
     /// attempts left and the pool's retry budget decide (a grant is counted in both).
     pub fn retry_failed_try(&self, attempt: &mut Attempt, pool: &Pool, failed: FailedTry<'_>) -> RetryVerdict {
-        if let FailedTry::Sent { method, replayable } = failed {
-            if !self.rule.after_send || !self.method_retryable(method) || !replayable {
-                return RetryVerdict::NotRetryable;
+        let retryable = match failed {
+            FailedTry::Connect => true,
+            FailedTry::Sent { method, replayable } => {
+                self.rule.after_send && self.method_retryable(method) && replayable
             }
+            FailedTry::Unanswered { method, replayable, reused } => {
+                replayable && (reused || self.method_retryable(method))
+            }
+        };
+        if !retryable {
+            return RetryVerdict::NotRetryable;
         }
         if self.expired() {
             return RetryVerdict::NotRetryable;
@@ -267,6 +280,19 @@ mod tests {
         let edge = TryPlan::new(p.spec(), Timeouts::default(), RouteRetry::default(), &EDGE, Instant::now());
         assert_eq!(fail_until_refused(&edge, &p, FailedTry::Connect), [Granted, Granted, AttemptsUsed], "twice");
         assert_eq!(fail_until_refused(&edge, &p, sent(get, true)), [NotRetryable], "the edge never resends");
+        let unanswered = |method, replayable, reused| FailedTry::Unanswered { method, replayable, reused };
+        assert_eq!(
+            fail_until_refused(&edge, &p, unanswered(get, true, false)),
+            [Granted, Granted, AttemptsUsed],
+            "but a GET whose connection broke before any answer is tried elsewhere"
+        );
+        assert_eq!(fail_until_refused(&edge, &p, unanswered(post, true, false)), [NotRetryable], "a POST is not");
+        assert_eq!(
+            fail_until_refused(&edge, &p, unanswered(post, true, true))[0],
+            Granted,
+            "unless it went on a reused connection (the endpoint had closed it while idle)"
+        );
+        assert_eq!(fail_until_refused(&edge, &p, unanswered(get, false, true)), [NotRetryable], "a body gone");
         assert_eq!(edge.attempts(), 2, "a BackendPolicy's retry is the mesh's");
         let mesh = TryPlan::new(p.spec(), Timeouts::default(), RouteRetry::default(), &MESH, Instant::now());
         assert_eq!(fail_until_refused(&mesh, &p, sent(post, true)), [Granted, Granted, Granted, AttemptsUsed]);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
@@ -28,6 +29,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::dir::Loaded;
@@ -103,12 +105,41 @@ struct FeedState {
     relisting: Option<BTreeMap<NsName, Object>>,
     synced: bool,
     missing_reported: bool,
+    failures: u64,
+    last_sync: Option<String>,
+    last_error: Option<String>,
 }
+
+/// One watch as `/config_dump` shows it (`watches`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchState {
+    pub kind: &'static str,
+    /// `None`: every namespace (or a cluster-scoped kind).
+    pub namespace: Option<String>,
+    /// Listed at least once: `/ready` waits for every watch to be.
+    pub synced: bool,
+    /// False while the kind's CRD is not installed: weir serves the rest and keeps watching.
+    pub installed: bool,
+    pub objects: usize,
+    /// Watch failures so far (each retried with a backoff).
+    pub failures: u64,
+    /// When the last full list finished (RFC 3339).
+    pub last_sync: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Every watch's state, for `/config_dump`; empty for the directory source.
+pub type WatchStates = Arc<ArcSwap<Vec<WatchState>>>;
 
 /// Starts watching and returns the stores as they change; the first value is sent once every
 /// kind has synced (an empty store until then, which the config loop does not apply:
-/// `Loaded::synced` is false).
-pub async fn watch_kubernetes(source: &KubeSource, metrics: Arc<Metrics>) -> anyhow::Result<watch::Receiver<Loaded>> {
+/// `Loaded::synced` is false). Each watch's state goes to `states`.
+pub async fn watch_kubernetes(
+    source: &KubeSource,
+    metrics: Arc<Metrics>,
+    states: WatchStates,
+) -> anyhow::Result<watch::Receiver<Loaded>> {
     let client = source.client().await?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let namespaces: Vec<Option<String>> = match source.namespaces.is_empty() {
@@ -149,7 +180,7 @@ pub async fn watch_kubernetes(source: &KubeSource, metrics: Arc<Metrics>) -> any
         });
     }
     let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
-    tokio::spawn(gather(feeds, events, tx, metrics));
+    tokio::spawn(gather(feeds, events, tx, metrics, states));
     Ok(rx)
 }
 
@@ -207,6 +238,7 @@ async fn gather(
     mut events: mpsc::UnboundedReceiver<(Feed, Seen)>,
     tx: watch::Sender<Loaded>,
     metrics: Arc<Metrics>,
+    states: WatchStates,
 ) {
     let mut state: HashMap<Feed, FeedState> = feeds.into_iter().map(|f| (f, FeedState::default())).collect();
     while let Some(first) = events.recv().await {
@@ -233,8 +265,9 @@ async fn gather(
                     s.synced = true;
                     s.missing_reported = false;
                     metrics.source_synced.with_label_values(&[feed.kind]).set(1);
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                    metrics.source_last_sync.with_label_values(&[feed.kind]).set(now.as_secs_f64());
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    metrics.source_last_sync.with_label_values(&[feed.kind]).set(now.as_millisecond() as f64 / 1e3);
+                    s.last_sync = Some(now.to_string());
                 }
                 Seen::Applied(k, o) => {
                     let target = s.relisting.as_mut().unwrap_or(&mut s.objects);
@@ -260,6 +293,8 @@ async fn gather(
                 }
                 Seen::Failed(e) => {
                     metrics.source_watch_failures.with_label_values(&[feed.kind]).inc();
+                    s.failures += 1;
+                    s.last_error = Some(e.clone());
                     tracing::warn!(
                     kind = feed.kind,
                     namespace = ?feed.namespace,
@@ -269,6 +304,21 @@ async fn gather(
                 }
             }
         }
+        let mut report: Vec<WatchState> = state
+            .iter()
+            .map(|(feed, s)| WatchState {
+                kind: feed.kind,
+                namespace: feed.namespace.clone(),
+                synced: s.synced,
+                installed: !s.missing_reported,
+                objects: s.objects.len(),
+                failures: s.failures,
+                last_sync: s.last_sync.clone(),
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        report.sort_by(|a, b| (a.kind, &a.namespace).cmp(&(b.kind, &b.namespace)));
+        states.store(Arc::new(report));
         if !state.values().all(|s| s.synced) {
             continue;
         }
@@ -308,7 +358,8 @@ mod tests {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (tx, mut rx) =
             watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
-        tokio::spawn(gather(vec![feed.clone()], events, tx, Metrics::new(Default::default())));
+        let states = WatchStates::default();
+        tokio::spawn(gather(vec![feed.clone()], events, tx, Metrics::new(Default::default()), states.clone()));
         let send = |seen: Seen| events_tx.send((feed.clone(), seen)).unwrap();
         let applied = |name: &str| {
             let (k, o) = service(name);
@@ -318,9 +369,12 @@ mod tests {
         send(applied("a"));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!rx.has_changed().unwrap(), "not listed yet: nothing to serve");
+        assert!(!states.load()[0].synced, "/config_dump says what is being waited for");
         send(Seen::Listed);
         rx.changed().await.unwrap();
         assert!(rx.borrow_and_update().synced);
+        assert!(states.load()[0].synced && states.load()[0].last_sync.is_some());
+        assert_eq!(states.load()[0].objects, 1);
         for i in 0..100 {
             send(applied(&format!("b{i}")));
         }

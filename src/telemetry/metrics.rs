@@ -34,6 +34,8 @@ pub struct Metrics {
     pub rejected_objects: IntGauge,
     /// Time from a configuration change being seen to the snapshot serving it.
     pub config_apply_seconds: Histogram,
+    /// Changes that moved endpoints only, applied to the pools without a new snapshot.
+    pub config_endpoint_updates: IntCounter,
     /// Listeners that could not be bound, by port.
     pub listener_bind_failures: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
@@ -132,6 +134,10 @@ impl Metrics {
             HistogramOpts::new("config_apply_seconds", "Time from a configuration change to the snapshot serving it")
                 .buckets(LATENCY_BUCKETS.to_vec()),
         ));
+        let config_endpoint_updates = must(IntCounter::new(
+            "config_endpoint_updates_total",
+            "Changes that moved endpoints only, applied to the pools without translating routes",
+        ));
         let listener_bind_failures = must(IntCounterVec::new(
             Opts::new("listener_bind_failures_total", "Listeners that could not be bound"),
             &["port"],
@@ -182,6 +188,7 @@ impl Metrics {
             Box::new(translate_seconds.clone()),
             Box::new(rejected_objects.clone()),
             Box::new(config_apply_seconds.clone()),
+            Box::new(config_endpoint_updates.clone()),
             Box::new(listener_bind_failures.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(PoolCollector::new(pools)),
@@ -199,6 +206,7 @@ impl Metrics {
             translate_seconds,
             rejected_objects,
             config_apply_seconds,
+            config_endpoint_updates,
             listener_bind_failures,
             tls_handshake_failures,
             mesh_handshake_failures,

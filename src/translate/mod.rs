@@ -291,6 +291,17 @@ pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
     meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
 }
 
+/// The pools `keys` as `store` has them now: what an endpoint-only change updates, with no
+/// route translated again (see [`Store::same_but_endpoints`]). A key whose Service is gone is
+/// left out.
+pub fn pools_only<'a>(store: &Store, keys: impl IntoIterator<Item = &'a PoolKey>) -> BTreeMap<PoolKey, PoolSpec> {
+    let mut backends = backend::Backends::new(store, &mut vec![], &mut status::Statuses::default());
+    for key in keys {
+        let _ = backends.resolve(&key.namespace, &key.service, &backend::PortRef::Number(key.port));
+    }
+    backends.into_pools()
+}
+
 /// Translates the whole store.
 pub fn translate(store: &Store, opts: &TranslateOptions) -> Model {
     let mut model = Model { rejections: store.source_errors.clone(), ..Model::default() };

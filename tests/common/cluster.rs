@@ -69,6 +69,25 @@ impl Cluster {
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig")
     }
 
+    /// Stops the kube-apiserver alone (etcd, the controllers and the Pods keep running).
+    pub fn stop_apiserver(&self) {
+        self.control("stop-apiserver");
+    }
+
+    /// Starts the kube-apiserver again, as it was, and waits until it is ready.
+    pub fn start_apiserver(&self) {
+        self.control("start-apiserver");
+    }
+
+    fn control(&self, command: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+        let status = tokio::task::block_in_place(|| {
+            Command::new(script).args([command, &self.name]).stdout(Stdio::null()).status()
+        })
+        .expect("run scripts/cluster");
+        assert!(status.success(), "scripts/cluster {command} {} failed (see above)", self.name);
+    }
+
     /// An admin client. Make one per test: a client belongs to the runtime that made it.
     pub async fn client(&self) -> Client {
         Client::try_from(self.config().await).expect("kube client")

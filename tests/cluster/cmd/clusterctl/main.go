@@ -25,7 +25,7 @@ type options struct {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, `usage: clusterctl up|down|reap --name NAME --state DIR [--k8s-bin DIR --tools-bin DIR --crds DIRS --owner-pid PID]`)
+	fmt.Fprintln(os.Stderr, `usage: clusterctl up|down|reap|stop-apiserver|start-apiserver --name NAME --state DIR [--k8s-bin DIR --tools-bin DIR --crds DIRS --owner-pid PID]`)
 	os.Exit(2)
 }
 
@@ -72,6 +72,16 @@ func main() {
 		progress("cluster %s down", o.name)
 	case "reap":
 		reap(o)
+	case "stop-apiserver":
+		if err := stopApiserver(o); err != nil {
+			fail(err)
+		}
+		progress("cluster %s: kube-apiserver stopped", o.name)
+	case "start-apiserver":
+		if err := startApiserver(o); err != nil {
+			fail(err)
+		}
+		progress("cluster %s: kube-apiserver started again", o.name)
 	default:
 		usage()
 	}

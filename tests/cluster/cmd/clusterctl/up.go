@@ -39,6 +39,8 @@ const (
 type component struct {
 	Name string `json:"name"`
 	Pid  int    `json:"pid"`
+	// how it was started, so that it can be started again (restartApiserver)
+	Argv []string `json:"argv,omitempty"`
 }
 
 // network is what a cluster holds on the host: a bridge with the first address of its /24 of
@@ -134,7 +136,7 @@ func up(o options) (kubeconfig string, reused bool, err error) {
 		if err != nil {
 			return err
 		}
-		return record(component{Name: name, Pid: pid})
+		return record(component{Name: name, Pid: pid, Argv: argv})
 	}
 	pki := p.path
 
