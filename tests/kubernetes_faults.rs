@@ -110,9 +110,9 @@ spec:
         watch["installed"] == true && watch["objects"] == 1
     })
     .await;
-    let accepted = edge.snapshot().statuses.clone();
-    let accepted = serde_json::to_string(&accepted).unwrap();
-    assert!(accepted.contains("BackendPolicy"), "the policy is translated: {accepted}");
+    let statuses = edge.snapshot().statuses.clone();
+    let policy = statuses.get("BackendPolicy", &ns, "echo").expect("the policy is translated");
+    assert!(policy.conditions.iter().any(|c| c.status), "and accepted: {policy:?}");
 
     // 3. the apiserver goes away: the last configuration keeps serving
     cluster.stop_apiserver();
