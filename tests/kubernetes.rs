@@ -5,8 +5,15 @@ mod common;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use common::*;
 use weir::app::{start_edge, EdgeOptions};
+use weir::config::DefaultPolicy;
+use weir::demo::ca::{Ca, LeafSpec};
+use weir::demo::echo::EchoServer;
+use weir::mesh::inbound::Workload;
+use weir::mesh::{start_mesh, IdentitySource, MeshOptions};
 use weir::source::kubernetes::KubeSource;
 use weir::source::ConfigSource;
 
@@ -54,7 +61,8 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     let port = free_port();
     apply(&client, &ns, &gateway_and_route(&ns, port)).await.expect("apply the Gateway and HTTPRoute");
 
-    let source = KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()] };
+    let source =
+        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
     let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
         .await
         .expect("weir edge --source kubernetes");
@@ -108,4 +116,51 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     .await;
     get(gateway, "shop.example.com", "/v2/who").await.assert_status(200);
     edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_mesh_takes_its_identity_from_a_secret_of_the_cluster_and_follows_it() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "mesh").await;
+    let ca = Arc::new(Ca::new("mesh CA").unwrap());
+    let first = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+    apply(&client, &ns, &identity_secret(&ns, "Opaque", &first, &ca.bundle_pem()))
+        .await
+        .expect("apply the identity Secret");
+
+    let app = EchoServer::start("payments", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let source =
+        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
+    let opts = MeshOptions {
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        identity: IdentitySource::Secret(ns.clone(), "payments-identity".into()),
+        workload: Workload { address: app.addr().ip(), ports: vec![app.addr().port()] },
+        source: Some(ConfigSource::Kubernetes(source)),
+        outbound: None,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        default_policy: DefaultPolicy::AllowAuthenticated,
+    };
+    // an Opaque Secret, not of type kubernetes.io/tls: weir reads it by name
+    let mesh = start_mesh(opts).await.expect("weir mesh --source kubernetes --identity-secret");
+    let p = Payments { mesh, ca: ca.clone(), app, _dir: tempfile::tempdir().unwrap() };
+    assert_eq!(p.mesh.credentials.load().id.to_string(), PAYMENTS);
+    let checkout = ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
+    let dump = request(p.mesh.admin_addr).path("/config_dump").send().await.json();
+    let by_name = dump["watches"].as_array().unwrap().iter().find(|w| w["name"] == "payments-identity").cloned();
+    assert_eq!(by_name.map(|w| w["objects"].clone()), Some(1.into()), "the Secret is watched by name: {dump}");
+
+    // a new certificate in the Secret is served without a restart
+    let served_first = p.mesh.credentials.load().not_after.clone();
+    let next = ca.issue(&LeafSpec::svid(PAYMENTS, 2 * DAY)).unwrap();
+    apply(&client, &ns, &identity_secret(&ns, "Opaque", &next, &ca.bundle_pem()))
+        .await
+        .expect("rotate the identity Secret");
+    wait_until("the gateway serves the new certificate", CONVERGE, || async {
+        p.mesh.credentials.load().not_after != served_first
+    })
+    .await;
+    call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
+    p.mesh.shutdown();
 }

@@ -77,7 +77,8 @@ async fn weir_serves_through_a_missing_crd_and_an_apiserver_restart_and_converge
     let port = free_port();
     apply(&client, &ns, &gateway_and_route(&ns, port, "/")).await.expect("apply the Gateway and HTTPRoute");
 
-    let source = KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()] };
+    let source =
+        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
     let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
         .await
         .expect("weir edge --source kubernetes");

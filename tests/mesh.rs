@@ -21,6 +21,7 @@ use weir::demo::ca::{Ca, Issued, LeafSpec};
 use weir::demo::echo::EchoServer;
 use weir::mesh::inbound::Workload;
 use weir::mesh::{start_mesh, IdentitySource, MeshHandle, MeshOptions};
+use weir::source::ConfigSource;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_a_valid_svid_reaches_the_workload_which_learns_who_called() {
@@ -809,16 +810,6 @@ async fn a_file_written_beside_the_identity_does_not_reload_it() {
     assert_eq!(p.mesh.credentials.load().bundle.len(), 2);
 }
 
-/// A `kubernetes.io/tls` Secret `shop/payments-identity` holding `issued` and `bundle_pem`.
-fn identity_secret(issued: &Issued, bundle_pem: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{namespace: shop, name: payments-identity}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
-        indent(&issued.chain_pem, 4),
-        indent(&issued.key_pem, 4),
-        indent(bundle_pem, 4)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
     let ca = Arc::new(Ca::new("mesh CA").unwrap());
@@ -826,12 +817,12 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("identity.yaml");
     let first = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
-    std::fs::write(&secret_file, identity_secret(&first, &ca.bundle_pem())).unwrap();
+    std::fs::write(&secret_file, identity_secret("shop", "kubernetes.io/tls", &first, &ca.bundle_pem())).unwrap();
     let opts = MeshOptions {
         inbound: "127.0.0.1:0".parse().unwrap(),
         identity: IdentitySource::Secret("shop".into(), "payments-identity".into()),
         workload: Workload { address: app.addr().ip(), ports: vec![app.addr().port()] },
-        config_dir: Some(dir.path().to_path_buf()),
+        source: Some(ConfigSource::Dir(dir.path().to_path_buf())),
         outbound: None,
         admin: "127.0.0.1:0".parse().unwrap(),
         default_policy: DefaultPolicy::AllowAuthenticated,
@@ -845,7 +836,7 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
 
     // a new certificate in the Secret is served without a restart
     let next = ca.issue(&LeafSpec::svid(PAYMENTS, 2 * DAY)).unwrap();
-    replace(&secret_file, &identity_secret(&next, &ca.bundle_pem()));
+    replace(&secret_file, &identity_secret("shop", "kubernetes.io/tls", &next, &ca.bundle_pem()));
     reloads_reach(&p, 1.0).await;
     assert_ne!(p.mesh.credentials.load().not_after, served_first);
     call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
@@ -853,7 +844,7 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
     // a Secret whose key does not match is refused; the last good identity keeps serving
     let other = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
     let mismatched = Issued { chain_pem: first.chain_pem.clone(), key_pem: other.key_pem.clone() };
-    replace(&secret_file, &identity_secret(&mismatched, &ca.bundle_pem()));
+    replace(&secret_file, &identity_secret("shop", "kubernetes.io/tls", &mismatched, &ca.bundle_pem()));
     let refused = || metric(&p.mesh.metrics.encode(), "weir_mesh_identity_reloads_total", &[("result", "refused")]);
     wait_until("the broken Secret is refused", WAIT, || async { refused() == 1.0 }).await;
     call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);

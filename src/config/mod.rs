@@ -69,11 +69,12 @@ pub enum DefaultPolicy {
 
 #[derive(Args, Debug)]
 pub struct MeshArgs {
-    /// Directory of manifests, watched: Services, EndpointSlices, HTTPRoutes and BackendPolicies
-    /// the outbound side routes with, MeshAuthorizations the inbound side enforces. Without it,
-    /// only the inbound side runs, allowing every caller of the trust domain.
-    #[arg(long)]
-    pub config_dir: Option<PathBuf>,
+    /// Where the Services, EndpointSlices, HTTPRoutes and BackendPolicies the outbound side
+    /// routes with, and the MeshAuthorizations the inbound side enforces, come from. Without
+    /// --config-dir or --source kubernetes only the inbound side runs, allowing every caller of
+    /// the trust domain.
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
     #[arg(long)]
     pub identity_cert: Option<PathBuf>,
@@ -83,10 +84,10 @@ pub struct MeshArgs {
     /// CA certificates of the trust domain (PEM), watched and reloaded.
     #[arg(long)]
     pub trust_bundle: Option<PathBuf>,
-    /// Instead of the three files: a Secret of --config-dir, `<namespace>/<name>`, holding the
-    /// identity as `tls.crt`, `tls.key` and `ca.crt` (cert-manager's keys); reloaded when it
-    /// changes.
-    #[arg(long, requires = "config_dir")]
+    /// Instead of the three files: a Secret `<namespace>/<name>` of the source (--config-dir, or
+    /// the API server), holding the identity as `tls.crt`, `tls.key` and `ca.crt`
+    /// (cert-manager's keys); reloaded when it changes.
+    #[arg(long)]
     pub identity_secret: Option<String>,
     /// Inbound listener: mutual TLS from other gateways.
     #[arg(long, default_value = DEFAULT_MESH_INBOUND)]
@@ -166,7 +167,7 @@ pub enum SourceKind {
     Kubernetes,
 }
 
-/// The configuration source flags of `weir edge`.
+/// The configuration source flags of `weir edge` and `weir mesh`.
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// Where configuration comes from.
@@ -185,6 +186,21 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// The source the flags name, if any (`--source dir` without `--config-dir`: none); fails,
+    /// saying what to fix, on a mismatch.
+    pub fn optional_source(&self) -> anyhow::Result<Option<crate::source::ConfigSource>> {
+        match (self.source, &self.config_dir) {
+            (SourceKind::Dir, None) => {
+                anyhow::ensure!(
+                    self.kubeconfig.is_none() && self.watch_namespaces.is_empty(),
+                    "--kubeconfig and --watch-namespace are for --source kubernetes"
+                );
+                Ok(None)
+            }
+            _ => self.source().map(Some),
+        }
+    }
+
     /// The source the flags name; fails, saying what to fix, on a mismatch.
     pub fn source(&self) -> anyhow::Result<crate::source::ConfigSource> {
         use crate::source::{kubernetes::KubeSource, ConfigSource};
@@ -205,6 +221,7 @@ impl SourceArgs {
             (SourceKind::Kubernetes, None) => Ok(ConfigSource::Kubernetes(KubeSource {
                 kubeconfig: self.kubeconfig.clone(),
                 namespaces: self.watch_namespaces.clone(),
+                secrets: vec![],
             })),
         }
     }
@@ -277,5 +294,24 @@ mod tests {
         assert!(source(&["--config-dir", "d", "--kubeconfig", "k"])
             .unwrap_err()
             .contains("are for --source kubernetes"));
+    }
+
+    #[test]
+    fn the_mesh_takes_either_source_or_none() {
+        let mesh = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["weir", "mesh"].iter().chain(args).copied()).map_err(|e| e.to_string())?;
+            let Command::Mesh(mesh) = cli.command else { panic!("not the mesh") };
+            crate::mesh::MeshOptions::from_args(&mesh).map_err(|e| e.to_string())
+        };
+        let files = ["--identity-cert", "c", "--identity-key", "k", "--trust-bundle", "b"];
+        let inbound_only = mesh(&files).unwrap();
+        assert!(inbound_only.source.is_none() && inbound_only.outbound.is_none());
+        let k = mesh(&["--source", "kubernetes", "--identity-secret", "shop/id"]).unwrap();
+        assert!(matches!(k.source, Some(crate::source::ConfigSource::Kubernetes(_))) && k.outbound.is_some());
+        assert!(mesh(&["--identity-secret", "shop/id"])
+            .unwrap_err()
+            .contains("give --config-dir or --source kubernetes"));
+        let files_and_kubeconfig = [&files[..], &["--kubeconfig", "k"]].concat();
+        assert!(mesh(&files_and_kubeconfig).unwrap_err().contains("are for --source kubernetes"));
     }
 }

@@ -23,6 +23,7 @@ use crate::mesh::inbound::Workload;
 use crate::mesh::outbound::OutboundSettings;
 use crate::mesh::source::IdentityFiles;
 use crate::mesh::{start_mesh, IdentitySource, MeshHandle, MeshOptions, OutboundOptions};
+use crate::source::ConfigSource;
 use crate::store::Store;
 
 /// The Services the story runs itself (the demo starts no plain backend for them).
@@ -121,7 +122,7 @@ pub fn pod_gateway(
         inbound: SocketAddr::new(app.ip(), inbound_port),
         identity: IdentitySource::Files(files),
         workload: Workload { address: app.ip(), ports: vec![app.port()] },
-        config_dir,
+        source: config_dir.map(ConfigSource::Dir),
         outbound: None,
         admin,
         default_policy: DefaultPolicy::AllowAuthenticated,

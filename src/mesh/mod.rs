@@ -14,7 +14,6 @@ pub mod outbound;
 pub mod source;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -39,16 +38,22 @@ use crate::proxy::drain::Drain;
 use crate::proxy::listeners::{Apps, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
+use crate::source::kubernetes::{watch_kubernetes, WatchStates};
+use crate::source::ConfigSource;
 use crate::store::{Rejection, Store};
 use crate::telemetry::Metrics;
 use crate::translate::{self, build_keeping_last_good};
+
+/// How long `--source kubernetes` may take to list everything (the identity Secret among it)
+/// before the gateway gives up starting.
+pub const FIRST_SYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where the workload's identity comes from.
 #[derive(Clone, Debug)]
 pub enum IdentitySource {
     /// Three PEM files, watched.
     Files(IdentityFiles),
-    /// A Secret `(namespace, name)` of the config dir: `tls.crt`, `tls.key`, `ca.crt`.
+    /// A Secret `(namespace, name)` of the source: `tls.crt`, `tls.key`, `ca.crt`.
     Secret(String, String),
 }
 
@@ -58,11 +63,12 @@ pub struct MeshOptions {
     pub inbound: SocketAddr,
     pub identity: IdentitySource,
     pub workload: Workload,
-    /// Services, EndpointSlices, HTTPRoutes, BackendPolicies and MeshAuthorizations as
-    /// manifests, watched. Without it no authorization policy applies (every authenticated
-    /// caller of our trust domain is allowed) and there is no outbound side.
-    pub config_dir: Option<PathBuf>,
-    /// The outbound side, for local applications calling other Services (needs `config_dir`).
+    /// Where Services, EndpointSlices, HTTPRoutes, BackendPolicies and MeshAuthorizations come
+    /// from: a directory of manifests or the API server, watched. Without one no authorization
+    /// policy applies (every authenticated caller of our trust domain is allowed) and there is
+    /// no outbound side.
+    pub source: Option<ConfigSource>,
+    /// The outbound side, for local applications calling other Services (needs `source`).
     pub outbound: Option<OutboundOptions>,
     /// Admin listener: /metrics, /ready, /live.
     pub admin: SocketAddr,
@@ -74,6 +80,11 @@ impl MeshOptions {
     /// The options `weir mesh` was given; fails, saying what to fix, on an identity given
     /// neither as files nor as a Secret.
     pub fn from_args(a: &crate::config::MeshArgs) -> anyhow::Result<Self> {
+        let source = a.source.optional_source()?;
+        anyhow::ensure!(
+            a.identity_secret.is_none() || source.is_some(),
+            "--identity-secret names a Secret of the source: give --config-dir or --source kubernetes"
+        );
         let identity = match (&a.identity_secret, &a.identity_cert, &a.identity_key, &a.trust_bundle) {
             (Some(secret), None, None, None) => {
                 let (ns, name) = secret.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
@@ -84,7 +95,7 @@ impl MeshOptions {
                 IdentitySource::Files(IdentityFiles { cert: cert.clone(), key: key.clone(), bundle: bundle.clone() })
             }
             _ => anyhow::bail!(
-                "give the identity either as --identity-cert, --identity-key and --trust-bundle (PEM files) or as --identity-secret <namespace>/<name> (a Secret in --config-dir)"
+                "give the identity either as --identity-cert, --identity-key and --trust-bundle (PEM files) or as --identity-secret <namespace>/<name> (a Secret of --config-dir or of the API server)"
             ),
         };
         Ok(MeshOptions {
@@ -93,8 +104,7 @@ impl MeshOptions {
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
             admin: a.admin,
             default_policy: a.default_policy,
-            config_dir: a.config_dir.clone(),
-            outbound: a.config_dir.as_ref().map(|_| OutboundOptions {
+            outbound: source.as_ref().map(|_| OutboundOptions {
                 listen: a.outbound,
                 settings: OutboundSettings {
                     namespace: a.namespace.clone(),
@@ -102,6 +112,7 @@ impl MeshOptions {
                     mesh_port: a.mesh_port,
                 },
             }),
+            source,
         })
     }
 }
@@ -174,10 +185,26 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
             tracing::error!(error = %e, "mesh identity not reloaded; the previous identity keeps serving");
         }
     });
-    let store_rx = match &opts.config_dir {
-        Some(dir) => Some(
+    let watches = WatchStates::default();
+    let store_rx = match &opts.source {
+        Some(ConfigSource::Dir(dir)) => Some(
             watch_dir(dir.clone()).with_context(|| format!("cannot read the config directory {}", dir.display()))?,
         ),
+        Some(ConfigSource::Kubernetes(k)) => {
+            let mut k = k.clone();
+            if let IdentitySource::Secret(ns, name) = &opts.identity {
+                // read by name, whatever its type
+                k.secrets.push((ns.clone(), name.clone()));
+            }
+            let mut rx = watch_kubernetes(&k, metrics.clone(), watches.clone()).await?;
+            // the identity (and the policies) come from the first full list
+            let synced = tokio::time::timeout(FIRST_SYNC, rx.wait_for(|l| l.synced)).await.is_ok_and(|r| r.is_ok());
+            anyhow::ensure!(
+                synced,
+                "the API server was not fully listed within {FIRST_SYNC:?} (see the watch errors above); the mesh gateway needs its identity and policies from it"
+            );
+            Some(rx)
+        }
         None => None,
     };
     let (credentials, secret) = match &opts.identity {
@@ -203,12 +230,8 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     // no edge configuration here: the dump holds the mesh's rejections and conditions; generation
     // 1 makes /ready say what is true: the identity is loaded and the listeners are bound
     let dump = Arc::new(ArcSwap::from_pointee(Snapshot { generation: 1, ..Snapshot::empty() }));
-    let admin_app = AdminApp {
-        snapshot: dump.clone(),
-        metrics: metrics.clone(),
-        bind_errors: Arc::new(Default::default),
-        watches: Default::default(),
-    };
+    let admin_app =
+        AdminApp { snapshot: dump.clone(), metrics: metrics.clone(), bind_errors: Arc::new(Default::default), watches };
     let (admin_addr, admin) = crate::admin::serve(admin, admin_app, shutdown_rx.clone())?;
     let config = watch_config(&opts, store_rx, secret, pools, &metrics, &credentials, dump)?;
     let drain = Drain::default();
@@ -257,14 +280,14 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
     })
 }
 
-/// What the config dir feeds: the outbound side's Services and the inbound side's authorization.
+/// What the source feeds: the outbound side's Services and the inbound side's authorization.
 struct Config {
     directory: Arc<ArcSwap<Directory>>,
     authorizer: Arc<ArcSwap<Authorizer>>,
     task: Option<JoinHandle<()>>,
 }
 
-/// Reads the config dir (if any) and keeps the directory and the authorizer in step with it.
+/// Reads the source (if any) and keeps the directory and the authorizer in step with it.
 fn watch_config(
     opts: &MeshOptions,
     store_rx: Option<watch::Receiver<Loaded>>,
@@ -284,7 +307,10 @@ fn watch_config(
     let empty = Authorizer::compile(&Default::default(), credentials.load().id.trust_domain(), &gateway_now);
     let authorizer = Arc::new(ArcSwap::from_pointee(empty));
     let Some(mut store_rx) = store_rx else {
-        anyhow::ensure!(opts.outbound.is_none(), "the mesh outbound side needs a config directory");
+        anyhow::ensure!(
+            opts.outbound.is_none(),
+            "the mesh outbound side needs a source (--config-dir or --source kubernetes)"
+        );
         return Ok(Config { directory, authorizer, task: None });
     };
     let outbound_settings = opts.outbound.as_ref().map(|o| o.settings.clone());

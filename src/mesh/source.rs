@@ -173,7 +173,7 @@ impl SecretIdentity {
 fn secret_contents(store: &Store, namespace: &str, name: &str) -> Result<Contents, String> {
     let key = (namespace.to_string(), name.to_string());
     let secret = store.secrets.get(&key).ok_or_else(|| {
-        format!("no Secret {namespace}/{name} in the config directory (it holds the mesh identity: tls.crt, tls.key, ca.crt)")
+        format!("no Secret {namespace}/{name} in the source (it holds the mesh identity: tls.crt, tls.key, ca.crt)")
     })?;
     let field = |k| secret_field(&secret.object, k).map_err(|e| format!("Secret {namespace}/{name}: {e}"));
     Ok((field("tls.crt")?, field("tls.key")?, field("ca.crt")?))

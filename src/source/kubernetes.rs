@@ -54,6 +54,9 @@ pub struct KubeSource {
     pub kubeconfig: Option<PathBuf>,
     /// Namespaces to watch (`--watch-namespace`); empty: all.
     pub namespaces: Vec<String>,
+    /// Secrets `(namespace, name)` watched by name whatever their type: the mesh identity
+    /// (other Secrets are read only if they are `kubernetes.io/tls`).
+    pub secrets: Vec<(String, String)>,
 }
 
 impl KubeSource {
@@ -92,11 +95,12 @@ enum Seen {
     Failed(String),
 }
 
-/// One watcher: a kind, in a namespace or all.
+/// One watcher: a kind, in a namespace or all, or one object by name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Feed {
     kind: &'static str,
     namespace: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Default)]
@@ -117,6 +121,9 @@ pub struct WatchState {
     pub kind: &'static str,
     /// `None`: every namespace (or a cluster-scoped kind).
     pub namespace: Option<String>,
+    /// One object watched by name (the mesh identity Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Listed at least once: `/ready` waits for every watch to be.
     pub synced: bool,
     /// False while the kind's CRD is not installed: weir serves the rest and keeps watching.
@@ -147,21 +154,27 @@ pub async fn watch_kubernetes(
         false => source.namespaces.iter().cloned().map(Some).collect(),
     };
     let mut feeds = vec![];
-    let mut feed = |kind: &'static str, namespace: Option<String>| {
-        let f = Feed { kind, namespace };
+    let mut feed = |kind: &'static str, namespace: Option<String>, name: Option<String>| {
+        let f = Feed { kind, namespace, name };
         feeds.push(f.clone());
         (f, events_tx.clone())
     };
     // cluster-scoped kinds
-    spawn::<IngressClass>(Api::all(client.clone()), watcher::Config::default(), feed("IngressClass", None), |o| {
-        Object::IngressClass(Box::new(o))
-    });
-    spawn::<GatewayClass>(Api::all(client.clone()), watcher::Config::default(), feed("GatewayClass", None), |o| {
-        Object::GatewayClass(Box::new(o))
-    });
+    spawn::<IngressClass>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        feed("IngressClass", None, None),
+        |o| Object::IngressClass(Box::new(o)),
+    );
+    spawn::<GatewayClass>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        feed("GatewayClass", None, None),
+        |o| Object::GatewayClass(Box::new(o)),
+    );
     for ns in namespaces {
         let ns = ns.as_deref();
-        let mut feed = |kind| feed(kind, ns.map(str::to_string));
+        let mut feed = |kind| feed(kind, ns.map(str::to_string), None);
         let any = watcher::Config::default;
         // only what weir reads: TLS certificates, never every Secret of the cluster
         let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
@@ -178,6 +191,11 @@ pub async fn watch_kubernetes(
         spawn::<MeshAuthorization>(api(&client, ns), any(), feed("MeshAuthorization"), |o| {
             Object::MeshAuthorization(Box::new(o))
         });
+    }
+    for (ns, name) in &source.secrets {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let f = feed("Secret", Some(ns.clone()), Some(name.clone()));
+        spawn::<Secret>(Api::namespaced(client.clone(), ns), by_name, f, |o| Object::Secret(Box::new(o)));
     }
     let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
     tokio::spawn(gather(feeds, events, tx, metrics, states));
@@ -309,6 +327,7 @@ async fn gather(
             .map(|(feed, s)| WatchState {
                 kind: feed.kind,
                 namespace: feed.namespace.clone(),
+                name: feed.name.clone(),
                 synced: s.synced,
                 installed: !s.missing_reported,
                 objects: s.objects.len(),
@@ -317,7 +336,7 @@ async fn gather(
                 last_error: s.last_error.clone(),
             })
             .collect();
-        report.sort_by(|a, b| (a.kind, &a.namespace).cmp(&(b.kind, &b.namespace)));
+        report.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         states.store(Arc::new(report));
         if !state.values().all(|s| s.synced) {
             continue;
@@ -354,7 +373,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_before_the_first_sync_a_burst_is_one_publish_and_steady_churn_still_publishes() {
-        let feed = Feed { kind: "Service", namespace: None };
+        let feed = Feed { kind: "Service", namespace: None, name: None };
         let (events_tx, events) = mpsc::unbounded_channel();
         let (tx, mut rx) =
             watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });

@@ -20,11 +20,22 @@ use weir::demo::mesh::{outbound_side, pod_gateway};
 use weir::mesh::source::IdentityFiles;
 use weir::mesh::{start_mesh, MeshHandle, MeshOptions};
 
-use super::{docs, endpoints, get, metric, Resp, H1, REQUEST_TIMEOUT};
+use super::{docs, endpoints, get, indent, metric, Resp, H1, REQUEST_TIMEOUT};
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 pub const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 pub const CHECKOUT: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
+
+/// A Secret `ns/payments-identity` of type `type_` holding `issued` and `bundle_pem` as
+/// `tls.crt`, `tls.key` and `ca.crt`.
+pub fn identity_secret(ns: &str, type_: &str, issued: &Issued, bundle_pem: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{namespace: {ns}, name: payments-identity}}\ntype: {type_}\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        indent(&issued.chain_pem, 4),
+        indent(&issued.key_pem, 4),
+        indent(bundle_pem, 4)
+    )
+}
 
 /// A payments workload (an echo server) behind its mesh gateway.
 pub struct Payments {
