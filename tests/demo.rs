@@ -5,13 +5,45 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use common::*;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use weir::demo::mesh::{GatewayPorts, MeshStory};
 use weir::demo::{gateway_for, MESH_HOST};
 use weir::source::dir::DirLoader;
 
+/// Every ERROR event, from weir's tracing and from Pingora's `log` records alike, as
+/// `target: message`.
+#[derive(Clone, Default)]
+struct Errors(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Errors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::ERROR {
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            let target = event.metadata().target();
+            self.0.lock().unwrap().push(format!("{target}: {}", m.0));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_story_hides_a_failing_replica_and_shows_who_called_whom() {
+    // a healthy run logs no ERROR: people grep Pods' logs for them
+    let errors = Errors::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(errors.clone())).unwrap();
+    tracing_log::LogTracer::init().unwrap();
     let [gateway, checkout, payments, inbound, outbound, admin] = free_ports(6)[..] else { unreachable!() };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/quickstart");
     let mut files = vec![];
@@ -48,4 +80,6 @@ async fn the_mesh_story_hides_a_failing_replica_and_shows_who_called_whom() {
         "By=spiffe://cluster.local/ns/shop/sa/payments;URI=spiffe://cluster.local/ns/shop/sa/checkout"
     );
     story.shutdown();
+    let errors = errors.0.lock().unwrap().clone();
+    assert!(errors.is_empty(), "a healthy run logged {} ERRORs:\n{}", errors.len(), errors.join("\n"));
 }

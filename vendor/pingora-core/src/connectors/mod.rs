@@ -30,7 +30,7 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn}; // weir patch: `error` no longer used
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -290,7 +290,10 @@ impl TransportConnector {
                         }
                     }
                     Err(_) => {
-                        error!("failed to acquire reusable stream");
+                        // weir patch: the idle watcher had not yet let go of the connection; a
+                        // new one is opened, nothing fails, so this is no ERROR (stock 0.9.1 logs
+                        // one, several per second under load)
+                        debug!("failed to acquire reusable stream");
                         None
                     }
                 }
