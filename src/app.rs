@@ -24,6 +24,9 @@ use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
 use crate::source::kubernetes::{watch_kubernetes, WatchStates};
 use crate::source::ConfigSource;
+use crate::status::leader::spawn_leader;
+use crate::status::writer::{spawn_writer, StatusInput, StatusInputs};
+use crate::status::{StatusContext, StatusOptions};
 use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
 use crate::translate::{build_keeping_last_good, pools_only, translate, TranslateOptions};
@@ -39,6 +42,9 @@ pub struct EdgeOptions {
     pub ingress_class: String,
     pub watch_ingress_without_class: bool,
     pub access_log: Option<AccessLogFormat>,
+    /// With `--source kubernetes`: how status is written, by the replica holding the Lease
+    /// (`None`: nothing is written).
+    pub status: Option<StatusOptions>,
 }
 
 impl EdgeOptions {
@@ -54,6 +60,7 @@ impl EdgeOptions {
             ingress_class: crate::config::DEFAULT_INGRESS_CLASS.into(),
             watch_ingress_without_class: false,
             access_log: None,
+            status: None,
         }
     }
 
@@ -67,6 +74,7 @@ impl EdgeOptions {
             ingress_class: a.ingress_class.clone(),
             watch_ingress_without_class: a.watch_ingress_without_class,
             access_log: a.access_log,
+            status: None,
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct EdgeHandle {
     proxy_listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     admin_listeners: Arc<Listeners<AdminApp>>,
     config_task: JoinHandle<()>,
+    /// The Lease loop and the status writer, with `--source kubernetes`.
+    status_tasks: Vec<JoinHandle<()>>,
     drain: Drain,
 }
 
@@ -98,6 +108,9 @@ impl EdgeHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.config_task.abort();
+        for t in &self.status_tasks {
+            t.abort();
+        }
         self.proxy_listeners.close_all();
         self.admin_listeners.close_all();
     }
@@ -141,6 +154,22 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         ConfigSource::Kubernetes(k) => watch_kubernetes(k, metrics.clone(), watches.clone()).await?,
     };
 
+    let (status, status_tasks) = match (&opts.source, &opts.status) {
+        (ConfigSource::Kubernetes(k), Some(status)) => {
+            let client = k.client().await?;
+            let (leading, lease_task) = spawn_leader(client.clone(), status.leader.clone(), metrics.clone());
+            let (tx, rx) = watch::channel(None);
+            let ctx = StatusContext {
+                gateway_address: Some(opts.gateway_address),
+                publish_service: status.publish_service.clone(),
+                publish_addresses: status.publish_addresses.clone(),
+            };
+            let writer = spawn_writer(client, ctx, rx, leading, metrics.clone());
+            (Some(tx), vec![lease_task, writer])
+        }
+        _ => (None, vec![]),
+    };
+
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -164,6 +193,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         previous_rejections: BTreeSet::new(),
         previous_store: Store::default(),
         previous_loaded: None,
+        status,
     };
     let first = store_rx.borrow().clone();
     config.apply(first).await;
@@ -187,6 +217,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         proxy_listeners,
         admin_listeners,
         config_task,
+        status_tasks,
         drain,
     })
 }
@@ -203,7 +234,9 @@ struct ConfigLoop {
     previous_store: Store,
     /// The store as loaded, once a snapshot serves it: a change to EndpointSlices only goes
     /// to the pools directly.
-    previous_loaded: Option<Store>,
+    previous_loaded: Option<Arc<Store>>,
+    /// Where the status writer takes each served model's statuses from.
+    status: Option<watch::Sender<Option<StatusInput>>>,
 }
 
 impl ConfigLoop {
@@ -233,11 +266,11 @@ impl ConfigLoop {
             self.metrics.config_endpoint_updates.inc();
             self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
             self.previous_store.endpoint_slices.clone_from(&loaded.store.endpoint_slices);
-            self.previous_loaded = Some(loaded.store);
+            self.previous_loaded = Some(Arc::new(loaded.store));
             return;
         }
         let started = Instant::now();
-        let loaded_store = loaded.store.clone();
+        let loaded_store = Arc::new(loaded.store.clone());
         let (store, model) = build_keeping_last_good(loaded.store, &self.previous_store, |s| translate(s, &self.opts));
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
         let current = self.snapshot.load_full();
@@ -259,6 +292,12 @@ impl ConfigLoop {
         }
         self.previous_rejections = rejections;
         self.previous_store = store;
+        if let Some(status) = &self.status {
+            status.send_replace(Some(Arc::new(StatusInputs {
+                store: loaded_store.clone(),
+                statuses: model.statuses.clone(),
+            })));
+        }
         self.previous_loaded = Some(loaded_store);
         let generation = current.generation + 1;
         let snap = Arc::new(compile(&model, generation, &self.pools, &self.metrics));

@@ -19,6 +19,7 @@ pub mod resilience;
 pub mod routing;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

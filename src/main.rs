@@ -22,8 +22,11 @@ fn main() -> ExitCode {
         }
         Command::Edge(args) => run(args.listen.threads, async move {
             let grace = args.drain_timeout;
-            let handle =
-                weir::app::start_edge(weir::app::EdgeOptions::from_args(args.source.source()?, &args.listen)).await?;
+            let handle = weir::app::start_edge(weir::app::EdgeOptions {
+                status: Some(args.status.options()?),
+                ..weir::app::EdgeOptions::from_args(args.source.source()?, &args.listen)
+            })
+            .await?;
             let signal = stop_signal().await?;
             tracing::info!(signal, ?grace, "stopping: no new connections; open ones finish");
             let left = handle.drain(grace).await;

@@ -5,9 +5,15 @@ mod common;
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use kube::Api;
+use serde_json::json;
 use weir::app::{start_edge, EdgeOptions};
 use weir::config::DefaultPolicy;
 use weir::demo::ca::{Ca, LeafSpec};
@@ -16,6 +22,8 @@ use weir::mesh::inbound::Workload;
 use weir::mesh::{start_mesh, IdentitySource, MeshOptions};
 use weir::source::kubernetes::KubeSource;
 use weir::source::ConfigSource;
+use weir::status::leader::LeaderOptions;
+use weir::status::StatusOptions;
 
 /// Bound for the cluster and weir to converge (Pods start as processes; a busy CI machine is
 /// slower).
@@ -61,12 +69,18 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     let port = free_port();
     apply(&client, &ns, &gateway_and_route(&ns, port)).await.expect("apply the Gateway and HTTPRoute");
 
-    let source =
-        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
-    let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
-        .await
-        .expect("weir edge --source kubernetes");
-    let gateway = local(port);
+    let edge =
+        start_edge(in_cluster(cluster, &ns, "replica-a", "127.0.0.1")).await.expect("weir edge --source kubernetes");
+
+    // the Gateway's status says where it is served, and it is
+    let gw = wait_for("the Gateway's status", CONVERGE, || async {
+        let gw = Api::<Gateway>::namespaced(client.clone(), &ns).get("gw").await.ok()?;
+        let status = serde_json::to_value(gw.status?).ok()?;
+        (condition(&status["conditions"], "Programmed")?["status"] == "True").then_some(status)
+    })
+    .await;
+    let address = gw["addresses"][0]["value"].as_str().expect("an address").to_string();
+    let gateway = SocketAddr::new(address.parse().unwrap(), port);
     // the echo answers from its Pods once they are ready: both of them, through the Gateway
     let pods = std::sync::Mutex::new(std::collections::BTreeSet::new());
     wait_until("both echo Pods answer through the Gateway", CONVERGE, || {
@@ -92,8 +106,31 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
         assert_eq!(metric(&metrics, "weir_source_synced", &[("kind", kind)]), 1.0, "{kind}:\n{metrics}");
         assert!(metric(&metrics, "weir_source_last_sync_timestamp_seconds", &[("kind", kind)]) > 1.7e9, "{kind}");
     }
-    // a rule whose Service does not exist answers 500; the others keep serving
+    for t in ["Accepted", "Programmed"] {
+        let c = condition(&gw["conditions"], t).unwrap();
+        assert_eq!((&c["status"], &c["observedGeneration"]), (&json!("True"), &json!(1)), "{t}: {gw:#}");
+    }
+    let listener = &gw["listeners"][0];
+    assert_eq!((&listener["name"], &listener["attachedRoutes"]), (&json!("http"), &json!(1)), "{gw:#}");
+    assert_eq!(listener["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]));
+    for t in ["Accepted", "ResolvedRefs", "Programmed"] {
+        assert_eq!(condition(&listener["conditions"], t).unwrap()["status"], "True", "listener {t}: {gw:#}");
+    }
+    let class = Api::<GatewayClass>::all(client.clone()).get(&format!("weir-{ns}")).await.unwrap();
+    let class = serde_json::to_value(class.status.unwrap()).unwrap();
+    assert_eq!(condition(&class["conditions"], "Accepted").unwrap()["status"], "True", "{class:#}");
+    assert!(class["supportedFeatures"].as_array().is_some_and(|f| f.contains(&json!({"name": "HTTPRoute"}))));
+
+    // a rule whose Service does not exist answers 500 and is reported in the route's status; the
+    // others keep serving
     get(gateway, "shop.example.com", "/missing").await.assert_status(500);
+    let route = Api::<HttpRoute>::namespaced(client.clone(), &ns).get("web").await.unwrap();
+    let route = serde_json::to_value(route.status.unwrap()).unwrap();
+    let parent = &route["parents"][0];
+    assert_eq!(parent["controllerName"], "weir.dev/gateway-controller", "{route:#}");
+    assert_eq!(condition(&parent["conditions"], "Accepted").unwrap()["status"], "True", "{route:#}");
+    let refs = condition(&parent["conditions"], "ResolvedRefs").unwrap();
+    assert_eq!((&refs["status"], &refs["reason"]), (&json!("False"), &json!("BackendNotFound")), "{route:#}");
     let rejection = edge
         .snapshot()
         .rejections
@@ -115,7 +152,41 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     })
     .await;
     get(gateway, "shop.example.com", "/v2/who").await.assert_status(200);
+    // the status follows, at the route's new generation
+    wait_until("the route's status follows the change", CONVERGE, || async {
+        let route = Api::<HttpRoute>::namespaced(client.clone(), &ns).get("web").await.unwrap();
+        let status = serde_json::to_value(route.status.unwrap()).unwrap();
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted").cloned().unwrap_or_default();
+        accepted["status"] == "True" && accepted["observedGeneration"] == 2
+    })
+    .await;
+    let writes =
+        metric(&request(edge.admin_addr).path("/metrics").send().await.text(), "weir_status_writes_total", &[]);
     edge.shutdown().await;
+    assert!(writes >= 4.0, "{writes}");
+}
+
+/// weir edge on `ns`'s objects as replica `holder`, binding Gateways on `address`, holding the
+/// Lease of `ns` (3 s) to write status.
+fn in_cluster(cluster: &Cluster, ns: &str, holder: &str, address: &str) -> EdgeOptions {
+    let source =
+        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.into()], ..Default::default() };
+    let leader =
+        LeaderOptions { namespace: ns.into(), lease_name: "weir".into(), holder: holder.into(), lease_duration: LEASE };
+    EdgeOptions {
+        source: ConfigSource::Kubernetes(source),
+        gateway_address: address.parse().unwrap(),
+        status: Some(StatusOptions { leader, publish_service: None, publish_addresses: vec![] }),
+        ..EdgeOptions::local("unused")
+    }
+}
+
+/// The lease of the tests' replicas: short, for a quick takeover.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// The condition `type_` of a status's `conditions`.
+fn condition<'a>(conditions: &'a serde_json::Value, type_: &str) -> Option<&'a serde_json::Value> {
+    conditions.as_array()?.iter().find(|c| c["type"] == type_)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,4 +234,50 @@ async fn weir_mesh_takes_its_identity_from_a_secret_of_the_cluster_and_follows_i
     .await;
     call(&p, Some(&checkout), p.app.addr().port(), &[]).await.unwrap().assert_status(200);
     p.mesh.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_exactly_one_writes_status_and_the_other_takes_over_when_it_dies() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "leader").await;
+    let port = free_port();
+    apply(&client, &ns, &gateway_and_route(&ns, port)).await.expect("apply the Gateway and HTTPRoute");
+    // each replica binds the Gateway on an address of its own and reports it: the Gateway's
+    // status address says which replica wrote it
+    let a = start_edge(in_cluster(cluster, &ns, "replica-a", "127.0.0.2")).await.expect("replica a");
+    let b = start_edge(in_cluster(cluster, &ns, "replica-b", "127.0.0.3")).await.expect("replica b");
+    let address = || async {
+        let gw = Api::<Gateway>::namespaced(client.clone(), &ns).get("gw").await.ok()?;
+        serde_json::to_value(gw.status?).ok()?["addresses"][0]["value"].as_str().map(str::to_string)
+    };
+    let first = wait_for("a replica writes the Gateway's status", CONVERGE, || async { address().await }).await;
+    let (leader, follower) = match first.as_str() {
+        "127.0.0.2" => (a, b),
+        _ => (b, a),
+    };
+    let gauges = |edge: &weir::app::EdgeHandle| {
+        let admin = edge.admin_addr;
+        async move {
+            let text = request(admin).path("/metrics").send().await.text();
+            (metric(&text, "weir_leader", &[]), metric(&text, "weir_status_writes_total", &[]))
+        }
+    };
+    let (leading, writes) = gauges(&leader).await;
+    assert_eq!(leading, 1.0);
+    assert!(writes >= 3.0, "the class, the Gateway and the route: {writes}");
+    assert_eq!(gauges(&follower).await, (0.0, 0.0), "the other replica writes nothing");
+
+    // the leader dies without letting go of the Lease: the other takes over once it expires
+    let killed = std::time::Instant::now();
+    leader.shutdown().await;
+    let second = wait_for("the other replica writes the Gateway's status", CONVERGE, || async {
+        address().await.filter(|a| *a != first)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("leader killed; {second} wrote status {took:?} later (lease {LEASE:?})");
+    assert_eq!(gauges(&follower).await.0, 1.0);
+    assert!(took < 2 * LEASE, "taken over within the lease and a retry: {took:?}");
+    follower.shutdown().await;
 }

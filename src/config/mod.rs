@@ -236,6 +236,64 @@ pub struct EdgeArgs {
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub listen: ListenArgs,
+    #[command(flatten)]
+    pub status: StatusArgs,
+}
+
+/// How replicas elect the one that writes status (`--source kubernetes`).
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// weir's own namespace, where its replicas hold the Lease that elects the one writing
+    /// status.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "weir")]
+    pub lease_name: String,
+    /// How long the Lease stays its holder's without a renewal: a stopped leader is replaced
+    /// within it. Whole seconds.
+    #[arg(long, default_value = "15s", value_parser = crate::api::duration::parse)]
+    pub lease_duration: Duration,
+    /// weir's own Service, `<namespace>/<name>` (in a watched namespace): its load balancer's
+    /// addresses go into the status of Ingresses of weir's class and of Gateways.
+    #[arg(long)]
+    pub publish_service: Option<String>,
+    /// An IP or host name weir is reached at, for the same statuses; repeat for several.
+    #[arg(long = "publish-address")]
+    pub publish_addresses: Vec<String>,
+}
+
+impl StatusArgs {
+    /// How status is written, as the flags say; fails, saying what to fix, on a lease duration
+    /// that is not whole seconds or a Service not named `<namespace>/<name>`.
+    pub fn options(&self) -> anyhow::Result<crate::status::StatusOptions> {
+        use crate::status::leader::LeaderOptions;
+        let d = self.lease_duration;
+        anyhow::ensure!(
+            d.subsec_nanos() == 0 && d.as_secs() >= 1,
+            "--lease-duration {d:?}: a Lease counts whole seconds; give at least 1s, such as 15s"
+        );
+        let publish_service = match &self.publish_service {
+            None => None,
+            Some(s) => {
+                let (ns, name) = s
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                    .ok_or_else(|| anyhow::anyhow!("--publish-service {s:?}: write it as <namespace>/<name>"))?;
+                Some((ns.to_string(), name.to_string()))
+            }
+        };
+        Ok(crate::status::StatusOptions {
+            leader: LeaderOptions {
+                namespace: self.leader_election_namespace.clone(),
+                lease_name: self.lease_name.clone(),
+                holder: LeaderOptions::default_holder(),
+                lease_duration: d,
+            },
+            publish_service,
+            publish_addresses: self.publish_addresses.clone(),
+        })
+    }
 }
 
 #[derive(Args, Debug)]

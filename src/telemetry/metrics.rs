@@ -36,6 +36,10 @@ pub struct Metrics {
     pub config_apply_seconds: Histogram,
     /// Changes that moved endpoints only, applied to the pools without a new snapshot.
     pub config_endpoint_updates: IntCounter,
+    /// Status patches sent to the API server, by kind and result.
+    pub status_writes: IntCounterVec,
+    /// 1 while this replica holds the Lease (and writes status).
+    pub leader: IntGauge,
     /// Listeners that could not be bound, by port.
     pub listener_bind_failures: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
@@ -138,6 +142,11 @@ impl Metrics {
             "config_endpoint_updates_total",
             "Changes that moved endpoints only, applied to the pools without translating routes",
         ));
+        let status_writes = must(IntCounterVec::new(
+            Opts::new("status_writes_total", "Status patches sent to the API server, by kind and result"),
+            &["kind", "result"],
+        ));
+        let leader = must(IntGauge::new("leader", "1 while this replica holds the Lease and writes status"));
         let listener_bind_failures = must(IntCounterVec::new(
             Opts::new("listener_bind_failures_total", "Listeners that could not be bound"),
             &["port"],
@@ -189,6 +198,8 @@ impl Metrics {
             Box::new(rejected_objects.clone()),
             Box::new(config_apply_seconds.clone()),
             Box::new(config_endpoint_updates.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(leader.clone()),
             Box::new(listener_bind_failures.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(PoolCollector::new(pools)),
@@ -207,6 +218,8 @@ impl Metrics {
             rejected_objects,
             config_apply_seconds,
             config_endpoint_updates,
+            status_writes,
+            leader,
             listener_bind_failures,
             tls_handshake_failures,
             mesh_handshake_failures,

@@ -17,13 +17,13 @@ pub enum LogFormat {
 }
 pub use metrics::{Metrics, TargetMetrics};
 
-/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`) and bridges Pingora's
-/// `log` records into it. Safe to call more than once (later calls do nothing).
+/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`, the Lease crate's
+/// per-retry "held by" lines at `warn`) and bridges Pingora's `log` records into it. Safe to call more than once (later calls do nothing).
 pub fn init_tracing(access_log: Option<AccessLogFormat>, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube_leader_election=warn"));
     let access = access_log.map(|_| {
         tracing_subscriber::fmt::layer()
             .json()

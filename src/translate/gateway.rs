@@ -87,6 +87,7 @@ pub fn translate(
         }
         let served = gw.spec.listeners.len() - errors.len();
         let status = model.statuses.of("Gateway", ns, name);
+        status.attached_routes = conditions.keys().map(|l| (l.clone(), 0)).collect();
         status.listeners = conditions;
         status.conditions = match (served, errors.is_empty()) {
             (_, true) => vec![Condition::holds(Accepted, ""), Condition::holds(Programmed, "")],
@@ -210,9 +211,14 @@ pub fn translate(
             route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect()
         };
         let mut any_host = false;
+        let mut counted = BTreeSet::new();
         for l in &attached {
             let hosts = hosts_of(l);
             any_host |= !hosts.is_empty();
+            if !hosts.is_empty() && counted.insert((&l.gateway, &l.name)) {
+                let gateway = model.statuses.of("Gateway", &l.gateway.0, &l.gateway.1);
+                *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
+            }
             let Some(lm) = model.listeners.get_mut(&l.port) else { continue };
             for host in hosts {
                 for rm in &compiled {

@@ -82,6 +82,8 @@ pub fn translate(
     ingresses.sort_by_key(|((ns, name), s)| (created(&s.object.metadata), ns.clone(), name.clone()));
 
     for ((ns, name), stored) in ingresses {
+        // weir's: its status gets weir's published address
+        model.statuses.of("Ingress", ns, name);
         let ing = &stored.object;
         let spec = ing.spec.clone().unwrap_or_default();
         let file = &stored.origin;

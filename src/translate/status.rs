@@ -133,6 +133,9 @@ pub struct ObjectStatus {
     /// A Gateway's, by listener name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub listeners: BTreeMap<String, Vec<Condition>>,
+    /// A Gateway's routes attached (accepted, with a hostname in common), by listener name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attached_routes: BTreeMap<String, u32>,
     /// A route's, per parent reference.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentStatus>,
@@ -167,6 +170,9 @@ impl Statuses {
             let mine = self.0.entry(key).or_default();
             mine.conditions.extend(status.conditions);
             mine.listeners.extend(status.listeners);
+            for (listener, n) in status.attached_routes {
+                *mine.attached_routes.entry(listener).or_default() += n;
+            }
             mine.parents.extend(status.parents);
         }
     }

@@ -1,0 +1,445 @@
+//! Status for the API server: what `kubectl get gateway -o yaml` shows, computed from the same
+//! typed conditions translation returned with the model that serves ([`Statuses`]), so status and
+//! traffic cannot disagree.
+//!
+//! [`desired`] is pure: from the store (each object as last seen, its generation and its current
+//! status) and the statuses, the `.status` each object of weir's should have. Conditions keep
+//! their `lastTransitionTime` while their status is unchanged, and an HTTPRoute keeps the
+//! entries other controllers wrote in `status.parents`, so a status equal to the current one is
+//! not written again (no status loops). [`writer`] patches the changes, on the leader only
+//! ([`leader`]).
+
+pub mod leader;
+pub mod writer;
+
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{json, Value};
+
+use crate::store::Store;
+use crate::translate::gateway::GATEWAY_CONTROLLER;
+use crate::translate::status::{Condition, ObjectStatus, Statuses};
+
+/// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`.
+pub const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
+
+/// What status needs besides the statuses: where weir is reachable.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StatusContext {
+    /// The address weir binds Gateways on (`--gateway-address`): every Gateway's
+    /// `status.addresses` unless weir publishes others.
+    pub gateway_address: Option<IpAddr>,
+    /// `--publish-service NS/NAME`: the load balancer addresses of that Service (weir's own).
+    pub publish_service: Option<(String, String)>,
+    /// `--publish-address`: IPs or host names weir is reached at.
+    pub publish_addresses: Vec<String>,
+}
+
+impl StatusContext {
+    /// The addresses weir publishes (the Service's load balancer's, then the given ones).
+    fn published(&self, store: &Store) -> Vec<String> {
+        let mut out = vec![];
+        if let Some(service) = self.publish_service.as_ref().and_then(|k| store.services.get(k)) {
+            let lb = service.object.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+            for i in lb.and_then(|lb| lb.ingress.as_ref()).into_iter().flatten() {
+                out.extend(i.ip.clone().or_else(|| i.hostname.clone()));
+            }
+        }
+        out.extend(self.publish_addresses.iter().cloned());
+        out
+    }
+}
+
+/// Whether a published address is an IP (else a host name).
+fn is_ip(a: &str) -> bool {
+    a.parse::<IpAddr>().is_ok()
+}
+
+/// What `weir edge --source kubernetes` writes status with.
+#[derive(Clone, Debug)]
+pub struct StatusOptions {
+    pub leader: leader::LeaderOptions,
+    /// `--publish-service NS/NAME`.
+    pub publish_service: Option<(String, String)>,
+    /// `--publish-address`.
+    pub publish_addresses: Vec<String>,
+}
+
+/// One object's status to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusUpdate {
+    pub kind: &'static str,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    /// The whole `.status`.
+    pub status: Value,
+    /// The status the object has now (`None`: none).
+    pub current: Option<Value>,
+}
+
+/// The statuses that differ from what each object of weir's holds now. `now` (RFC 3339) is the
+/// `lastTransitionTime` of a condition whose status changes.
+pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &str) -> Vec<StatusUpdate> {
+    let mut updates = vec![];
+    let published = ctx.published(store);
+    let gateway_addresses: Vec<Value> = match (published.is_empty(), ctx.gateway_address) {
+        (false, _) => published
+            .iter()
+            .map(|a| json!({"type": if is_ip(a) { "IPAddress" } else { "Hostname" }, "value": a}))
+            .collect(),
+        (true, Some(ip)) if !ip.is_unspecified() => vec![json!({"type": "IPAddress", "value": ip.to_string()})],
+        (true, _) => vec![],
+    };
+    let ingress_addresses: Vec<Value> =
+        published.iter().map(|a| if is_ip(a) { json!({"ip": a}) } else { json!({"hostname": a}) }).collect();
+    let mut push = |kind: &'static str, ns: &str, name: &str, current: Option<Value>, status: Value| {
+        if current.as_ref() != Some(&status) {
+            updates.push(StatusUpdate { kind, namespace: ns.into(), name: name.into(), status, current });
+        }
+    };
+    for (name, stored) in &store.gateway_classes {
+        let class = &stored.object;
+        if class.spec.controller_name != GATEWAY_CONTROLLER {
+            continue;
+        }
+        let Some(status) = statuses.get("GatewayClass", "", name) else { continue };
+        let current = to_value(&class.status);
+        let features: Vec<Value> = SUPPORTED_FEATURES.iter().map(|f| json!({"name": f})).collect();
+        let status = json!({
+            "conditions": conditions(&status.conditions, &class.metadata, current.as_ref().map(|c| &c["conditions"]), now),
+            "supportedFeatures": features,
+        });
+        push("GatewayClass", "", name, current, status);
+    }
+    for ((ns, name), stored) in &store.gateways {
+        let gw = &stored.object;
+        let Some(status) = statuses.get("Gateway", ns, name) else { continue };
+        let current = to_value(&gw.status);
+        let listeners: Vec<Value> = gw
+            .spec
+            .listeners
+            .iter()
+            .map(|l| {
+                let old = current.as_ref().and_then(|c| {
+                    c["listeners"].as_array()?.iter().find(|o| o["name"] == l.name.as_str()).map(|o| &o["conditions"])
+                });
+                let kinds = match l.protocol.as_str() {
+                    "HTTP" | "HTTPS" => vec![json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"})],
+                    _ => vec![],
+                };
+                json!({
+                    "name": l.name,
+                    "attachedRoutes": status.attached_routes.get(&l.name).copied().unwrap_or(0),
+                    "supportedKinds": kinds,
+                    "conditions": conditions(listener_conditions(status, &l.name), &gw.metadata, old, now),
+                })
+            })
+            .collect();
+        let status = json!({
+            "addresses": gateway_addresses,
+            "conditions": conditions(&status.conditions, &gw.metadata, current.as_ref().map(|c| &c["conditions"]), now),
+            "listeners": listeners,
+        });
+        push("Gateway", ns, name, current, status);
+    }
+    for ((ns, name), stored) in &store.http_routes {
+        let route = &stored.object;
+        let Some(status) = statuses.get("HTTPRoute", ns, name).filter(|s| !s.parents.is_empty()) else { continue };
+        let current = to_value(&route.status);
+        let old_parents: Vec<Value> =
+            current.as_ref().and_then(|c| c["parents"].as_array().cloned()).unwrap_or_default();
+        // other controllers' entries stay as they are, first
+        let mut parents: Vec<Value> =
+            old_parents.iter().filter(|p| p["controllerName"] != GATEWAY_CONTROLLER).cloned().collect();
+        for p in &status.parents {
+            let parent_ref = parent_ref(&p.parent, ns);
+            let old = old_parents
+                .iter()
+                .find(|o| o["controllerName"] == GATEWAY_CONTROLLER && o["parentRef"] == parent_ref)
+                .map(|o| &o["conditions"]);
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": GATEWAY_CONTROLLER,
+                "conditions": conditions(&p.conditions, &route.metadata, old, now),
+            }));
+        }
+        push("HTTPRoute", ns, name, current, json!({"parents": parents}));
+    }
+    // Ingresses of weir's class, once weir publishes an address (as ingress-nginx does)
+    if !ingress_addresses.is_empty() {
+        for ((ns, name), stored) in &store.ingresses {
+            if statuses.get("Ingress", ns, name).is_none() {
+                continue;
+            }
+            let current = to_value(&stored.object.status);
+            push("Ingress", ns, name, current, json!({"loadBalancer": {"ingress": ingress_addresses}}));
+        }
+    }
+    updates
+}
+
+fn listener_conditions<'a>(status: &'a ObjectStatus, listener: &str) -> &'a [Condition] {
+    status.listeners.get(listener).map_or(&[], Vec::as_slice)
+}
+
+/// A route's `parentRef` as the status echoes it: the reference's own fields, namespace included
+/// only where the route gave it (omitted means the route's own).
+fn parent_ref(p: &crate::translate::status::ParentRef, route_ns: &str) -> Value {
+    let mut v = json!({"group": p.group, "kind": p.kind, "name": p.name});
+    if p.namespace != route_ns {
+        v["namespace"] = json!(p.namespace);
+    }
+    if let Some(s) = &p.section_name {
+        v["sectionName"] = json!(s);
+    }
+    if let Some(port) = p.port {
+        v["port"] = json!(port);
+    }
+    v
+}
+
+/// The status as the API server holds it, or `None` when it has none.
+fn to_value<T: serde::Serialize>(status: &Option<T>) -> Option<Value> {
+    status.as_ref().and_then(|s| serde_json::to_value(s).ok()).filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+}
+
+/// Conditions as the API server holds them, at the object's generation; each keeps the
+/// `lastTransitionTime` of the same type in `old` if its status did not change.
+fn conditions(conds: &[Condition], meta: &ObjectMeta, old: Option<&Value>, now: &str) -> Vec<Value> {
+    let old: &[Value] = old.and_then(Value::as_array).map_or(&[], Vec::as_slice);
+    conds
+        .iter()
+        .map(|c| {
+            let type_ = format!("{:?}", c.type_);
+            let status = if c.status { "True" } else { "False" };
+            let since = old
+                .iter()
+                .find(|o| o["type"] == type_.as_str() && o["status"] == status)
+                .and_then(|o| o["lastTransitionTime"].as_str())
+                .unwrap_or(now);
+            json!({
+                "type": type_,
+                "status": status,
+                "reason": format!("{:?}", c.reason),
+                "message": c.message,
+                "observedGeneration": meta.generation.unwrap_or(0),
+                "lastTransitionTime": since,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::manifest::parse_manifests;
+    use crate::translate::{translate, TranslateOptions};
+
+    const OBJECTS: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: weir, generation: 1}
+spec: {controllerName: weir.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other, generation: 1}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {namespace: shop, name: gw, generation: 3}
+spec:
+  gatewayClassName: weir
+  listeners:
+  - {name: web, protocol: HTTP, port: 9080}
+  - {name: api, protocol: HTTP, port: 9081, hostname: api.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: shop, name: web}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: shop, name: web, generation: 2}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [www.example.com]
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /ghost}}]
+    backendRefs: [{name: ghost, port: 80}]
+";
+
+    fn store(yaml: &str) -> Store {
+        let mut store = Store::default();
+        let (objects, errors) = parse_manifests(yaml, "kubernetes");
+        assert!(errors.is_empty(), "{errors:?}");
+        for o in objects {
+            store.apply(o, "kubernetes");
+        }
+        store
+    }
+
+    fn ctx() -> StatusContext {
+        StatusContext { gateway_address: Some("10.0.0.7".parse().unwrap()), ..StatusContext::default() }
+    }
+
+    fn updates(store: &Store, now: &str) -> Vec<StatusUpdate> {
+        let model = translate(store, &TranslateOptions::defaults("weir"));
+        desired(store, &model.statuses, &ctx(), now)
+    }
+
+    fn find<'a>(updates: &'a [StatusUpdate], kind: &str) -> &'a Value {
+        &updates.iter().find(|u| u.kind == kind).unwrap_or_else(|| panic!("no {kind} in {updates:#?}")).status
+    }
+
+    fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
+        conditions.as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("{conditions}"))
+    }
+
+    #[test]
+    fn weirs_objects_get_the_gateway_apis_status_and_others_none() {
+        let store = store(OBJECTS);
+        let updates = updates(&store, "2026-12-05T10:00:00Z");
+        let kinds: Vec<(&str, &str)> = updates.iter().map(|u| (u.kind, u.name.as_str())).collect();
+        assert_eq!(kinds, [("GatewayClass", "weir"), ("Gateway", "gw"), ("HTTPRoute", "web")], "not the other class");
+
+        let class = find(&updates, "GatewayClass");
+        assert_eq!(condition(&class["conditions"], "Accepted")["status"], "True");
+        assert_eq!(class["supportedFeatures"][0]["name"], "Gateway");
+
+        let gw = find(&updates, "Gateway");
+        assert_eq!(gw["addresses"], json!([{"type": "IPAddress", "value": "10.0.0.7"}]));
+        let programmed = condition(&gw["conditions"], "Programmed");
+        assert_eq!((&programmed["status"], &programmed["observedGeneration"]), (&json!("True"), &json!(3)));
+        let web = &gw["listeners"][0];
+        assert_eq!((&web["name"], &web["attachedRoutes"]), (&json!("web"), &json!(1)));
+        assert_eq!(web["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]));
+        assert_eq!(gw["listeners"][1]["attachedRoutes"], 0, "no hostname in common with api.example.com");
+        for t in ["Accepted", "ResolvedRefs", "Programmed"] {
+            assert_eq!(condition(&web["conditions"], t)["status"], "True", "{t}");
+        }
+
+        let route = find(&updates, "HTTPRoute");
+        let parent = &route["parents"][0];
+        assert_eq!(parent["parentRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}));
+        assert_eq!(parent["controllerName"], GATEWAY_CONTROLLER);
+        assert_eq!(condition(&parent["conditions"], "Accepted")["status"], "True");
+        let refs = condition(&parent["conditions"], "ResolvedRefs");
+        assert_eq!((&refs["status"], &refs["reason"]), (&json!("False"), &json!("BackendNotFound")));
+        assert!(refs["message"].as_str().unwrap().contains("Service shop/ghost does not exist"), "{refs}");
+        assert_eq!(refs["observedGeneration"], 2);
+    }
+
+    /// Writes `updates` into the store's objects, as the API server would.
+    fn written(mut store: Store, updates: &[StatusUpdate]) -> Store {
+        for u in updates {
+            let key = (u.namespace.clone(), u.name.clone());
+            match u.kind {
+                "GatewayClass" => {
+                    let c = store.gateway_classes.get_mut(&u.name).unwrap();
+                    c.object.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                }
+                "Gateway" => {
+                    store.gateways.get_mut(&key).unwrap().object.status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap())
+                }
+                "HTTPRoute" => {
+                    store.http_routes.get_mut(&key).unwrap().object.status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap())
+                }
+                "Ingress" => {
+                    store.ingresses.get_mut(&key).unwrap().object.status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap())
+                }
+                k => panic!("{k}"),
+            }
+        }
+        store
+    }
+
+    #[test]
+    fn a_status_written_is_not_written_again_and_a_change_keeps_unchanged_transition_times() {
+        let first = updates(&store(OBJECTS), "2026-12-05T10:00:00Z");
+        let store = written(store(OBJECTS), &first);
+        assert_eq!(updates(&store, "2026-12-05T11:00:00Z"), [], "no status loop");
+
+        // the ghost Service appears: ResolvedRefs turns true, Accepted keeps its time
+        let fixed = OBJECTS.replace("name: ghost, port: 80", "name: web, port: 80");
+        let mut changed = crate::store::Store::default();
+        for o in parse_manifests(&fixed, "kubernetes").0 {
+            changed.apply(o, "kubernetes");
+        }
+        changed.http_routes.values_mut().next().unwrap().object.status =
+            store.http_routes.values().next().unwrap().object.status.clone();
+        let later = updates(&changed, "2026-12-05T12:00:00Z");
+        let route = find(&later, "HTTPRoute");
+        let conditions = &route["parents"][0]["conditions"];
+        assert_eq!(condition(conditions, "Accepted")["lastTransitionTime"], "2026-12-05T10:00:00Z");
+        let refs = condition(conditions, "ResolvedRefs");
+        assert_eq!((&refs["status"], &refs["lastTransitionTime"]), (&json!("True"), &json!("2026-12-05T12:00:00Z")));
+    }
+
+    #[test]
+    fn ingresses_of_weirs_class_and_gateways_get_the_published_addresses() {
+        let yaml = format!(
+            "{OBJECTS}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{namespace: shop, name: ours}}
+spec: {{ingressClassName: weir, defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{namespace: shop, name: theirs}}
+spec: {{ingressClassName: nginx, defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{namespace: weir, name: weir}}
+spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}
+status: {{loadBalancer: {{ingress: [{{ip: 203.0.113.9}}]}}}}
+"
+        );
+        let store = store(&yaml);
+        let model = translate(&store, &TranslateOptions::defaults("weir"));
+        assert_eq!(desired(&store, &model.statuses, &ctx(), "t").iter().filter(|u| u.kind == "Ingress").count(), 0);
+        let ctx = StatusContext {
+            publish_service: Some(("weir".into(), "weir".into())),
+            publish_addresses: vec!["edge.example.com".into()],
+            ..ctx()
+        };
+        let updates = desired(&store, &model.statuses, &ctx, "t");
+        let ingresses: Vec<&StatusUpdate> = updates.iter().filter(|u| u.kind == "Ingress").collect();
+        assert_eq!(ingresses.len(), 1, "only weir's class: {ingresses:#?}");
+        assert_eq!(ingresses[0].name, "ours");
+        let lb = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"hostname": "edge.example.com"}]}});
+        assert_eq!(ingresses[0].status, lb);
+        let gw = find(&updates, "Gateway");
+        assert_eq!(
+            gw["addresses"],
+            json!([{"type": "IPAddress", "value": "203.0.113.9"}, {"type": "Hostname", "value": "edge.example.com"}])
+        );
+    }
+
+    #[test]
+    fn other_controllers_parents_are_kept() {
+        let mut store = store(OBJECTS);
+        let theirs = json!({"parents": [{
+            "parentRef": {"name": "their-gw"},
+            "controllerName": "example.com/other",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}],
+        }]});
+        store.http_routes.values_mut().next().unwrap().object.status = Some(serde_json::from_value(theirs).unwrap());
+        let updates = updates(&store, "2026-12-05T10:00:00Z");
+        let parents = find(&updates, "HTTPRoute")["parents"].as_array().unwrap().clone();
+        assert_eq!(parents.len(), 2, "{parents:#?}");
+        assert_eq!(parents[0]["controllerName"], "example.com/other");
+        assert_eq!(parents[1]["controllerName"], GATEWAY_CONTROLLER);
+    }
+}

@@ -1,0 +1,99 @@
+//! Writes the statuses [`super::desired`] computes, on the leader only: a merge patch of each
+//! changed object's status subresource.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{desired, StatusContext, StatusUpdate};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::translate::status::Statuses;
+
+/// What a status is computed from: the store as loaded (each object's generation and current
+/// status) and the statuses of the model serving.
+pub struct StatusInputs {
+    pub store: Arc<Store>,
+    pub statuses: Statuses,
+}
+
+pub type StatusInput = Arc<StatusInputs>;
+
+/// Writes status while `leading` says so, each time `inputs` changes (and on becoming leader).
+pub fn spawn_writer(
+    client: Client,
+    ctx: StatusContext,
+    mut inputs: watch::Receiver<Option<StatusInput>>,
+    mut leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // what was written, and the status the object had then: until the store shows the
+        // write, the same status is not written again
+        let mut written: HashMap<(&'static str, String, String), (Option<Value>, Value)> = HashMap::new();
+        loop {
+            tokio::select! {
+                r = inputs.changed() => if r.is_err() { return },
+                r = leading.changed() => if r.is_err() { return },
+            }
+            if !*leading.borrow_and_update() {
+                written.clear();
+                continue;
+            }
+            let Some(input) = inputs.borrow_and_update().clone() else { continue };
+            for u in desired(&input.store, &input.statuses, &ctx, &now()) {
+                let key = (u.kind, u.namespace.clone(), u.name.clone());
+                if written.get(&key).is_some_and(|(before, status)| *before == u.current && *status == u.status) {
+                    continue;
+                }
+                let result = match patch(&client, &u).await {
+                    Ok(()) => {
+                        written.insert(key, (u.current.clone(), u.status.clone()));
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = u.kind, namespace = %u.namespace, name = %u.name, error = %e, "cannot write status; it is tried again at the next change");
+                        "error"
+                    }
+                };
+                metrics.status_writes.with_label_values(&[u.kind, result]).inc();
+            }
+        }
+    })
+}
+
+/// Now, to the second, as the API server keeps condition times.
+fn now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
+}
+
+async fn patch(client: &Client, u: &StatusUpdate) -> Result<(), kube::Error> {
+    let (c, ns) = (client.clone(), u.namespace.as_str());
+    match u.kind {
+        "GatewayClass" => patch_status(Api::<GatewayClass>::all(c), u).await,
+        "Gateway" => patch_status(Api::<Gateway>::namespaced(c, ns), u).await,
+        "HTTPRoute" => patch_status(Api::<HttpRoute>::namespaced(c, ns), u).await,
+        "Ingress" => patch_status(Api::<Ingress>::namespaced(c, ns), u).await,
+        kind => unreachable!("no status is computed for {kind}"),
+    }
+}
+
+/// A merge patch of the status subresource: the lists in it (conditions, parents) are replaced
+/// whole, other controllers' parents included as [`super::desired`] kept them.
+async fn patch_status<K>(api: Api<K>, u: &StatusUpdate) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let body = Patch::Merge(json!({"status": u.status}));
+    api.patch_status(&u.name, &PatchParams::default(), &body).await.map(drop)
+}
