@@ -144,22 +144,27 @@ pub const ECHO_PORT: u16 = 3000;
 /// A Deployment of the Gateway API's echo image behind a Service `echo`. `version` goes into an
 /// env var, so changing it rolls the Deployment. Old Pods drain for 2 s in a preStop hook.
 pub fn echo_deployment(replicas: u32, version: &str) -> String {
+    named_echo_deployment("echo", replicas, version)
+}
+
+/// [`echo_deployment`] named `name` (the Deployment, its Pods' `app` label and the Service).
+pub fn named_echo_deployment(name: &str, replicas: u32, version: &str) -> String {
     format!(
         r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: echo
+  name: {name}
 spec:
   replicas: {replicas}
   selector:
-    matchLabels: {{app: echo}}
+    matchLabels: {{app: {name}}}
   strategy:
     type: RollingUpdate
     rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
   template:
     metadata:
-      labels: {{app: echo}}
+      labels: {{app: {name}}}
     spec:
       terminationGracePeriodSeconds: 10
       containers:
@@ -183,9 +188,9 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: echo
+  name: {name}
 spec:
-  selector: {{app: echo}}
+  selector: {{app: {name}}}
   ports:
   - {{name: http, port: 8080, targetPort: http}}
 "#
