@@ -29,35 +29,15 @@ use weir::status::StatusOptions;
 /// slower).
 const CONVERGE: Duration = Duration::from_secs(90);
 
-/// A GatewayClass of weir's (named after the test's namespace: classes are cluster-wide), a
-/// Gateway listening on `port`, and an HTTPRoute sending /missing to a Service that does not
-/// exist and the rest to the echo Deployment.
+/// weir's Gateway on `port` and an HTTPRoute sending /missing to a Service that does not exist
+/// and the rest to the echo Deployment.
 fn gateway_and_route(ns: &str, port: u16) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: weir-{ns}}}
-spec: {{controllerName: weir.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  gatewayClassName: weir-{ns}
-  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: /missing}}}}]
-    backendRefs: [{{name: ghost, port: 8080}}]
-  - backendRefs: [{{name: echo, port: 8080}}]
-"#
-    )
+    let rules = "  rules:
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: ghost, port: 8080}]
+  - backendRefs: [{name: echo, port: 8080}]
+";
+    cluster_gateway_and_route(ns, port, rules)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,31 +21,15 @@ const CONVERGE: Duration = Duration::from_secs(120);
 
 const BACKEND_POLICY_CRD: &str = "backendpolicies.weir.dev";
 
+/// weir's Gateway on `port` and an HTTPRoute sending `prefix` to the echo Deployment.
 fn gateway_and_route(ns: &str, port: u16, prefix: &str) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: weir-{ns}}}
-spec: {{controllerName: weir.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  gatewayClassName: weir-{ns}
-  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
+    let rules = format!(
+        "  rules:
   - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
     backendRefs: [{{name: echo, port: 8080}}]
-"#
-    )
+"
+    );
+    cluster_gateway_and_route(ns, port, &rules)
 }
 
 /// The watch of `kind` as `/config_dump` shows it.

@@ -29,35 +29,13 @@ const PER_CLIENT: u32 = 100;
 /// The least rate each phase must have run at.
 const MIN_RATE: f64 = 300.0;
 
-/// A Gateway on `port` and an HTTPRoute splitting between `backends` (Service, weight).
+/// weir's Gateway on `port` and an HTTPRoute for [`HOST`] splitting between `backends` (Service,
+/// weight).
 fn gateway_and_route(ns: &str, port: u16, backends: &[(&str, u32)]) -> String {
     let refs: Vec<String> =
         backends.iter().map(|(name, weight)| format!("{{name: {name}, port: 8080, weight: {weight}}}")).collect();
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: weir-{ns}}}
-spec: {{controllerName: weir.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  gatewayClassName: weir-{ns}
-  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [{HOST}]
-  rules:
-  - backendRefs: [{}]
-"#,
-        refs.join(", ")
-    )
+    let spec = format!("  hostnames: [{HOST}]\n  rules:\n  - backendRefs: [{}]\n", refs.join(", "));
+    cluster_gateway_and_route(ns, port, &spec)
 }
 
 /// Continuous load: every request and every failure, and which Pod answered.

@@ -196,3 +196,31 @@ spec:
 "#
     )
 }
+
+/// A GatewayClass of weir's named `weir-<ns>` (classes are cluster-wide: one per test
+/// namespace), its Gateway `gw` in the namespace with one HTTP listener on `port`, and an
+/// HTTPRoute `web` on it: `route_spec` is the route's spec below `parentRefs` (YAML at two
+/// spaces, such as `  rules: ...`).
+pub fn cluster_gateway_and_route(ns: &str, port: u16, route_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: weir-{ns}}}
+spec: {{controllerName: weir.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  gatewayClassName: weir-{ns}
+  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: gw}}]
+{route_spec}"#
+    )
+}
