@@ -1,0 +1,192 @@
+//! `deploy/`: the Helm chart (rendered by helm built from the helm.sh/helm/v4 module), the plain
+//! manifests made from it, and the chart's RBAC, against the real control plane. Its own test
+//! binary: it installs cluster-wide objects (the chart's ClusterRole and its binding).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use gateway_api::gateways::Gateway;
+use kube::config::Kubeconfig;
+use kube::Api;
+use weir::app::{start_edge, EdgeOptions};
+use weir::source::kubernetes::KubeSource;
+use weir::source::ConfigSource;
+use weir::status::leader::LeaderOptions;
+use weir::status::StatusOptions;
+
+const CONVERGE: Duration = Duration::from_secs(120);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = root().join("target/cluster/bin").join(name);
+    if !path.exists() {
+        let built = Command::new(root().join("scripts/cluster")).arg("build").status().expect("scripts/cluster build");
+        assert!(built.success(), "scripts/cluster build failed");
+    }
+    path
+}
+
+/// Runs `program args` (stdin from `input`), returning its stdout; panics with its stderr if it
+/// fails.
+fn run(program: &Path, args: &[&str], input: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.unwrap_or_default().as_bytes()).unwrap();
+    drop(stdin);
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{} {args:?} failed:\n{stderr}\n{stdout}", program.display());
+    stdout.into_owned()
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str], input: Option<&str>) -> String {
+    let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
+    run(&tool("kubectl"), &[&[kubeconfig.as_str()], args].concat(), input)
+}
+
+fn helm_template(release: &str, namespace: &str, extra: &[&str]) -> String {
+    let chart = root().join("deploy/helm/weir");
+    let args = [&["template", release, chart.to_str().unwrap(), "--namespace", namespace], extra].concat();
+    run(&tool("helm"), &args, None)
+}
+
+#[test]
+fn the_plain_manifests_are_the_chart_rendered() {
+    let rendered = run(&root().join("scripts/deploy-render"), &[], None);
+    let file = std::fs::read_to_string(root().join("deploy/weir.yaml")).unwrap();
+    assert!(rendered == file, "deploy/weir.yaml differs from the chart: run scripts/deploy-render > deploy/weir.yaml");
+    // the chart ships the CRDs weir's code describes
+    for crd in ["backendpolicies.weir.dev.yaml", "meshauthorizations.weir.dev.yaml"] {
+        let chart = std::fs::read_to_string(root().join("deploy/helm/weir/crds").join(crd)).unwrap();
+        let source = std::fs::read_to_string(root().join("deploy/crds").join(crd)).unwrap();
+        assert!(chart == source, "deploy/helm/weir/crds/{crd} differs from deploy/crds/{crd}: copy it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_and_the_manifests_are_accepted_by_the_apiserver() {
+    let cluster = cluster();
+    // the namespace the manifests install into must exist for a dry run of what goes in it
+    kubectl(cluster, &["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: weir-system}\n"));
+    let out = kubectl(cluster, &["apply", "--dry-run=server", "-f", "deploy/weir.yaml"], None);
+    for kind in ["deployment.apps/weir", "clusterrole.rbac.authorization.k8s.io/weir", "gatewayclass", "service/weir"] {
+        assert!(out.contains(kind), "{kind} not applied:\n{out}");
+    }
+    let chart =
+        helm_template("edge", "weir-system", &["--include-crds", "--set", "metrics.serviceMonitor.enabled=false"]);
+    let out = kubectl(cluster, &["apply", "--dry-run=server", "-f", "-"], Some(&chart));
+    assert!(out.contains("deployment.apps/edge-weir"), "{out}");
+}
+
+/// weir with a ServiceAccount token of the chart (TokenRequest) and the chart's RBAC only:
+/// it lists and watches everything it reads, holds the Lease and writes status, with no
+/// refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_runs_with_the_charts_service_account_and_rbac_alone() {
+    let cluster = cluster();
+    let admin = cluster.client().await;
+    let home = namespace(&admin, "weir").await;
+    let rbac = helm_template(
+        "weir",
+        &home,
+        &["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+    );
+    kubectl(cluster, &["apply", "-f", "-"], Some(&rbac));
+    let token = kubectl(cluster, &["create", "token", "weir", "-n", &home, "--duration=1h"], None);
+
+    // a kubeconfig holding the token instead of the admin's certificate
+    let mut kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(serde_json::from_value(serde_json::json!({"token": token.trim()})).unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_yaml_ng::to_string(&kubeconfig).unwrap()).unwrap();
+
+    let apps = namespace(&admin, "apps").await;
+    apply(&admin, &apps, &echo_deployment(1, "1")).await.expect("the echo Deployment");
+    let port = free_port();
+    let rules = "  rules:\n  - backendRefs: [{name: echo, port: 8080}]\n";
+    apply(&admin, &apps, &cluster_gateway_and_route(&apps, port, rules)).await.expect("the Gateway and route");
+
+    // every namespace, as the chart runs it
+    let source = KubeSource { kubeconfig: Some(path), ..Default::default() };
+    let leader = LeaderOptions {
+        namespace: home.clone(),
+        lease_name: "weir".into(),
+        holder: "weir-0".into(),
+        lease_duration: Duration::from_secs(15),
+    };
+    let status = StatusOptions { leader, publish_service: None, publish_addresses: vec![] };
+    let edge = start_edge(EdgeOptions {
+        source: ConfigSource::Kubernetes(source),
+        status: Some(status),
+        ..EdgeOptions::local("unused")
+    })
+    .await
+    .expect("weir edge with the ServiceAccount's token");
+    wait_until("the echo answers through the Gateway", CONVERGE, || async {
+        request(local(port)).host("rbac.example.com").path("/").try_send().await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    wait_until("the Gateway's status is written", CONVERGE, || async {
+        let gw = Api::<Gateway>::namespaced(admin.clone(), &apps).get("gw").await.unwrap();
+        gw.status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Programmed" && c.status == "True"))
+    })
+    .await;
+    let metrics = request(edge.admin_addr).path("/metrics").send().await.text();
+    assert_eq!(metric(&metrics, "weir_source_watch_failures_total", &[]), 0.0, "no watch was refused:\n{metrics}");
+    assert_eq!(metric(&metrics, "weir_status_writes_total", &[("result", "error")]), 0.0, "{metrics}");
+    assert!(metric(&metrics, "weir_status_writes_total", &[("result", "ok")]) >= 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "weir_leader", &[]), 1.0, "the Lease in its own namespace");
+    edge.shutdown().await;
+}
+
+/// The dashboard asks only for metrics weir has: each `weir_*` name in its queries is one weir
+/// registers (a renamed metric would leave a panel empty).
+#[test]
+fn the_grafana_dashboard_queries_weirs_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("deploy/grafana/weir-dashboard.json")).unwrap())
+            .expect("the dashboard is JSON");
+    let mut registered = String::new();
+    for dir in ["src/telemetry", "src/pool"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            registered.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+        }
+    }
+    let names = regex::Regex::new(r"weir_([a-z_]+?)(_bucket|_count|_sum)?\b").unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{}", panels.len());
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let found: Vec<_> = names.captures_iter(expr).collect();
+            assert!(!found.is_empty(), "panel {}: no weir metric in {expr}", panel["title"]);
+            for c in found {
+                let name = &c[1];
+                assert!(
+                    registered.contains(&format!("\"{name}\"")),
+                    "panel {}: weir has no metric weir_{name}",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
