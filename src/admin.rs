@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config_dump`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,8 +20,8 @@ use crate::telemetry::Metrics;
 pub struct AdminApp {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
-    /// Listener ports that could not be bound, with why.
-    pub bind_errors: Arc<dyn Fn() -> BTreeMap<u16, String> + Send + Sync>,
+    /// Listener addresses that could not be bound, with why.
+    pub bind_errors: Arc<dyn Fn() -> BTreeMap<SocketAddr, String> + Send + Sync>,
     /// The Kubernetes source's watches (none for a directory).
     pub watches: WatchStates,
 }
@@ -50,7 +51,7 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 
 /// The whole running configuration as JSON: listeners with their routes and certificates,
 /// pools with endpoint health, and every rejected object with its reason.
-pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>, watches: &[WatchState]) -> Value {
+pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<SocketAddr, String>, watches: &[WatchState]) -> Value {
     let mut listeners: Vec<_> = snap.listeners.values().collect();
     listeners.sort_by_key(|l| l.addr.port());
     let listeners: Vec<Value> = listeners
@@ -94,7 +95,7 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<u16, String>, watches
                 "name": l.name,
                 "address": l.addr.to_string(),
                 "protocol": l.protocol,
-                "bindError": bind_errors.get(&l.addr.port()),
+                "bindError": bind_errors.get(&l.addr),
                 "certificates": l.certs.listing.iter().map(|(hosts, secret, not_after)| json!({
                     "hosts": hosts, "secret": secret, "notAfter": not_after,
                 })).collect::<Vec<_>>(),

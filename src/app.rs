@@ -38,6 +38,8 @@ pub struct EdgeOptions {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub gateway_address: IpAddr,
+    /// `--gateway-addresses`: a pool each Gateway gets an address of its own from.
+    pub gateway_addresses: Vec<ipnet::IpNet>,
     pub admin: SocketAddr,
     pub ingress_class: String,
     pub watch_ingress_without_class: bool,
@@ -56,6 +58,7 @@ impl EdgeOptions {
             http: any,
             https: any,
             gateway_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gateway_addresses: vec![],
             admin: any,
             ingress_class: crate::config::DEFAULT_INGRESS_CLASS.into(),
             watch_ingress_without_class: false,
@@ -70,6 +73,7 @@ impl EdgeOptions {
             http: a.http,
             https: a.https,
             gateway_address: a.gateway_address,
+            gateway_addresses: a.gateway_addresses.clone(),
             admin: a.admin,
             ingress_class: a.ingress_class.clone(),
             watch_ingress_without_class: a.watch_ingress_without_class,
@@ -141,6 +145,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         ingress_http: http.local_addr()?,
         ingress_https: https.local_addr()?,
         gateway_address: opts.gateway_address,
+        gateway_addresses: opts.gateway_addresses.clone(),
         ingress_class: opts.ingress_class.clone(),
         watch_ingress_without_class: opts.watch_ingress_without_class,
     };
@@ -163,6 +168,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
                 gateway_address: Some(opts.gateway_address),
                 publish_service: status.publish_service.clone(),
                 publish_addresses: status.publish_addresses.clone(),
+                own_addresses: !opts.gateway_addresses.is_empty(),
             };
             let writer = spawn_writer(client, ctx, rx, leading, metrics.clone());
             (Some(tx), vec![lease_task, writer])

@@ -3,7 +3,7 @@
 //! pools linked, metric handles created, TLS contexts built) so a request does lookups only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use boring::ssl::SslContext;
@@ -22,9 +22,9 @@ use crate::translate::{
 /// The one published configuration.
 pub struct Snapshot {
     pub generation: u64,
-    /// By port; weir's listeners have distinct ports. Shared with the next generation when
-    /// only endpoints change ([`Snapshot::with_new_endpoints`]).
-    pub listeners: Arc<HashMap<u16, Listener>>,
+    /// By the address each is bound on. Shared with the next generation when only endpoints
+    /// change ([`Snapshot::with_new_endpoints`]).
+    pub listeners: Arc<HashMap<SocketAddr, Listener>>,
     pub rejections: Vec<Rejection>,
     /// Conditions per object, listener and parent reference (shown in `/config_dump`).
     pub statuses: Statuses,
@@ -41,6 +41,20 @@ impl Snapshot {
             statuses: Statuses::default(),
             pools: BTreeMap::new(),
         }
+    }
+
+    /// The listener a connection accepted on `local` (the address it reached) belongs to: the
+    /// one bound on that very address, else the one bound on every address of its port.
+    pub fn listener_at(&self, local: SocketAddr) -> Option<(SocketAddr, &Listener)> {
+        if let Some(l) = self.listeners.get(&local) {
+            return Some((local, l));
+        }
+        let any: IpAddr = match local.ip() {
+            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let any = SocketAddr::new(any, local.port());
+        self.listeners.get(&any).map(|l| (any, l))
     }
 
     /// The next generation after an endpoint-only change, which the pools took in place: the
@@ -162,7 +176,7 @@ impl CertStore {
 pub fn compile(model: &Model, generation: u64, registry: &PoolRegistry, metrics: &Metrics) -> Snapshot {
     let pools = registry.sync(&model.pools);
     let listeners = Arc::new(
-        model.listeners.iter().map(|(port, l)| (*port, compile_listener(l, &pools, registry, metrics))).collect(),
+        model.listeners.iter().map(|(addr, l)| (*addr, compile_listener(l, &pools, registry, metrics))).collect(),
     );
     Snapshot { generation, listeners, rejections: model.rejections.clone(), statuses: model.statuses.clone(), pools }
 }

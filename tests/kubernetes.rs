@@ -243,9 +243,12 @@ async fn of_two_replicas_exactly_one_writes_status_and_the_other_takes_over_when
             (metric(&text, "weir_leader", &[]), metric(&text, "weir_status_writes_total", &[]))
         }
     };
-    let (leading, writes) = gauges(&leader).await;
-    assert_eq!(leading, 1.0);
-    assert!(writes >= 3.0, "the class, the Gateway and the route: {writes}");
+    // the class, the Gateway and the route, written one after the other
+    wait_until("the leader writes the three statuses", CONVERGE, || async {
+        let (leading, writes) = gauges(&leader).await;
+        leading == 1.0 && writes >= 3.0
+    })
+    .await;
     assert_eq!(gauges(&follower).await, (0.0, 0.0), "the other replica writes nothing");
 
     // the leader dies without letting go of the Lease: the other takes over once it expires
@@ -260,4 +263,92 @@ async fn of_two_replicas_exactly_one_writes_status_and_the_other_takes_over_when
     assert_eq!(gauges(&follower).await.0, 1.0);
     assert!(took < 2 * LEASE, "taken over within the lease and a retry: {took:?}");
     follower.shutdown().await;
+}
+
+/// Two Gateways on one port, each on an address of its own from `--gateway-addresses`, each
+/// serving its own route; a restarted weir gives each the same address again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_on_one_port_get_addresses_of_their_own_and_keep_them_across_a_restart() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "addresses").await;
+    apply(&client, &ns, &named_echo_deployment("one", 1, "1")).await.expect("Deployment one");
+    apply(&client, &ns, &named_echo_deployment("two", 1, "1")).await.expect("Deployment two");
+    let port = free_port();
+    let both = |gw: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {gw}}}
+spec:
+  gatewayClassName: weir-{ns}
+  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {gw}}}
+spec:
+  parentRefs: [{{name: {gw}}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]
+---
+"
+        )
+    };
+    let class = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: weir-{ns}}}\nspec: {{controllerName: weir.dev/gateway-controller}}\n---\n"
+    );
+    apply(&client, &ns, &format!("{class}{}{}", both("first", "one"), both("second", "two"))).await.expect("Gateways");
+    // a /28 on loopback that no other test uses
+    let pool: ipnet::IpNet = "127.0.42.0/28".parse().unwrap();
+    let start = || async {
+        let mut opts = in_cluster(cluster, &ns, "replica-a", "127.0.0.1");
+        opts.gateway_addresses = vec![pool];
+        start_edge(opts).await.expect("weir edge --gateway-addresses")
+    };
+    let addresses = || async {
+        let api = Api::<Gateway>::namespaced(client.clone(), &ns);
+        let mut out = vec![];
+        for name in ["first", "second"] {
+            let status = serde_json::to_value(api.get(name).await.ok()?.status?).ok()?;
+            out.push(status["addresses"][0]["value"].as_str()?.parse::<std::net::IpAddr>().ok()?);
+        }
+        Some(out)
+    };
+    let edge = start().await;
+    let first = wait_for("both Gateways report an address", CONVERGE, || async { addresses().await }).await;
+    assert!(first.iter().all(|ip| pool.contains(ip)) && first[0] != first[1], "{first:?}");
+    // each address serves its own Gateway's route, on the same port
+    for (ip, app) in first.iter().zip(["one", "two"]) {
+        let at = SocketAddr::new(*ip, port);
+        wait_until(&format!("{at} answers from {app}"), CONVERGE, || async {
+            request(at).host("any.example.com").path("/").try_send().await.is_ok_and(|r| {
+                r.status == 200 && r.json()["pod"].as_str().is_some_and(|p| p.starts_with(&format!("{app}-")))
+            })
+        })
+        .await;
+    }
+    edge.shutdown().await;
+
+    // while weir is down, the first Gateway goes and a third comes: started again, weir reads
+    // the second's address back from its status (without that, the second, now the oldest,
+    // would take the lowest address), and the third gets the freed one
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .delete("first", &Default::default())
+        .await
+        .expect("delete the first Gateway");
+    apply(&client, &ns, &both("third", "one")).await.expect("a third Gateway");
+    let edge = start().await;
+    let third = wait_for("the third Gateway reports an address", CONVERGE, || async {
+        let gw = Api::<Gateway>::namespaced(client.clone(), &ns).get("third").await.ok()?;
+        let status = serde_json::to_value(gw.status?).ok()?;
+        status["addresses"][0]["value"].as_str()?.parse::<std::net::IpAddr>().ok()
+    })
+    .await;
+    let second = Api::<Gateway>::namespaced(client.clone(), &ns).get("second").await.unwrap();
+    let second = serde_json::to_value(second.status.unwrap()).unwrap()["addresses"][0]["value"].clone();
+    assert_eq!(second, first[1].to_string(), "the second Gateway keeps its address");
+    assert_eq!(third, first[0], "the third takes the freed one");
+    let resp = request(SocketAddr::new(first[1], port)).host("any.example.com").path("/").send().await;
+    assert!(resp.json()["pod"].as_str().unwrap_or_default().starts_with("two-"), "{resp}");
+    edge.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! Zero failed requests under continuous load (at least 300 req/s) while the cluster changes
 //! under weir: a rolling update of the backend Deployment (the endpoint-removal race at each
-//! Pod's SIGTERM), a scale-down and scale-up, and a blue-green flip of an HTTPRoute's weights.
+//! Pod's SIGTERM), a scale-down and scale-up, and a blue-green flip of an HTTPRoute's weights;
+//! and a 3:1 split that holds while EndpointSlices churn.
 //! Against the real control plane; its own test binary, so its own cluster and no other test's
 //! load beside it.
 
@@ -198,6 +199,45 @@ async fn no_request_fails_through_a_rolling_update_a_scale_down_and_up_and_a_blu
         wait_until("only green answers", CONVERGE, || async { load.recent() == green }).await;
     })
     .await;
+
+    // 4. a 3:1 split holds while EndpointSlices churn (another Deployment scaling up and down:
+    //    each change is a new generation, which used to start the split over)
+    apply(&client, &ns, &named_echo_deployment("noise", 1, "1")).await.expect("the noise Deployment");
+    apply(&client, &ns, &gateway_and_route(&ns, port, &[("blue", 3), ("green", 1)])).await.expect("3:1");
+    wait_until("both colours answer", CONVERGE, || async {
+        let recent = load.recent();
+        recent.iter().any(|p| p.starts_with("blue-")) && recent.iter().any(|p| p.starts_with("green-"))
+    })
+    .await;
+    let generation = || edge.generation();
+    let (before, generation_before) = (load.served.lock().unwrap().clone(), generation());
+    let sent = load.sent.load(Ordering::SeqCst);
+    let mut replicas = 1;
+    load.through("3:1 split under churn", async {
+        while load.sent.load(Ordering::SeqCst) < sent + 1_000 {
+            replicas = if replicas == 1 { 3 } else { 1 };
+            apply(&client, &ns, &named_echo_deployment("noise", replicas, "1")).await.expect("churn");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await;
+    let after = load.served.lock().unwrap().clone();
+    let delta = |colour: &str| -> u64 {
+        after.iter().filter(|(p, _)| p.starts_with(colour)).map(|(p, n)| n - before.get(p).copied().unwrap_or(0)).sum()
+    };
+    let (blue_n, green_n) = (delta("blue-"), delta("green-"));
+    let share = blue_n as f64 / (blue_n + green_n) as f64;
+    eprintln!(
+        "3:1 under churn: blue {blue_n}, green {green_n} ({:.1}% blue), {} generations",
+        share * 100.0,
+        generation() - generation_before
+    );
+    assert!(
+        generation() - generation_before >= 3,
+        "the slices churned: {} generations",
+        generation() - generation_before
+    );
+    assert!((0.70..=0.80).contains(&share), "75% ± 5% to blue: {:.1}% ({blue_n}:{green_n})", share * 100.0);
 
     load.stop.store(true, Ordering::SeqCst);
     for c in clients {

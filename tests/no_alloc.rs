@@ -189,7 +189,7 @@ fn both_tiers_route_decisions_allocate_nothing() {
     let model = weir::translate::translate(&store, &weir::translate::TranslateOptions::defaults("weir"));
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
     let snapshot = weir::snapshot::compile(&model, 1, &pools, &metrics);
-    let edge = &snapshot.listeners[&9080].router;
+    let edge = &snapshot.listeners[&"0.0.0.0:9080".parse().unwrap()].router;
     let settings = weir::mesh::outbound::OutboundSettings {
         namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),

@@ -141,6 +141,12 @@ pub struct ListenArgs {
     /// Address every Gateway listener binds (on the port its manifest gives).
     #[arg(long, default_value = DEFAULT_GATEWAY_ADDRESS)]
     pub gateway_address: IpAddr,
+    /// Networks (CIDR, comma-separated or repeated) each Gateway gets an address of its own
+    /// from, bound by its listeners and reported in its status: routed IPs on bare metal, or
+    /// loopback ones on one machine. Gateways on one port need different addresses. Without it
+    /// every Gateway is on --gateway-address.
+    #[arg(long = "gateway-addresses", value_delimiter = ',')]
+    pub gateway_addresses: Vec<ipnet::IpNet>,
     /// Admin listener: /metrics, /ready, /live, /config_dump.
     #[arg(long, default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,

@@ -48,7 +48,8 @@ pub struct EdgeCtx {
     _in_flight: InFlight,
     started: Instant,
     snap: Option<Arc<Snapshot>>,
-    port: u16,
+    /// The listener (by the address it is bound on) the request came in on.
+    listener: std::net::SocketAddr,
     action: Option<Arc<RouteAction>>,
     target: Option<usize>,
     /// Rewritten path and query, when a URLRewrite changes it.
@@ -106,8 +107,9 @@ fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
     http::HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
 }
 
-fn local_port(session: &Session) -> u16 {
-    session.server_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port())
+/// The address the connection reached (an unknown one matches no listener).
+fn local_addr(session: &Session) -> std::net::SocketAddr {
+    session.server_addr().and_then(|a| a.as_inet()).copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
 }
 
 #[async_trait]
@@ -119,7 +121,7 @@ impl ProxyHttp for EdgeProxy {
             _in_flight: self.drain.hold(),
             started: Instant::now(),
             snap: None,
-            port: 0,
+            listener: ([0, 0, 0, 0], 0).into(),
             action: None,
             target: None,
             new_path: None,
@@ -136,14 +138,14 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         let snap = self.snapshot.load_full();
-        ctx.port = local_port(session);
-        let Some(listener) = snap.listeners.get(&ctx.port) else {
+        let Some((key, listener)) = snap.listener_at(local_addr(session)) else {
             let failure = Failure::new(FailureKind::NotFound, "this listener has no configuration");
             failure.send(session, Reveal::Text, &mut ctx.answered).await?;
             return Ok(true);
         };
         let scheme = if listener.protocol == Protocol::Https { "https" } else { "http" };
-        let decision = decide(&listener.router, session.req_header(), Arrival { scheme, port: ctx.port });
+        ctx.listener = key;
+        let decision = decide(&listener.router, session.req_header(), Arrival { scheme, port: key.port() });
         ctx.snap = Some(snap);
         match decision {
             Decision::NoRoute => {
@@ -223,8 +225,11 @@ impl ProxyHttp for EdgeProxy {
             upstream.insert_header("x-forwarded-for", xff)?;
             upstream.insert_header("x-real-ip", ip)?;
         }
-        let https =
-            ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port)).is_some_and(|l| l.protocol == Protocol::Https);
+        let https = ctx
+            .snap
+            .as_ref()
+            .and_then(|s| s.listeners.get(&ctx.listener))
+            .is_some_and(|l| l.protocol == Protocol::Https);
         let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
         match &ctx.action {
@@ -321,7 +326,7 @@ impl ProxyHttp for EdgeProxy {
             let upstream_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream) || status >= 500;
             ctx.attempt.finish(&pool, !upstream_failed);
         }
-        let listener = ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.port));
+        let listener = ctx.snap.as_ref().and_then(|s| s.listeners.get(&ctx.listener));
         match (ctx.target(), &ctx.action, listener) {
             (Some(t), _, _) => t.metrics.observe(status, elapsed),
             (None, Some(a), _) => match &a.kind {

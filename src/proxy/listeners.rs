@@ -80,9 +80,10 @@ pub struct Listeners<A> {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
-    bound: Mutex<HashMap<u16, Bound>>,
-    /// Ports that could not be bound, with the reason (shown in `/config_dump`).
-    pub bind_errors: Mutex<BTreeMap<u16, String>>,
+    /// By the address bound (a listener's key in the snapshot).
+    bound: Mutex<HashMap<SocketAddr, Bound>>,
+    /// Addresses that could not be bound, with the reason (shown in `/config_dump`).
+    pub bind_errors: Mutex<BTreeMap<SocketAddr, String>>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
@@ -105,13 +106,14 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
     /// Serves an already bound socket for the lifetime of the process.
     pub fn adopt(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        self.start(listener, addr.port(), true);
+        self.start(listener, addr, true);
         Ok(addr)
     }
 
-    fn start(&self, listener: TcpListener, port: u16, permanent: bool) {
+    fn start(&self, listener: TcpListener, key: SocketAddr, permanent: bool) {
         let snapshot = self.snapshot.clone();
-        let certificate = move |sni: Option<&str>| snapshot.load().listeners.get(&port)?.certs.select(sni).cloned();
+        let certificate = move |sni: Option<&str>| snapshot.load().listeners.get(&key)?.certs.select(sni).cloned();
+        let port = key.port();
         let acceptor = match crate::tls::acceptor(port, certificate) {
             Ok(a) => Arc::new(a),
             Err(e) => {
@@ -121,14 +123,14 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
         };
         let task = tokio::spawn(accept_loop(
             L4Listener::from(listener),
-            port,
+            key,
             acceptor,
             self.apps.clone(),
             self.snapshot.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
         ));
-        let old = self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(port, Bound { task, permanent });
+        let old = self.bound.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Bound { task, permanent });
         if let Some(old) = old {
             old.task.abort();
         }
@@ -136,37 +138,37 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
 
     /// Binds the listeners the snapshot has and weir lacks; closes those it no longer has.
     pub async fn reconcile(&self, snap: &Snapshot) {
-        let missing: Vec<(u16, SocketAddr)> = {
+        let missing: Vec<SocketAddr> = {
             let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-            snap.listeners.iter().filter(|(port, _)| !bound.contains_key(port)).map(|(p, l)| (*p, l.addr)).collect()
+            snap.listeners.keys().filter(|addr| !bound.contains_key(addr)).copied().collect()
         };
-        for (port, addr) in missing {
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
-                    tracing::info!(%addr, "listening");
-                    self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
-                    self.start(l, port, false);
-                }
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen; the listener stays down until its configuration changes");
-                    self.metrics.listener_bind_failures.with_label_values(&[&port.to_string()]).inc();
-                    self.bind_errors
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(port, format!("cannot listen on {addr}: {e}"));
-                }
-            }
-        }
-        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-        bound.retain(|port, b| {
-            let keep = b.permanent || snap.listeners.contains_key(port);
+        // closed first: a listener moving to another address of its port binds after
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).retain(|addr, b| {
+            let keep = b.permanent || snap.listeners.contains_key(addr);
             if !keep {
-                tracing::info!(port, "listener removed; open connections finish");
+                tracing::info!(%addr, "listener removed; open connections finish");
                 b.task.abort();
             }
             keep
         });
-        self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).retain(|port, _| snap.listeners.contains_key(port));
+        for addr in missing {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "listening");
+                    self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+                    self.start(l, addr, false);
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen; the listener stays down until its configuration changes");
+                    self.metrics.listener_bind_failures.with_label_values(&[&addr.port().to_string()]).inc();
+                    self.bind_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(addr, format!("cannot listen on {addr}: {e}"));
+                }
+            }
+        }
+        self.bind_errors.lock().unwrap_or_else(|p| p.into_inner()).retain(|addr, _| snap.listeners.contains_key(addr));
     }
 
     /// Stops accepting everywhere.
@@ -179,7 +181,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
 
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: L4Listener,
-    port: u16,
+    key: SocketAddr,
     acceptor: Arc<SslAcceptor>,
     apps: Apps<A>,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -187,8 +189,9 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     shutdown: ShutdownWatch,
 ) {
     loop {
+        let port = key.port();
         let mut stream = accept(&listener, port).await;
-        let tls = snapshot.load().listeners.get(&port).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
+        let tls = snapshot.load().listeners.get(&key).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut app = &apps.http1;

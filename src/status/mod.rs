@@ -34,6 +34,8 @@ pub struct StatusContext {
     pub publish_service: Option<(String, String)>,
     /// `--publish-address`: IPs or host names weir is reached at.
     pub publish_addresses: Vec<String>,
+    /// `--gateway-addresses` is set: each Gateway reports the address of its own.
+    pub own_addresses: bool,
 }
 
 impl StatusContext {
@@ -137,8 +139,13 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
                 })
             })
             .collect();
+        let addresses = match (ctx.own_addresses, status.address) {
+            (true, Some(ip)) => vec![json!({"type": "IPAddress", "value": ip.to_string()})],
+            (true, None) => vec![],
+            (false, _) => gateway_addresses.clone(),
+        };
         let status = json!({
-            "addresses": gateway_addresses,
+            "addresses": addresses,
             "conditions": conditions(&status.conditions, &gw.metadata, current.as_ref().map(|c| &c["conditions"]), now),
             "listeners": listeners,
         });

@@ -2,7 +2,7 @@
 //! and routes. Gateway listeners that share a port share one socket.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
@@ -29,7 +29,8 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 struct Listener {
     gateway: (String, String),
     name: String,
-    port: u16,
+    /// Where it is served: the Gateway's address and the listener's port.
+    addr: SocketAddr,
     hostname: HostPattern,
     from: From,
     allows_http_route: bool,
@@ -54,15 +55,28 @@ pub fn translate(
         model.statuses.of("GatewayClass", "", class).conditions.push(accepted);
     }
     let mut listeners = vec![];
+    let addresses = assign_addresses(store, &classes, opts);
     for ((ns, name), stored) in &store.gateways {
         let gw = &stored.object;
         if !classes.contains(gw.spec.gateway_class_name.as_str()) {
             continue;
         }
+        let ip = match addresses.get(&(ns.clone(), name.clone())) {
+            Some(Ok(ip)) => *ip,
+            Some(Err(problem)) => {
+                let status = model.statuses.of("Gateway", ns, name);
+                status.conditions = vec![Condition::holds(Accepted, ""), problem.condition()];
+                status.attached_routes = gw.spec.listeners.iter().map(|l| (l.name.clone(), 0)).collect();
+                model.rejections.push(reject("Gateway", ns, name, &stored.origin, problem.message.clone()));
+                continue;
+            }
+            None => opts.gateway_address,
+        };
+        model.statuses.of("Gateway", ns, name).address = Some(ip);
         let mut errors = vec![];
         let mut conditions = BTreeMap::new();
         for (i, l) in gw.spec.listeners.iter().enumerate() {
-            let listener_conditions = match listener(opts, secrets, ns, name, l, model) {
+            let listener_conditions = match listener(ip, secrets, ns, name, l, model) {
                 Ok(accepted) => {
                     listeners.push(accepted);
                     [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec()
@@ -125,7 +139,7 @@ pub fn translate(
             let mut refusals = vec![];
             for l in ours {
                 if p.section_name.as_ref().is_some_and(|s| *s != l.name)
-                    || p.port.is_some_and(|port| port != i32::from(l.port))
+                    || p.port.is_some_and(|port| port != i32::from(l.addr.port()))
                 {
                     continue;
                 }
@@ -219,7 +233,7 @@ pub fn translate(
                 let gateway = model.statuses.of("Gateway", &l.gateway.0, &l.gateway.1);
                 *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
             }
-            let Some(lm) = model.listeners.get_mut(&l.port) else { continue };
+            let Some(lm) = model.listeners.get_mut(&l.addr) else { continue };
             for host in hosts {
                 for rm in &compiled {
                     lm.routes.push((host.clone(), rm.clone()));
@@ -238,6 +252,74 @@ pub fn translate(
             model.rejections.push(r(NO_HOST.into()));
         }
     }
+}
+
+/// Each Gateway of weir's classes' address. Without a pool (`--gateway-addresses`), every
+/// Gateway is on `--gateway-address`. With one, each gets an address of its own, stable across
+/// restarts: the one `spec.addresses` names (it must be in the pool), else the one its status
+/// already reports (read back from the API server), else the lowest free one, Gateways taken
+/// oldest first. A Gateway that cannot have one gets `Programmed=False` (`AddressNotUsable`).
+fn assign_addresses(
+    store: &Store,
+    classes: &BTreeSet<&str>,
+    opts: &TranslateOptions,
+) -> BTreeMap<(String, String), Result<IpAddr, Problem>> {
+    let mut gateways: Vec<_> =
+        store.gateways.iter().filter(|(_, g)| classes.contains(g.object.spec.gateway_class_name.as_str())).collect();
+    if opts.gateway_addresses.is_empty() {
+        return gateways.into_iter().map(|(k, _)| (k.clone(), Ok(opts.gateway_address))).collect();
+    }
+    gateways.sort_by_key(|((ns, name), g)| (created(&g.object.metadata), ns.clone(), name.clone()));
+    let in_pool = |ip: &IpAddr| opts.gateway_addresses.iter().any(|net| net.contains(ip));
+    let not_usable = |message: String| Problem::new(Programmed, Reason::AddressNotUsable, message);
+    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    let mut unassigned = vec![];
+    for (key, stored) in &gateways {
+        let gw = &stored.object;
+        let requested: Vec<&str> = gw
+            .spec
+            .addresses
+            .iter()
+            .flatten()
+            .filter(|a| a.r#type.as_deref().is_none_or(|t| t == "IPAddress"))
+            .filter_map(|a| a.value.as_deref().filter(|v| !v.is_empty()))
+            .collect();
+        if let Some(value) = requested.first() {
+            let result = match value.parse::<IpAddr>() {
+                Ok(ip) if !in_pool(&ip) => {
+                    Err(not_usable(format!("spec.addresses {ip} is not in weir's address pool ({})", pool_text(opts))))
+                }
+                Ok(ip) if !taken.insert(ip) => Err(not_usable(format!("spec.addresses {ip} is another Gateway's"))),
+                Ok(ip) => Ok(ip),
+                Err(_) => Err(not_usable(format!("spec.addresses {value:?} is not an IP address"))),
+            };
+            out.insert((*key).clone(), result);
+            continue;
+        }
+        let reported = gw.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten();
+        let kept =
+            reported.filter_map(|a| a.value.parse::<IpAddr>().ok()).find(|ip| in_pool(ip) && !taken.contains(ip));
+        match kept {
+            Some(ip) => {
+                taken.insert(ip);
+                out.insert((*key).clone(), Ok(ip));
+            }
+            None => unassigned.push(*key),
+        }
+    }
+    let mut free = opts.gateway_addresses.iter().flat_map(|net| net.hosts()).filter(|ip| !taken.contains(ip));
+    for key in unassigned {
+        let result = free
+            .next()
+            .ok_or_else(|| not_usable(format!("weir's address pool ({}) has no free address left", pool_text(opts))));
+        out.insert(key.clone(), result);
+    }
+    out
+}
+
+fn pool_text(opts: &TranslateOptions) -> String {
+    opts.gateway_addresses.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// A route's status per Gateway parent: Accepted unless the parent refused it (`Err`) or
@@ -261,7 +343,7 @@ fn parent_statuses(
 
 /// Validates one listener and adds its socket (or its certificates to a shared socket).
 fn listener(
-    opts: &TranslateOptions,
+    ip: IpAddr,
     secrets: &mut Secrets<'_>,
     ns: &str,
     gw_name: &str,
@@ -285,9 +367,20 @@ fn listener(
         Some(h) => HostPattern::parse(h, false).map_err(|e| unsupported(e.to_string()))?,
         None => HostPattern::Any,
     };
-    if let Some(existing) = model.listeners.get(&port) {
+    let addr = SocketAddr::new(ip, port);
+    // listeners of Gateways on one address and port share a socket; anything else there (the
+    // Ingress listeners, another protocol, or every address of the port against one of them)
+    // cannot be bound beside it
+    let clash = |other: &SocketAddr| {
+        other.port() == port && (other.ip() == ip || other.ip().is_unspecified() || ip.is_unspecified())
+    };
+    for (other, existing) in model.listeners.iter().filter(|(other, _)| clash(other)) {
         if !existing.name.starts_with("gateway:") {
             let message = format!("port {port} is already used by the {} listener", existing.name);
+            return Err(Problem::new(Accepted, Reason::PortUnavailable, message));
+        }
+        if *other != addr {
+            let message = format!("port {port} is already used on {other} by {}", existing.name);
             return Err(Problem::new(Accepted, Reason::PortUnavailable, message));
         }
         if existing.protocol != protocol {
@@ -340,15 +433,15 @@ fn listener(
     }
     let allows_http_route =
         allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| kinds.iter().any(|k| k.kind == "HTTPRoute"));
-    let entry = model.listeners.entry(port).or_insert_with(|| ListenerModel {
+    let entry = model.listeners.entry(addr).or_insert_with(|| ListenerModel {
         name: format!("gateway:{ns}/{gw_name}"),
-        addr: SocketAddr::new(opts.gateway_address, port),
+        addr,
         protocol,
         certs: vec![],
         routes: vec![],
     });
     entry.certs.extend(certs);
-    Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), port, hostname, from, allows_http_route })
+    Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), addr, hostname, from, allows_http_route })
 }
 
 /// A route's rules, and the problems with its backends (it is served; they answer 500).
@@ -673,4 +766,97 @@ fn backend_refs(
         out.push(BackendRef { name, weight: weight as u32, pool });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::manifest::parse_manifests;
+    use crate::translate::status::ConditionType;
+    use crate::translate::translate;
+
+    fn gateway(name: &str, created: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{namespace: shop, name: {name}, creationTimestamp: '{created}'}}
+spec:
+  gatewayClassName: weir
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+{extra}---
+"
+        )
+    }
+
+    fn translated(yaml: &str) -> Model {
+        let mut store = Store::default();
+        let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n---\n";
+        let (objects, errors) = parse_manifests(&format!("{class}{yaml}"), "kubernetes");
+        assert!(errors.is_empty(), "{errors:?}");
+        for o in objects {
+            store.apply(o, "kubernetes");
+        }
+        let opts = TranslateOptions {
+            gateway_addresses: vec!["127.0.10.0/29".parse().unwrap()],
+            ..TranslateOptions::defaults("weir")
+        };
+        translate(&store, &opts)
+    }
+
+    fn address(m: &Model, name: &str) -> Option<IpAddr> {
+        m.statuses.get("Gateway", "shop", name).and_then(|s| s.address)
+    }
+
+    #[test]
+    fn each_gateway_gets_an_address_of_its_own_and_keeps_it() {
+        let yaml = [
+            gateway("old", "2026-01-01T00:00:00Z", ""),
+            gateway("new", "2026-01-03T00:00:00Z", ""),
+            gateway("asks", "2026-01-02T00:00:00Z", "  addresses: [{type: IPAddress, value: 127.0.10.5}]\n"),
+            gateway("outside", "2026-01-04T00:00:00Z", "  addresses: [{value: 10.0.0.1}]\n"),
+        ]
+        .concat();
+        let m = translated(&yaml);
+        assert_eq!(address(&m, "old"), Some("127.0.10.1".parse().unwrap()), "the oldest, the lowest");
+        assert_eq!(address(&m, "asks"), Some("127.0.10.5".parse().unwrap()), "spec.addresses");
+        assert_eq!(address(&m, "new"), Some("127.0.10.2".parse().unwrap()));
+        // one socket per Gateway on the same port
+        let keys: Vec<String> = m.listeners.keys().map(|a| a.to_string()).collect();
+        for addr in ["127.0.10.1:80", "127.0.10.2:80", "127.0.10.5:80"] {
+            assert!(keys.contains(&addr.to_string()), "{addr} in {keys:?}");
+        }
+        let outside = m.statuses.get("Gateway", "shop", "outside").unwrap();
+        let programmed = outside.conditions.iter().find(|c| c.type_ == ConditionType::Programmed).unwrap();
+        assert_eq!((programmed.status, programmed.reason), (false, Reason::AddressNotUsable), "{programmed:?}");
+        assert!(programmed.message.contains("not in weir's address pool (127.0.10.0/29)"), "{programmed:?}");
+        assert_eq!(outside.address, None);
+
+        // a restarted weir reads the addresses back from status: a Gateway keeps its own even
+        // when an older one no longer holds a lower one
+        let kept = [
+            gateway("new", "2026-01-03T00:00:00Z", ""),
+            "status: {addresses: [{type: IPAddress, value: 127.0.10.2}]}\n---\n".into(),
+            gateway("newer", "2026-01-05T00:00:00Z", ""),
+        ]
+        .concat()
+        .replace("---\nstatus:", "status:");
+        let m = translated(&kept);
+        assert_eq!(address(&m, "new"), Some("127.0.10.2".parse().unwrap()), "kept from status");
+        assert_eq!(address(&m, "newer"), Some("127.0.10.1".parse().unwrap()), "the lowest free");
+    }
+
+    #[test]
+    fn an_exhausted_pool_says_so() {
+        let yaml: String =
+            (0..7).map(|i| gateway(&format!("g{i}"), &format!("2026-01-0{}T00:00:00Z", i + 1), "")).collect();
+        let m = translated(&yaml);
+        let last = m.statuses.get("Gateway", "shop", "g6").unwrap();
+        assert!(
+            last.conditions
+                .iter()
+                .any(|c| c.reason == Reason::AddressNotUsable && c.message.contains("no free address")),
+            "{last:?}"
+        );
+        assert_eq!(address(&m, "g5"), Some("127.0.10.6".parse().unwrap()), "a /29 has 6 hosts");
+    }
 }

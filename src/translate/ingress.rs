@@ -214,7 +214,7 @@ pub fn translate(
         certs.push(default);
     }
     model.listeners.insert(
-        opts.ingress_http.port(),
+        opts.ingress_http,
         ListenerModel {
             name: HTTP_LISTENER.into(),
             addr: opts.ingress_http,
@@ -224,7 +224,7 @@ pub fn translate(
         },
     );
     model.listeners.insert(
-        opts.ingress_https.port(),
+        opts.ingress_https,
         ListenerModel {
             name: HTTPS_LISTENER.into(),
             addr: opts.ingress_https,

@@ -34,8 +34,10 @@ pub struct TranslateOptions {
     pub ingress_http: SocketAddr,
     /// Address of the TLS Ingress listener.
     pub ingress_https: SocketAddr,
-    /// Address Gateway listeners bind on.
+    /// Address Gateway listeners bind on, without a pool.
     pub gateway_address: IpAddr,
+    /// `--gateway-addresses`: each Gateway gets an address of its own from these networks.
+    pub gateway_addresses: Vec<ipnet::IpNet>,
     /// IngressClass name weir serves.
     pub ingress_class: String,
     /// Also serve Ingresses that name no class.
@@ -51,6 +53,7 @@ impl TranslateOptions {
             ingress_http: SocketAddr::new(any, 8080),
             ingress_https: SocketAddr::new(any, 8443),
             gateway_address: any,
+            gateway_addresses: vec![],
             ingress_class: ingress_class.to_string(),
             watch_ingress_without_class: false,
         }
@@ -60,7 +63,7 @@ impl TranslateOptions {
 /// The validated configuration: listeners with their routes, and the pools they use.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    pub listeners: BTreeMap<u16, ListenerModel>,
+    pub listeners: BTreeMap<SocketAddr, ListenerModel>,
     pub pools: BTreeMap<PoolKey, PoolSpec>,
     pub rejections: Vec<Rejection>,
     /// Conditions per object, listener and parent reference, ready to become status.

@@ -48,6 +48,8 @@ pub enum Reason {
     NoMatchingListenerHostname,
     /// A policy's target does not exist (GEP-713).
     TargetNotFound,
+    /// The Gateway cannot have the address it asks for, or any (its `Programmed` reason).
+    AddressNotUsable,
 }
 
 /// One condition.
@@ -139,6 +141,9 @@ pub struct ObjectStatus {
     /// A route's, per parent reference.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentStatus>,
+    /// A Gateway's address (its own from the pool, or the one every Gateway shares).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -174,6 +179,7 @@ impl Statuses {
                 *mine.attached_routes.entry(listener).or_default() += n;
             }
             mine.parents.extend(status.parents);
+            mine.address = mine.address.or(status.address);
         }
     }
 }
@@ -315,7 +321,7 @@ spec:
             .replace("rules: [{backendRefs:", "rules: [{matches: [{path: {type: Exact, value: nope}}], backendRefs:");
         let (served, _) = build_keeping_last_good(store(&good), &Store::default(), model);
         let (_, m) = build_keeping_last_good(store(&bad), &served, model);
-        assert_eq!(m.listeners[&9080].routes.len(), 1, "the last good version serves");
+        assert_eq!(m.listeners[&"0.0.0.0:9080".parse().unwrap()].routes.len(), 1, "the last good version serves");
         let s = m.statuses.get("HTTPRoute", "infra", "r").unwrap();
         assert_eq!(of(&s.parents[0].conditions, Accepted), (false, Reason::UnsupportedValue));
         assert!(s.parents[0].conditions[0].message.contains("must start with '/'"), "{s:?}");
