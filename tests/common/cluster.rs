@@ -202,25 +202,38 @@ spec:
 /// HTTPRoute `web` on it: `route_spec` is the route's spec below `parentRefs` (YAML at two
 /// spaces, such as `  rules: ...`).
 pub fn cluster_gateway_and_route(ns: &str, port: u16, route_spec: &str) -> String {
+    format!("{}---{}", cluster_class(ns), gateway_with_route(ns, "gw", "web", port, route_spec))
+}
+
+/// The GatewayClass `weir-<ns>` of weir's.
+pub fn cluster_class(ns: &str) -> String {
     format!(
-        r#"
+        "
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {{name: weir-{ns}}}
 spec: {{controllerName: weir.dev/gateway-controller}}
----
+"
+    )
+}
+
+/// Gateway `gateway` of class `weir-<ns>` with one HTTP listener on `port`, and HTTPRoute `route`
+/// on it with `route_spec` below its `parentRefs`.
+pub fn gateway_with_route(ns: &str, gateway: &str, route: &str, port: u16, route_spec: &str) -> String {
+    format!(
+        r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {{name: gw}}
+metadata: {{name: {gateway}}}
 spec:
   gatewayClassName: weir-{ns}
   listeners: [{{name: http, protocol: HTTP, port: {port}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{name: web}}
+metadata: {{name: {route}}}
 spec:
-  parentRefs: [{{name: gw}}]
+  parentRefs: [{{name: {gateway}}}]
 {route_spec}"#
     )
 }
