@@ -10,7 +10,7 @@ use gateway_api::httproutes::*;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::backend::{Backends, PortRef};
-use super::status::ConditionType::{Accepted, Programmed, ResolvedRefs};
+use super::status::ConditionType::{Accepted, Conflicted, Programmed, ResolvedRefs};
 use super::status::{resolved_refs, Condition, ParentRef, ParentStatus, Problem, Reason};
 use super::tls::{CertModel, Secrets};
 use super::{
@@ -56,7 +56,12 @@ pub fn translate(
     }
     let mut listeners = vec![];
     let addresses = assign_addresses(store, &classes, opts);
-    for ((ns, name), stored) in &store.gateways {
+    // listeners on one address and port share a socket, told apart by hostname: the first
+    // (oldest Gateway first) has it, a later one with the same hostname is Conflicted
+    let mut hostnames: BTreeMap<(SocketAddr, String), String> = BTreeMap::new();
+    let mut gateways: Vec<_> = store.gateways.iter().collect();
+    gateways.sort_by_key(|((ns, name), g)| (created(&g.object.metadata), ns.clone(), name.clone()));
+    for ((ns, name), stored) in gateways {
         let gw = &stored.object;
         if !classes.contains(gw.spec.gateway_class_name.as_str()) {
             continue;
@@ -78,8 +83,32 @@ pub fn translate(
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let listener_conditions = match listener(ip, secrets, ns, name, l, model) {
                 Ok(accepted) => {
-                    listeners.push(accepted);
-                    [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec()
+                    let key = (accepted.addr, accepted.hostname.display());
+                    let me = format!("listener {} of Gateway {ns}/{name}", l.name);
+                    match hostnames.get(&key) {
+                        Some(owner) => {
+                            let message =
+                                format!("{owner} has hostname {} on {} already; this one is not served", key.1, key.0);
+                            errors.push(format!("spec.listeners[{i}] ({}): {message}", l.name));
+                            vec![
+                                Condition::holds(Accepted, ""),
+                                Condition::holds(ResolvedRefs, ""),
+                                Condition::fails(Programmed, Reason::Invalid, message.clone()),
+                                Condition {
+                                    status: true,
+                                    ..Condition::fails(Conflicted, Reason::HostnameConflict, message)
+                                },
+                            ]
+                        }
+                        None => {
+                            hostnames.insert(key, me);
+                            listeners.push(accepted);
+                            let mut c: Vec<Condition> =
+                                [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec();
+                            c.push(Condition::fails(Conflicted, Reason::NoConflicts, ""));
+                            c
+                        }
+                    }
                 }
                 Err(problem) => {
                     errors.push(format!("spec.listeners[{i}] ({}): {problem}", l.name));
@@ -94,6 +123,7 @@ pub fn translate(
                         Reason::Invalid,
                         "the listener is not served; see its other conditions",
                     ));
+                    c.push(Condition::fails(Conflicted, Reason::NoConflicts, ""));
                     c
                 }
             };
@@ -858,5 +888,43 @@ spec:
             "{last:?}"
         );
         assert_eq!(address(&m, "g5"), Some("127.0.10.6".parse().unwrap()), "a /29 has 6 hosts");
+    }
+
+    #[test]
+    fn listeners_on_one_socket_with_the_same_hostname_conflict_and_the_oldest_wins() {
+        let on = |name: &str, created: &str, host: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{namespace: shop, name: {name}, creationTimestamp: '{created}'}}
+spec:
+  gatewayClassName: weir
+  listeners: [{{name: web, protocol: HTTP, port: 9080, hostname: {host}}}]
+---
+"
+            )
+        };
+        let yaml = [
+            on("younger", "2026-01-02T00:00:00Z", "a.example.com"),
+            on("older", "2026-01-01T00:00:00Z", "a.example.com"),
+            on("other", "2026-01-03T00:00:00Z", "b.example.com"),
+        ]
+        .concat();
+        let mut store = Store::default();
+        let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n---\n";
+        for o in parse_manifests(&format!("{class}{yaml}"), "kubernetes").0 {
+            store.apply(o, "kubernetes");
+        }
+        let m = translate(&store, &TranslateOptions::defaults("weir"));
+        let listener = |gw: &str| m.statuses.get("Gateway", "shop", gw).unwrap().listeners["web"].clone();
+        let conflicted = |gw: &str| {
+            let c = listener(gw).into_iter().find(|c| c.type_ == ConditionType::Conflicted).unwrap();
+            (c.status, c.reason)
+        };
+        assert_eq!(conflicted("older"), (false, Reason::NoConflicts));
+        assert_eq!(conflicted("other"), (false, Reason::NoConflicts), "another hostname on the socket");
+        assert_eq!(conflicted("younger"), (true, Reason::HostnameConflict));
+        let programmed = listener("younger").into_iter().find(|c| c.type_ == ConditionType::Programmed).unwrap();
+        assert!(!programmed.status && programmed.message.contains("Gateway shop/older"), "{programmed:?}");
     }
 }

@@ -16,6 +16,8 @@ pub enum ConditionType {
     Accepted,
     ResolvedRefs,
     Programmed,
+    /// A Gateway listener's: it collides with another on its address and port.
+    Conflicted,
 }
 
 /// Condition reasons, as the Gateway API (and GEP-713 for policies) names them.
@@ -50,6 +52,10 @@ pub enum Reason {
     TargetNotFound,
     /// The Gateway cannot have the address it asks for, or any (its `Programmed` reason).
     AddressNotUsable,
+    /// A listener's `Conflicted=False`.
+    NoConflicts,
+    /// Another listener on the address and port has the same hostname.
+    HostnameConflict,
 }
 
 /// One condition.
@@ -69,6 +75,7 @@ impl Condition {
             ConditionType::Accepted => Reason::Accepted,
             ConditionType::ResolvedRefs => Reason::ResolvedRefs,
             ConditionType::Programmed => Reason::Programmed,
+            ConditionType::Conflicted => Reason::HostnameConflict,
         };
         Condition { type_, status: true, reason, message: message.into() }
     }
@@ -276,6 +283,7 @@ spec:
         assert_eq!(of(&gw.conditions, Programmed), (true, Reason::Programmed));
         let web = &gw.listeners["web"];
         assert_eq!([of(web, Accepted), of(web, ResolvedRefs), of(web, Programmed)].map(|c| c.0), [true; 3]);
+        assert_eq!(of(web, Conflicted), (false, Reason::NoConflicts));
         let raw = &gw.listeners["raw"];
         assert_eq!(of(raw, Accepted), (false, Reason::UnsupportedProtocol));
         assert_eq!(of(raw, Programmed), (false, Reason::Invalid));
