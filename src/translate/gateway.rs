@@ -818,7 +818,8 @@ spec:
         )
     }
 
-    fn translated(yaml: &str) -> Model {
+    /// Translates weir's GatewayClass and `yaml`, with `opts`.
+    fn translated_with(yaml: &str, opts: &TranslateOptions) -> Model {
         let mut store = Store::default();
         let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n---\n";
         let (objects, errors) = parse_manifests(&format!("{class}{yaml}"), "kubernetes");
@@ -826,11 +827,16 @@ spec:
         for o in objects {
             store.apply(o, "kubernetes");
         }
+        translate(&store, opts)
+    }
+
+    /// [`translated_with`] an address pool of 127.0.10.0/29.
+    fn translated(yaml: &str) -> Model {
         let opts = TranslateOptions {
             gateway_addresses: vec!["127.0.10.0/29".parse().unwrap()],
             ..TranslateOptions::defaults("weir")
         };
-        translate(&store, &opts)
+        translated_with(yaml, &opts)
     }
 
     fn address(m: &Model, name: &str) -> Option<IpAddr> {
@@ -910,12 +916,7 @@ spec:
             on("other", "2026-01-03T00:00:00Z", "b.example.com"),
         ]
         .concat();
-        let mut store = Store::default();
-        let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n---\n";
-        for o in parse_manifests(&format!("{class}{yaml}"), "kubernetes").0 {
-            store.apply(o, "kubernetes");
-        }
-        let m = translate(&store, &TranslateOptions::defaults("weir"));
+        let m = translated_with(&yaml, &TranslateOptions::defaults("weir"));
         let listener = |gw: &str| m.statuses.get("Gateway", "shop", gw).unwrap().listeners["web"].clone();
         let conflicted = |gw: &str| {
             let c = listener(gw).into_iter().find(|c| c.type_ == ConditionType::Conflicted).unwrap();
