@@ -299,10 +299,11 @@ impl ConfigLoop {
         self.previous_rejections = rejections;
         self.previous_store = store;
         if let Some(status) = &self.status {
-            status.send_replace(Some(Arc::new(StatusInputs {
-                store: loaded_store.clone(),
-                statuses: model.statuses.clone(),
-            })));
+            // MeshAuthorizations are the mesh's to judge: the same translation its gateways run
+            let mut statuses = model.statuses.clone();
+            let mesh = crate::translate::mesh::translate(&loaded_store, None).statuses;
+            statuses.0.extend(mesh.0.into_iter().filter(|((kind, _, _), _)| kind == "MeshAuthorization"));
+            status.send_replace(Some(Arc::new(StatusInputs { store: loaded_store.clone(), statuses })));
         }
         self.previous_loaded = Some(loaded_store);
         let generation = current.generation + 1;

@@ -122,6 +122,12 @@ async fn weir_runs_with_the_charts_service_account_and_rbac_alone() {
     let port = free_port();
     let rules = "  rules:\n  - backendRefs: [{name: echo, port: 8080}]\n";
     apply(&admin, &apps, &cluster_gateway_and_route(&apps, port, rules)).await.expect("the Gateway and route");
+    let policy = "apiVersion: weir.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: echo}
+spec: {targetRefs: [{kind: Service, name: echo}]}
+";
+    apply(&admin, &apps, policy).await.expect("a BackendPolicy");
 
     // every namespace, as the chart runs it
     let source = KubeSource { kubeconfig: Some(path), ..Default::default() };
@@ -150,10 +156,16 @@ async fn weir_runs_with_the_charts_service_account_and_rbac_alone() {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Programmed" && c.status == "True"))
     })
     .await;
+    wait_until("the BackendPolicy's status says Accepted", CONVERGE, || async {
+        let api = Api::<weir::api::backend_policy::BackendPolicy>::namespaced(admin.clone(), &apps);
+        let p = api.get("echo").await.unwrap();
+        p.status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True"))
+    })
+    .await;
     let metrics = request(edge.admin_addr).path("/metrics").send().await.text();
     assert_eq!(metric(&metrics, "weir_source_watch_failures_total", &[]), 0.0, "no watch was refused:\n{metrics}");
     assert_eq!(metric(&metrics, "weir_status_writes_total", &[("result", "error")]), 0.0, "{metrics}");
-    assert!(metric(&metrics, "weir_status_writes_total", &[("result", "ok")]) >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "weir_status_writes_total", &[("result", "ok")]) >= 4.0, "{metrics}");
     assert_eq!(metric(&metrics, "weir_leader", &[]), 1.0, "the Lease in its own namespace");
     edge.shutdown().await;
 }

@@ -28,7 +28,7 @@ pub const DEFAULT_EXPECTED_STATUSES: &[StatusRange] = &[StatusRange { start: 200
 /// outlier detection and connect timeout.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(group = "weir.dev", version = "v1alpha1", kind = "BackendPolicy", namespaced)]
-#[kube(derive = "PartialEq")]
+#[kube(derive = "PartialEq", status = "super::PolicyStatus")]
 #[kube(
     label("gateway.networking.k8s.io/policy", "Direct"),
     doc = "BackendPolicy configures how weir talks to the endpoints of the Services it targets: \

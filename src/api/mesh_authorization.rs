@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Which callers may reach a Service, and what they may do there.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(group = "weir.dev", version = "v1alpha1", kind = "MeshAuthorization", namespaced)]
-#[kube(derive = "PartialEq")]
+#[kube(derive = "PartialEq", status = "super::PolicyStatus")]
 #[kube(doc = "MeshAuthorization says which mesh callers (SPIFFE identities) may send which requests to a \
               Service; the Service's mesh gateways answer everything else 403.")]
 #[serde(rename_all = "camelCase")]

@@ -46,6 +46,31 @@ const STRING_FORMATS: &[&str] = &[
     "k8slongname",
 ];
 
+/// The status of weir's own resources: whether weir accepted the object, and why not (GEP-713's
+/// `Accepted`, with the same reason text as `/config_dump`). Written by the replica that leads.
+#[derive(schemars::JsonSchema, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PolicyStatus {
+    /// `Accepted`: `True`, or `False` with a reason such as `Invalid` or `TargetNotFound`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PolicyCondition>,
+}
+
+/// One condition, as the Kubernetes API conventions write it.
+#[derive(schemars::JsonSchema, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// The object's `metadata.generation` the condition describes.
+    pub observed_generation: i64,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}
+
 /// The CRD as YAML, ready for `kubectl apply -f -`, its schema holding only formats the
 /// apiserver knows.
 pub fn crd_yaml(mut crd: CustomResourceDefinition) -> String {

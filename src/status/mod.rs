@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 
+use crate::api::PolicyStatus;
 use crate::store::Store;
 use crate::translate::gateway::GATEWAY_CONTROLLER;
 use crate::translate::status::{Condition, ObjectStatus, Statuses};
@@ -173,6 +174,20 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
             }));
         }
         push("HTTPRoute", ns, name, current, json!({"parents": parents}));
+    }
+    // weir's own resources: Accepted, and why not
+    let mut own = |kind: &'static str, ns: &str, name: &str, meta: &ObjectMeta, current: &Option<PolicyStatus>| {
+        let Some(status) = statuses.get(kind, ns, name) else { return };
+        let current = to_value(current);
+        let old = current.as_ref().map(|c| &c["conditions"]);
+        let status = json!({"conditions": conditions(&status.conditions, meta, old, now)});
+        push(kind, ns, name, current, status);
+    };
+    for ((ns, name), p) in &store.backend_policies {
+        own("BackendPolicy", ns, name, &p.object.metadata, &p.object.status);
+    }
+    for ((ns, name), a) in &store.mesh_authorizations {
+        own("MeshAuthorization", ns, name, &a.object.metadata, &a.object.status);
     }
     // Ingresses of weir's class, once weir publishes an address (as ingress-nginx does)
     if !ingress_addresses.is_empty() {
@@ -363,6 +378,14 @@ spec:
                     store.ingresses.get_mut(&key).unwrap().object.status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
+                "BackendPolicy" => {
+                    store.backend_policies.get_mut(&key).unwrap().object.status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap())
+                }
+                "MeshAuthorization" => {
+                    store.mesh_authorizations.get_mut(&key).unwrap().object.status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap())
+                }
                 k => panic!("{k}"),
             }
         }
@@ -431,6 +454,43 @@ status: {{loadBalancer: {{ingress: [{{ip: 203.0.113.9}}]}}}}
             gw["addresses"],
             json!([{"type": "IPAddress", "value": "203.0.113.9"}, {"type": "Hostname", "value": "edge.example.com"}])
         );
+    }
+
+    #[test]
+    fn weirs_own_resources_say_whether_they_are_accepted_and_why_not() {
+        let yaml = format!(
+            "{OBJECTS}---
+apiVersion: weir.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{namespace: shop, name: good, generation: 4}}
+spec: {{targetRefs: [{{kind: Service, name: web}}]}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{namespace: shop, name: lost, generation: 1}}
+spec: {{targetRefs: [{{kind: Service, name: ghost}}]}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: MeshAuthorization
+metadata: {{namespace: shop, name: wrong, generation: 1}}
+spec: {{targetRef: {{kind: Deployment, name: web}}}}
+"
+        );
+        let store = store(&yaml);
+        let mut statuses = translate(&store, &TranslateOptions::defaults("weir")).statuses;
+        statuses.extend(crate::translate::mesh::translate(&store, None).statuses);
+        let updates = desired(&store, &statuses, &ctx(), "2026-12-05T10:00:00Z");
+        let of = |name: &str| {
+            let u = updates.iter().find(|u| u.name == name).unwrap_or_else(|| panic!("{name}: {updates:#?}"));
+            condition(&u.status["conditions"], "Accepted").clone()
+        };
+        assert_eq!((&of("good")["status"], &of("good")["observedGeneration"]), (&json!("True"), &json!(4)));
+        assert_eq!((&of("lost")["status"], &of("lost")["reason"]), (&json!("False"), &json!("TargetNotFound")));
+        assert_eq!((&of("wrong")["status"], &of("wrong")["reason"]), (&json!("False"), &json!("Invalid")));
+        assert!(of("wrong")["message"].as_str().unwrap().contains("spec.targetRef"), "{}", of("wrong"));
+        // what the API server keeps is what is computed: nothing to write again
+        let store = written(store, &updates);
+        assert_eq!(desired(&store, &statuses, &ctx(), "2026-12-05T11:00:00Z"), []);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{desired, StatusContext, StatusUpdate};
+use crate::api::backend_policy::BackendPolicy;
+use crate::api::mesh_authorization::MeshAuthorization;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::translate::status::Statuses;
@@ -84,6 +86,8 @@ async fn patch(client: &Client, u: &StatusUpdate) -> Result<(), kube::Error> {
         "Gateway" => patch_status(Api::<Gateway>::namespaced(c, ns), u).await,
         "HTTPRoute" => patch_status(Api::<HttpRoute>::namespaced(c, ns), u).await,
         "Ingress" => patch_status(Api::<Ingress>::namespaced(c, ns), u).await,
+        "BackendPolicy" => patch_status(Api::<BackendPolicy>::namespaced(c, ns), u).await,
+        "MeshAuthorization" => patch_status(Api::<MeshAuthorization>::namespaced(c, ns), u).await,
         kind => unreachable!("no status is computed for {kind}"),
     }
 }
