@@ -1,7 +1,8 @@
 //! Zero failed requests under continuous load (at least 300 req/s) while the cluster changes
 //! under weir: a rolling update of the backend Deployment (the endpoint-removal race at each
 //! Pod's SIGTERM), a scale-down and scale-up, and a blue-green flip of an HTTPRoute's weights;
-//! and a 3:1 split that holds while EndpointSlices churn.
+//! a certificate Secret rotated on an HTTPS listener; and a 3:1 split that holds while
+//! EndpointSlices churn.
 //! Against the real control plane; its own test binary, so its own cluster and no other test's
 //! load beside it.
 
@@ -26,7 +27,7 @@ const CONVERGE: Duration = Duration::from_secs(120);
 const HOST: &str = "load.example.com";
 /// Clients, each on its keep-alive connection, each sending this many requests a second.
 const CLIENTS: usize = 4;
-const PER_CLIENT: u32 = 100;
+const PER_CLIENT: u32 = 110;
 /// The least rate each phase must have run at.
 const MIN_RATE: f64 = 300.0;
 
@@ -51,24 +52,39 @@ struct Load {
     stop: AtomicBool,
 }
 
+/// Opens a client connection to weir.
+type Connect = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, anyhow::Result<H1>> + Send + Sync>;
+
 impl Load {
+    /// Plain HTTP to `gateway`, each client on one keep-alive connection.
     fn start(gateway: SocketAddr) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+        Load::start_with(Arc::new(move || Box::pin(H1::connect(gateway))), None)
+    }
+
+    /// Connections from `connect`; each client opens a new one every `reconnect_every`
+    /// requests, if given (new TLS handshakes, say).
+    fn start_with(connect: Connect, reconnect_every: Option<u64>) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
         let load = Arc::new(Load::default());
         let clients = (0..CLIENTS)
             .map(|c| {
-                let load = load.clone();
+                let (load, connect) = (load.clone(), connect.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(1) / PER_CLIENT);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     let mut conn = None;
+                    let mut mine = 0u64;
                     while !load.stop.load(Ordering::SeqCst) {
                         tick.tick().await;
+                        mine += 1;
+                        if reconnect_every.is_some_and(|n| mine % n == 0) {
+                            conn = None;
+                        }
                         if conn.is_none() {
-                            conn = H1::connect(gateway).await.ok();
+                            conn = connect().await.ok();
                         }
                         let outcome = match conn.as_mut() {
                             Some(h1) => h1.get(HOST, "/who").await,
-                            None => Err(anyhow::anyhow!("cannot connect to {gateway}")),
+                            None => Err(anyhow::anyhow!("cannot connect")),
                         };
                         load.sent.fetch_add(1, Ordering::SeqCst);
                         match outcome {
@@ -139,7 +155,7 @@ async fn rolled_out(client: &Client, ns: &str, app: &str, replicas: i32) -> BTre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_request_fails_through_a_rolling_update_a_scale_down_and_up_and_a_blue_green_flip() {
+async fn no_request_fails_through_a_rollout_scaling_a_blue_green_flip_a_split_under_churn_and_a_certificate_rotation() {
     let cluster = cluster();
     let client = cluster.client().await;
     let ns = namespace(&client, "load").await;
@@ -244,5 +260,60 @@ async fn no_request_fails_through_a_rolling_update_a_scale_down_and_up_and_a_blu
         c.await.unwrap();
     }
     eprintln!("served: {:?}", load.served.lock().unwrap());
+
+    // 5. the certificate Secret of an HTTPS listener is rotated under load over TLS, each
+    //    client making a new handshake every 20 requests
+    let tls_port = free_port();
+    let ca = Ca::new();
+    let (first, next) = (ca.leaf(HOST, &[HOST]), ca.leaf(HOST, &[HOST]));
+    let secret = |leaf: &Leaf| leaf_secret("cert", leaf).replace("namespace: default", &format!("namespace: {ns}"));
+    apply(&client, &ns, &secret(&first)).await.expect("the certificate Secret");
+    let https = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: secure}}
+spec:
+  gatewayClassName: weir-{ns}
+  listeners:
+  - {{name: https, protocol: HTTPS, port: {tls_port}, tls: {{certificateRefs: [{{name: cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure}}
+spec:
+  parentRefs: [{{name: secure}}]
+  rules: [{{backendRefs: [{{name: green, port: 8080}}]}}]
+"
+    );
+    apply(&client, &ns, &https).await.expect("the HTTPS Gateway");
+    let tls = TlsClient::new(local(tls_port), HOST, &ca);
+    wait_until("the HTTPS listener serves the first certificate", CONVERGE, || async {
+        tls.get(HOST, "/who").await.is_ok_and(|(peer, r)| peer.is(&first) && r.status == 200)
+    })
+    .await;
+    let connect: Connect = {
+        let tls = tls.clone();
+        Arc::new(move || {
+            let tls = tls.clone();
+            Box::pin(async move { H1::over(tls.connect().await?).await })
+        })
+    };
+    let (load, clients) = Load::start_with(connect, Some(50));
+    wait_until("the TLS load runs", CONVERGE, || async { load.sent.load(Ordering::SeqCst) >= 100 }).await;
+    load.through("certificate rotation", async {
+        apply(&client, &ns, &secret(&next)).await.expect("rotate the certificate");
+        wait_until("new handshakes get the new certificate", CONVERGE, || async {
+            tls.peer().await.is_ok_and(|p| p.is(&next))
+        })
+        .await;
+        // and the load keeps handshaking with it for a while
+        let sent = load.sent.load(Ordering::SeqCst);
+        wait_until("the load runs on", CONVERGE, || async { load.sent.load(Ordering::SeqCst) >= sent + 400 }).await;
+    })
+    .await;
+    load.stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
     edge.shutdown().await;
 }
