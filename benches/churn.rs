@@ -89,12 +89,18 @@ struct Weir {
 }
 
 impl Weir {
-    fn start(source: &[&str], admin: u16) -> Weir {
-        // WEIR_BIN: another build of weir (the release binary of this tree by default)
+    /// `profile`: `release` to measure, `debug` for the small run (scripts/test builds it);
+    /// `WEIR_BIN` names another build.
+    fn start(source: &[&str], admin: u16, profile: &str) -> Weir {
         let bin = std::env::var_os("WEIR_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/weir"));
-        assert!(bin.exists(), "build weir first: cargo build --release --bin weir");
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(profile).join("weir"));
+        assert!(
+            bin.exists(),
+            "build weir first: cargo build {} --bin weir ({})",
+            if profile == "release" { "--release" } else { "" },
+            bin.display()
+        );
         let admin = format!("127.0.0.1:{admin}");
         let child = Command::new(bin)
             .arg("edge")
@@ -335,7 +341,7 @@ async fn main() {
             ),
             _ => (vec!["--config-dir", &dir_arg], Writer::Dir(dir.path().to_path_buf())),
         };
-        let weir = Weir::start(&args, admin);
+        let weir = Weir::start(&args, admin, if full { "release" } else { "debug" });
         let up = Instant::now();
         wait_until(&format!("weir ({source}) serves the probe"), Duration::from_secs(300), || async {
             answered_by(gateway).await.is_some()
