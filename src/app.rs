@@ -265,7 +265,10 @@ impl ConfigLoop {
                 return;
             }
             let current = self.snapshot.load_full();
-            self.pools.refresh(&pools_only(&loaded.store, current.pools.keys()));
+            // only the pools of the Services whose slices changed
+            let changed = loaded.store.services_with_changed_endpoints(previous);
+            let keys = current.pools.keys().filter(|k| changed.contains(&(k.namespace.clone(), k.service.clone())));
+            self.pools.refresh(&pools_only(&loaded.store, keys));
             let snap = current.with_new_endpoints();
             self.metrics.config_generation.set(snap.generation as i64);
             self.snapshot.store(Arc::new(snap));

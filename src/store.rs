@@ -21,11 +21,20 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// `namespace/name` (cluster-scoped objects have an empty namespace).
 pub type NsName = (String, String);
 
-/// An object and where it came from (a file path, or `kubernetes`).
-#[derive(Clone, Debug, PartialEq)]
+/// An object and where it came from (a file path, or `kubernetes`). The object is shared:
+/// copying a store (each publish does) copies pointers, and comparing two stores compares an
+/// object only when the two copies are not the same allocation.
+#[derive(Clone, Debug)]
 pub struct Stored<T> {
-    pub object: T,
-    pub origin: String,
+    pub object: std::sync::Arc<T>,
+    pub origin: std::sync::Arc<str>,
+}
+
+impl<T: PartialEq> PartialEq for Stored<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (std::sync::Arc::ptr_eq(&self.object, &other.object) || self.object == other.object)
+            && self.origin == other.origin
+    }
 }
 
 /// One object of any kind weir understands.
@@ -97,18 +106,18 @@ impl Store {
     /// Adds or replaces an object. Namespaced objects without a namespace land in `default`,
     /// as `kubectl apply` would put them.
     pub fn apply(&mut self, object: Object, origin: &str) {
-        let origin = origin.to_string();
+        let origin: std::sync::Arc<str> = origin.into();
         macro_rules! put {
             ($map:ident, $o:expr, namespaced) => {{
                 let mut o = *$o;
                 let key = ns_name(&o.metadata);
                 o.metadata.namespace = Some(key.0.clone());
-                self.$map.insert(key, Stored { object: o, origin })
+                self.$map.insert(key, Stored { object: std::sync::Arc::new(o), origin })
             }};
             ($map:ident, $o:expr, cluster) => {{
                 let o = *$o;
                 let key = o.metadata.name.clone().unwrap_or_default();
-                self.$map.insert(key, Stored { object: o, origin })
+                self.$map.insert(key, Stored { object: std::sync::Arc::new(o), origin })
             }};
         }
         match object {
@@ -123,6 +132,26 @@ impl Store {
             Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
             Object::MeshAuthorization(o) => drop(put!(mesh_authorizations, o, namespaced)),
             Object::ReferenceGrant(o) => drop(put!(reference_grants, o, namespaced)),
+        }
+    }
+
+    /// Removes object `kind ns/name` (`ns` empty for cluster-scoped kinds); `kind` as the
+    /// Kubernetes source names its watches.
+    pub fn remove(&mut self, kind: &str, ns: &str, name: &str) {
+        let key = (ns.to_string(), name.to_string());
+        match kind {
+            "Ingress" => drop(self.ingresses.remove(&key)),
+            "IngressClass" => drop(self.ingress_classes.remove(name)),
+            "GatewayClass" => drop(self.gateway_classes.remove(name)),
+            "Gateway" => drop(self.gateways.remove(&key)),
+            "HTTPRoute" => drop(self.http_routes.remove(&key)),
+            "Service" => drop(self.services.remove(&key)),
+            "EndpointSlice" => drop(self.endpoint_slices.remove(&key)),
+            "Secret" => drop(self.secrets.remove(&key)),
+            "BackendPolicy" => drop(self.backend_policies.remove(&key)),
+            "MeshAuthorization" => drop(self.mesh_authorizations.remove(&key)),
+            "ReferenceGrant" => drop(self.reference_grants.remove(&key)),
+            _ => {}
         }
     }
 
@@ -183,6 +212,19 @@ impl Store {
             && *mesh_authorizations == other.mesh_authorizations
             && *reference_grants == other.reference_grants
             && *source_errors == other.source_errors
+    }
+
+    /// The Services (namespace, name) whose EndpointSlices differ between `previous` and this
+    /// store (a slice names its Service in the `kubernetes.io/service-name` label).
+    pub fn services_with_changed_endpoints(&self, previous: &Store) -> std::collections::BTreeSet<NsName> {
+        let owner = |((ns, _), s): (&NsName, &Stored<EndpointSlice>)| {
+            let labels = s.object.metadata.labels.as_ref()?;
+            Some((ns.clone(), labels.get("kubernetes.io/service-name")?.clone()))
+        };
+        // a changed slice counts for its Service before and after (its label may have moved it)
+        let now = self.endpoint_slices.iter().filter(|(k, s)| previous.endpoint_slices.get(*k) != Some(*s));
+        let before = previous.endpoint_slices.iter().filter(|(k, s)| self.endpoint_slices.get(*k) != Some(*s));
+        now.chain(before).filter_map(owner).collect()
     }
 
     /// Number of objects held (not counting source errors).

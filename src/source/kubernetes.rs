@@ -9,7 +9,7 @@
 //! restart. A watch that fails (an expired resource version, a restarted apiserver, a cut
 //! connection) is retried with a backoff; meanwhile the last published store keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,8 +105,10 @@ struct Feed {
 
 #[derive(Default)]
 struct FeedState {
-    objects: BTreeMap<NsName, Object>,
-    relisting: Option<BTreeMap<NsName, Object>>,
+    /// The keys of the objects this watch holds (the objects are in the gatherer's store).
+    objects: BTreeSet<NsName>,
+    /// During a relist, the keys listed so far.
+    relisting: Option<BTreeSet<NsName>>,
     synced: bool,
     missing_reported: bool,
     failures: u64,
@@ -259,6 +261,9 @@ async fn gather(
     states: WatchStates,
 ) {
     let mut state: HashMap<Feed, FeedState> = feeds.into_iter().map(|f| (f, FeedState::default())).collect();
+    // kept as events come (objects are shared, so publishing a copy copies pointers); an object
+    // a relist no longer lists, or a deleted one, leaves it unless another watch holds it
+    let mut store = Store::default();
     while let Some(first) = events.recv().await {
         let changed_at = Instant::now();
         let mut batch = vec![first];
@@ -271,10 +276,12 @@ async fn gather(
         }
         for (feed, seen) in batch {
             let s = state.entry(feed.clone()).or_default();
+            let mut gone: Vec<NsName> = vec![];
             match seen {
-                Seen::Relist => s.relisting = Some(BTreeMap::new()),
+                Seen::Relist => s.relisting = Some(BTreeSet::new()),
                 Seen::Listed => {
                     if let Some(listed) = s.relisting.take() {
+                        gone = s.objects.difference(&listed).cloned().collect();
                         s.objects = listed;
                     }
                     if !s.synced {
@@ -288,14 +295,15 @@ async fn gather(
                     s.last_sync = Some(now.to_string());
                 }
                 Seen::Applied(k, o) => {
-                    let target = s.relisting.as_mut().unwrap_or(&mut s.objects);
-                    target.insert(k, *o);
+                    store.apply(*o, ORIGIN);
+                    s.relisting.as_mut().unwrap_or(&mut s.objects).insert(k);
                 }
                 Seen::Deleted(k) => {
                     s.objects.remove(&k);
                     if let Some(r) = s.relisting.as_mut() {
                         r.remove(&k);
                     }
+                    gone.push(k);
                 }
                 Seen::Missing => {
                     if !s.missing_reported {
@@ -306,7 +314,7 @@ async fn gather(
                         );
                         s.missing_reported = true;
                     }
-                    s.objects.clear();
+                    gone = std::mem::take(&mut s.objects).into_iter().collect();
                     s.synced = true;
                 }
                 Seen::Failed(e) => {
@@ -319,6 +327,16 @@ async fn gather(
                     error = %e,
                     "watch failed; retrying, and the last configuration keeps serving"
                     )
+                }
+            }
+            for (ns, name) in gone {
+                let key = (ns, name);
+                let held = state.iter().any(|(f, s)| {
+                    f.kind == feed.kind
+                        && (s.objects.contains(&key) || s.relisting.as_ref().is_some_and(|r| r.contains(&key)))
+                });
+                if !held {
+                    store.remove(feed.kind, &key.0, &key.1);
                 }
             }
         }
@@ -341,16 +359,10 @@ async fn gather(
         if !state.values().all(|s| s.synced) {
             continue;
         }
-        let mut store = Store::default();
-        for s in state.values() {
-            for o in s.objects.values() {
-                store.apply(o.clone(), ORIGIN);
-            }
-        }
         tx.send_if_modified(|current| {
             let changed = !current.synced || current.store != store;
             if changed {
-                *current = Loaded { store, changed_at, synced: true };
+                *current = Loaded { store: store.clone(), changed_at, synced: true };
             }
             changed
         });
@@ -421,5 +433,43 @@ mod tests {
         churn.await.unwrap();
         assert!((4..=7).contains(&publishes), "about one publish per {MAX_COALESCE:?} over a second: {publishes}");
         assert_eq!(rx.borrow().store.services.len(), 201);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_drops_what_it_no_longer_lists_unless_another_watch_holds_it() {
+        let (mine, other) = (
+            Feed { kind: "Service", namespace: None, name: None },
+            Feed { kind: "Service", namespace: Some("shop".into()), name: Some("b".into()) },
+        );
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (tx, mut rx) =
+            watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+        let feeds = vec![mine.clone(), other.clone()];
+        tokio::spawn(gather(feeds, events, tx, Metrics::new(Default::default()), WatchStates::default()));
+        let send = |feed: &Feed, seen: Seen| events_tx.send((feed.clone(), seen)).unwrap();
+        let applied = |name: &str| {
+            let (k, o) = service(name);
+            Seen::Applied(k, o)
+        };
+        let names = |rx: &mut watch::Receiver<Loaded>| -> Vec<String> {
+            rx.borrow_and_update().store.services.keys().map(|(_, n)| n.clone()).collect()
+        };
+        for seen in [Seen::Relist, applied("a"), applied("b"), applied("c"), Seen::Listed] {
+            send(&mine, seen);
+        }
+        for seen in [Seen::Relist, applied("b"), Seen::Listed] {
+            send(&other, seen);
+        }
+        rx.changed().await.unwrap();
+        assert_eq!(names(&mut rx), ["a", "b", "c"]);
+        // a relist (after a 410 Gone, say) that lists only a: c goes, b stays (the other watch)
+        for seen in [Seen::Relist, applied("a"), Seen::Listed] {
+            send(&mine, seen);
+        }
+        rx.changed().await.unwrap();
+        assert_eq!(names(&mut rx), ["a", "b"]);
+        send(&other, Seen::Deleted(("shop".into(), "b".into())));
+        rx.changed().await.unwrap();
+        assert_eq!(names(&mut rx), ["a"]);
     }
 }

@@ -364,26 +364,27 @@ spec:
             match u.kind {
                 "GatewayClass" => {
                     let c = store.gateway_classes.get_mut(&u.name).unwrap();
-                    c.object.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                    std::sync::Arc::make_mut(&mut c.object).status =
+                        Some(serde_json::from_value(u.status.clone()).unwrap());
                 }
                 "Gateway" => {
-                    store.gateways.get_mut(&key).unwrap().object.status =
+                    std::sync::Arc::make_mut(&mut store.gateways.get_mut(&key).unwrap().object).status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
                 "HTTPRoute" => {
-                    store.http_routes.get_mut(&key).unwrap().object.status =
+                    std::sync::Arc::make_mut(&mut store.http_routes.get_mut(&key).unwrap().object).status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
                 "Ingress" => {
-                    store.ingresses.get_mut(&key).unwrap().object.status =
+                    std::sync::Arc::make_mut(&mut store.ingresses.get_mut(&key).unwrap().object).status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
                 "BackendPolicy" => {
-                    store.backend_policies.get_mut(&key).unwrap().object.status =
+                    std::sync::Arc::make_mut(&mut store.backend_policies.get_mut(&key).unwrap().object).status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
                 "MeshAuthorization" => {
-                    store.mesh_authorizations.get_mut(&key).unwrap().object.status =
+                    std::sync::Arc::make_mut(&mut store.mesh_authorizations.get_mut(&key).unwrap().object).status =
                         Some(serde_json::from_value(u.status.clone()).unwrap())
                 }
                 k => panic!("{k}"),
@@ -404,7 +405,7 @@ spec:
         for o in parse_manifests(&fixed, "kubernetes").0 {
             changed.apply(o, "kubernetes");
         }
-        changed.http_routes.values_mut().next().unwrap().object.status =
+        std::sync::Arc::make_mut(&mut changed.http_routes.values_mut().next().unwrap().object).status =
             store.http_routes.values().next().unwrap().object.status.clone();
         let later = updates(&changed, "2026-12-05T12:00:00Z");
         let route = find(&later, "HTTPRoute");
@@ -502,7 +503,8 @@ spec: {{targetRef: {{kind: Deployment, name: web}}}}
             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
                             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}],
         }]});
-        store.http_routes.values_mut().next().unwrap().object.status = Some(serde_json::from_value(theirs).unwrap());
+        std::sync::Arc::make_mut(&mut store.http_routes.values_mut().next().unwrap().object).status =
+            Some(serde_json::from_value(theirs).unwrap());
         let updates = updates(&store, "2026-12-05T10:00:00Z");
         let parents = find(&updates, "HTTPRoute")["parents"].as_array().unwrap().clone();
         assert_eq!(parents.len(), 2, "{parents:#?}");

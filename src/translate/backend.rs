@@ -97,7 +97,7 @@ impl<'a> Backends<'a> {
         for ((ns, _), stored) in &store.endpoint_slices {
             let owner = stored.object.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
             if let Some(owner) = owner {
-                slices.entry((ns.as_str(), owner.as_str())).or_default().push(&stored.object);
+                slices.entry((ns.as_str(), owner.as_str())).or_default().push(&*stored.object);
             }
         }
         Backends { store, policies, slices, pools: BTreeMap::new() }
