@@ -162,8 +162,15 @@ spec: {targetRefs: [{kind: Service, name: echo}]}
         p.status.is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True"))
     })
     .await;
+    // every watch synced and none was refused (another failure, a watch the apiserver closed
+    // while the parallel test dry-runs the CRDs, say, is retried and is not what this checks)
+    let dump = request(edge.admin_addr).path("/config_dump").send().await.json();
+    for watch in dump["watches"].as_array().expect("watches") {
+        assert_eq!(watch["synced"], true, "{watch}");
+        let error = watch["lastError"].as_str().unwrap_or_default().to_lowercase();
+        assert!(!error.contains("403") && !error.contains("forbidden"), "a watch was refused: {watch}");
+    }
     let metrics = request(edge.admin_addr).path("/metrics").send().await.text();
-    assert_eq!(metric(&metrics, "weir_source_watch_failures_total", &[]), 0.0, "no watch was refused:\n{metrics}");
     assert_eq!(metric(&metrics, "weir_status_writes_total", &[("result", "error")]), 0.0, "{metrics}");
     assert!(metric(&metrics, "weir_status_writes_total", &[("result", "ok")]) >= 4.0, "{metrics}");
     assert_eq!(metric(&metrics, "weir_leader", &[]), 1.0, "the Lease in its own namespace");
