@@ -109,11 +109,13 @@ impl Load {
         (load, clients)
     }
 
-    /// Runs `phase`, then says how many requests ran meanwhile and at what rate; panics on any
-    /// failure.
+    /// Runs `phase` (and the load for at least a second), then says how many requests ran
+    /// meanwhile and at what rate; panics on any failure.
     async fn through<F: std::future::Future<Output = ()>>(&self, what: &str, phase: F) {
         let (sent, started) = (self.sent.load(Ordering::SeqCst), Instant::now());
         phase.await;
+        // a phase weir takes in a blink is still measured over a second of load
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
         let n = self.sent.load(Ordering::SeqCst) - sent;
         let rate = n as f64 / started.elapsed().as_secs_f64();
         let failures = self.failures.lock().unwrap().clone();
