@@ -151,15 +151,12 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
 /// weir edge on `ns`'s objects as replica `holder`, binding Gateways on `address`, holding the
 /// Lease of `ns` ([`LEASE`]) to write status.
 fn in_cluster(cluster: &Cluster, ns: &str, holder: &str, address: &str) -> EdgeOptions {
-    let source =
-        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.into()], ..Default::default() };
     let leader =
         LeaderOptions { namespace: ns.into(), lease_name: "weir".into(), holder: holder.into(), lease_duration: LEASE };
     EdgeOptions {
-        source: ConfigSource::Kubernetes(source),
         gateway_address: address.parse().unwrap(),
         status: Some(StatusOptions { leader, publish_service: None, publish_addresses: vec![] }),
-        ..EdgeOptions::local("unused")
+        ..edge_on(cluster, ns)
     }
 }
 

@@ -11,9 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::DeleteParams;
 use kube::Api;
 use serde_json::Value;
-use weir::app::{start_edge, EdgeHandle, EdgeOptions};
-use weir::source::kubernetes::KubeSource;
-use weir::source::ConfigSource;
+use weir::app::{start_edge, EdgeHandle};
 
 /// Bound for the cluster and weir to converge (Pods start as processes; the apiserver takes
 /// seconds to start again; a watch retries with a backoff of up to 30 s).
@@ -61,11 +59,7 @@ async fn weir_serves_through_a_missing_crd_and_an_apiserver_restart_and_converge
     let port = free_port();
     apply(&client, &ns, &gateway_and_route(&ns, port, "/")).await.expect("apply the Gateway and HTTPRoute");
 
-    let source =
-        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
-    let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
-        .await
-        .expect("weir edge --source kubernetes");
+    let edge = start_edge(edge_on(cluster, &ns)).await.expect("weir edge --source kubernetes");
     let gateway = local(port);
 
     // 1. the rest is served, and the missing kind is reported

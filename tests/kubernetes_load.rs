@@ -19,9 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use weir::app::{start_edge, EdgeOptions};
-use weir::source::kubernetes::KubeSource;
-use weir::source::ConfigSource;
+use weir::app::start_edge;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 const HOST: &str = "load.example.com";
@@ -165,11 +163,7 @@ async fn no_request_fails_through_a_rollout_scaling_a_blue_green_flip_a_split_un
     apply(&client, &ns, &named_echo_deployment("blue", 2, "1")).await.expect("the blue Deployment");
     apply(&client, &ns, &named_echo_deployment("green", 2, "1")).await.expect("the green Deployment");
     apply(&client, &ns, &gateway_and_route(&ns, port, &[("blue", 100), ("green", 0)])).await.expect("the route");
-    let source =
-        KubeSource { kubeconfig: Some(cluster.kubeconfig.clone()), namespaces: vec![ns.clone()], ..Default::default() };
-    let edge = start_edge(EdgeOptions { source: ConfigSource::Kubernetes(source), ..EdgeOptions::local("unused") })
-        .await
-        .expect("weir edge --source kubernetes");
+    let edge = start_edge(edge_on(cluster, &ns)).await.expect("weir edge --source kubernetes");
     let gateway = local(port);
     let blue = rolled_out(&client, &ns, "blue", 2).await;
     rolled_out(&client, &ns, "green", 2).await;

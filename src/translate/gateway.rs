@@ -805,14 +805,19 @@ mod tests {
     use crate::translate::status::ConditionType;
     use crate::translate::translate;
 
+    /// Gateway `shop/<name>` of class weir created at `created`, one HTTP listener on port 80.
     fn gateway(name: &str, created: &str, extra: &str) -> String {
+        gateway_with(name, created, "{name: http, protocol: HTTP, port: 80}", extra)
+    }
+
+    fn gateway_with(name: &str, created: &str, listener: &str, extra: &str) -> String {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{namespace: shop, name: {name}, creationTimestamp: '{created}'}}
 spec:
   gatewayClassName: weir
-  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+  listeners: [{listener}]
 {extra}---
 "
         )
@@ -899,16 +904,7 @@ spec:
     #[test]
     fn listeners_on_one_socket_with_the_same_hostname_conflict_and_the_oldest_wins() {
         let on = |name: &str, created: &str, host: &str| {
-            format!(
-                "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{namespace: shop, name: {name}, creationTimestamp: '{created}'}}
-spec:
-  gatewayClassName: weir
-  listeners: [{{name: web, protocol: HTTP, port: 9080, hostname: {host}}}]
----
-"
-            )
+            gateway_with(name, created, &format!("{{name: web, protocol: HTTP, port: 9080, hostname: {host}}}"), "")
         };
         let yaml = [
             on("younger", "2026-01-02T00:00:00Z", "a.example.com"),

@@ -101,6 +101,20 @@ impl Cluster {
     }
 }
 
+/// `weir edge --source kubernetes` on the objects of namespace `ns` of `cluster`, everything
+/// else as [`EdgeOptions::local`] (no status written).
+pub fn edge_on(cluster: &Cluster, ns: &str) -> weir::app::EdgeOptions {
+    let source = weir::source::kubernetes::KubeSource {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        namespaces: vec![ns.to_string()],
+        ..Default::default()
+    };
+    weir::app::EdgeOptions {
+        source: weir::source::ConfigSource::Kubernetes(source),
+        ..weir::app::EdgeOptions::local("unused")
+    }
+}
+
 /// Creates a namespace of its own for a test, named `prefix-` and a random suffix.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let ns: Namespace = serde_json::from_value(serde_json::json!({

@@ -34,13 +34,19 @@ func apiserverIndex(procs []component) (int, error) {
 	return 0, errors.New("no kube-apiserver in pids.json")
 }
 
-// stopApiserver stops the kube-apiserver process; etcd and the rest keep running.
-func stopApiserver(o options) error {
+// apiserver reads pids.json and finds the kube-apiserver in it.
+func apiserver(o options) ([]component, int, error) {
 	procs, err := components(o)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	i, err := apiserverIndex(procs)
+	return procs, i, err
+}
+
+// stopApiserver stops the kube-apiserver process; etcd and the rest keep running.
+func stopApiserver(o options) error {
+	procs, i, err := apiserver(o)
 	if err != nil {
 		return err
 	}
@@ -51,11 +57,7 @@ func stopApiserver(o options) error {
 // startApiserver starts the kube-apiserver again with the arguments it was first started with,
 // and waits for /readyz.
 func startApiserver(o options) error {
-	procs, err := components(o)
-	if err != nil {
-		return err
-	}
-	i, err := apiserverIndex(procs)
+	procs, i, err := apiserver(o)
 	if err != nil {
 		return err
 	}
