@@ -100,9 +100,11 @@ fn endpoints_of(store: &Store, service: &str) -> anyhow::Result<Vec<SocketAddr>>
     Ok(out)
 }
 
-/// Writes the identity of service account `sa`, issued by `ca`, under `dir/sa`.
-fn identity(dir: &Path, ca: &Ca, sa: &str) -> anyhow::Result<IdentityFiles> {
-    let d = dir.join(sa);
+/// Writes the identity of service account `sa` for the pod at `app`, issued by `ca`, in a
+/// directory of that pod's own (as each Pod mounts its own Secret volume: replicas sharing one
+/// directory would see each other's files rewritten under them, half-written at times).
+fn identity(dir: &Path, ca: &Ca, sa: &str, app: SocketAddr) -> anyhow::Result<IdentityFiles> {
+    let d = dir.join(format!("{sa}-{}", app.ip()));
     std::fs::create_dir_all(&d)?;
     ca.write_svid(&d, &format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}"), Duration::from_secs(86_400))
 }
@@ -144,7 +146,8 @@ impl MeshStory {
         let ca = Ca::new("weir demo mesh CA")?;
         let gateway = |app: SocketAddr, sa: &str, outbound: bool| -> anyhow::Result<MeshOptions> {
             let admin = SocketAddr::new(app.ip(), ports.admin);
-            let mut opts = pod_gateway(app, ports.inbound, identity(&dir, &ca, sa)?, Some(config_dir.into()), admin);
+            let mut opts =
+                pod_gateway(app, ports.inbound, identity(&dir, &ca, sa, app)?, Some(config_dir.into()), admin);
             let listen = SocketAddr::new(app.ip(), ports.outbound);
             opts.outbound = outbound.then(|| outbound_side(listen, NAMESPACE, ports.inbound));
             Ok(opts)
