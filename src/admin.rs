@@ -122,8 +122,8 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<SocketAddr, String>, 
         "generation": snap.generation,
         "listeners": listeners,
         "pools": pools,
-        "rejections": snap.rejections,
-        "statuses": snap.statuses,
+        "rejections": &*snap.rejections,
+        "statuses": &*snap.statuses,
         "watches": watches,
     })
 }

@@ -29,7 +29,7 @@ use crate::status::writer::{spawn_writer, StatusInput, StatusInputs};
 use crate::status::{StatusContext, StatusOptions};
 use crate::store::{Rejection, Store};
 use crate::telemetry::{AccessLogFormat, Metrics};
-use crate::translate::{build_keeping_last_good, pools_only, translate, TranslateOptions};
+use crate::translate::{build_keeping_last_good, pools_only, translate, PoolKey, TranslateOptions};
 
 /// What `weir edge` runs.
 #[derive(Clone, Debug)]
@@ -236,7 +236,9 @@ struct ConfigLoop {
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     previous_rejections: BTreeSet<Rejection>,
-    /// The store the serving snapshot was built from, after last-good substitutions.
+    /// The store the serving snapshot was built from, after last-good substitutions (its
+    /// EndpointSlices are not kept current by endpoint-only changes: no slice is ever restored
+    /// from it).
     previous_store: Store,
     /// The store as loaded, once a snapshot serves it: a change to EndpointSlices only goes
     /// to the pools directly.
@@ -267,20 +269,23 @@ impl ConfigLoop {
             let current = self.snapshot.load_full();
             // only the pools of the Services whose slices changed
             let changed = loaded.store.services_with_changed_endpoints(previous);
-            let keys = current.pools.keys().filter(|k| changed.contains(&(k.namespace.clone(), k.service.clone())));
+            let keys = changed.iter().flat_map(|(namespace, service)| {
+                let port = |port| PoolKey { namespace: namespace.clone(), service: service.clone(), port };
+                current.pools.range(port(0)..=port(u16::MAX)).map(|(k, _)| k)
+            });
             self.pools.refresh(&pools_only(&loaded.store, keys));
             let snap = current.with_new_endpoints();
             self.metrics.config_generation.set(snap.generation as i64);
             self.snapshot.store(Arc::new(snap));
             self.metrics.config_endpoint_updates.inc();
             self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
-            self.previous_store.endpoint_slices.clone_from(&loaded.store.endpoint_slices);
-            self.previous_loaded = Some(Arc::new(loaded.store));
+            self.previous_loaded = Some(loaded.store);
             return;
         }
         let started = Instant::now();
-        let loaded_store = Arc::new(loaded.store.clone());
-        let (store, model) = build_keeping_last_good(loaded.store, &self.previous_store, |s| translate(s, &self.opts));
+        let loaded_store = loaded.store;
+        let (store, model) =
+            build_keeping_last_good((*loaded_store).clone(), &self.previous_store, |s| translate(s, &self.opts));
         self.metrics.translate_seconds.observe(started.elapsed().as_secs_f64());
         let current = self.snapshot.load_full();
         let routes = |m: &crate::translate::Model| m.listeners.values().map(|l| l.routes.len()).sum::<usize>();

@@ -25,10 +25,11 @@ pub struct Snapshot {
     /// By the address each is bound on. Shared with the next generation when only endpoints
     /// change ([`Snapshot::with_new_endpoints`]).
     pub listeners: Arc<HashMap<SocketAddr, Listener>>,
-    pub rejections: Vec<Rejection>,
+    /// Shared with the next generation when only endpoints change, as the listeners are.
+    pub rejections: Arc<Vec<Rejection>>,
     /// Conditions per object, listener and parent reference (shown in `/config_dump`).
-    pub statuses: Statuses,
-    pub pools: BTreeMap<PoolKey, Arc<Pool>>,
+    pub statuses: Arc<Statuses>,
+    pub pools: Arc<BTreeMap<PoolKey, Arc<Pool>>>,
 }
 
 impl Snapshot {
@@ -37,9 +38,9 @@ impl Snapshot {
         Snapshot {
             generation: 0,
             listeners: Arc::default(),
-            rejections: vec![],
-            statuses: Statuses::default(),
-            pools: BTreeMap::new(),
+            rejections: Arc::default(),
+            statuses: Arc::default(),
+            pools: Arc::default(),
         }
     }
 
@@ -178,7 +179,13 @@ pub fn compile(model: &Model, generation: u64, registry: &PoolRegistry, metrics:
     let listeners = Arc::new(
         model.listeners.iter().map(|(addr, l)| (*addr, compile_listener(l, &pools, registry, metrics))).collect(),
     );
-    Snapshot { generation, listeners, rejections: model.rejections.clone(), statuses: model.statuses.clone(), pools }
+    Snapshot {
+        generation,
+        listeners,
+        rejections: Arc::new(model.rejections.clone()),
+        statuses: Arc::new(model.statuses.clone()),
+        pools: Arc::new(pools),
+    }
 }
 
 fn compile_listener(

@@ -1,8 +1,6 @@
 //! Typed Kubernetes objects by kind, namespace and name. Sources apply and delete; the
 //! translator reads. Nothing else writes it.
 
-use std::collections::BTreeMap;
-
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
@@ -21,13 +19,27 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// `namespace/name` (cluster-scoped objects have an empty namespace).
 pub type NsName = (String, String);
 
+/// The store's maps: persistent, so a copy of the store (each publish makes one) shares every
+/// node, and comparing or diffing two copies skips the nodes they share. Under endpoint churn a
+/// publish costs the change, not the number of objects in the cluster.
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
+/// The label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 /// An object and where it came from (a file path, or `kubernetes`). The object is shared:
 /// copying a store (each publish does) copies pointers, and comparing two stores compares an
 /// object only when the two copies are not the same allocation.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Stored<T> {
     pub object: std::sync::Arc<T>,
     pub origin: std::sync::Arc<str>,
+}
+
+impl<T> Clone for Stored<T> {
+    fn clone(&self) -> Self {
+        Stored { object: self.object.clone(), origin: self.origin.clone() }
+    }
 }
 
 impl<T: PartialEq> PartialEq for Stored<T> {
@@ -82,18 +94,21 @@ impl std::fmt::Display for Rejection {
 /// Every object weir knows about, by kind.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Store {
-    pub ingresses: BTreeMap<NsName, Stored<Ingress>>,
-    pub ingress_classes: BTreeMap<String, Stored<IngressClass>>,
-    pub gateway_classes: BTreeMap<String, Stored<GatewayClass>>,
-    pub gateways: BTreeMap<NsName, Stored<Gateway>>,
-    pub http_routes: BTreeMap<NsName, Stored<HttpRoute>>,
-    pub services: BTreeMap<NsName, Stored<Service>>,
-    /// Keyed by the slice's own namespace/name; grouped by Service at translation.
-    pub endpoint_slices: BTreeMap<NsName, Stored<EndpointSlice>>,
-    pub secrets: BTreeMap<NsName, Stored<Secret>>,
-    pub backend_policies: BTreeMap<NsName, Stored<BackendPolicy>>,
-    pub mesh_authorizations: BTreeMap<NsName, Stored<MeshAuthorization>>,
-    pub reference_grants: BTreeMap<NsName, Stored<ReferenceGrant>>,
+    pub ingresses: Map<NsName, Stored<Ingress>>,
+    pub ingress_classes: Map<String, Stored<IngressClass>>,
+    pub gateway_classes: Map<String, Stored<GatewayClass>>,
+    pub gateways: Map<NsName, Stored<Gateway>>,
+    pub http_routes: Map<NsName, Stored<HttpRoute>>,
+    pub services: Map<NsName, Stored<Service>>,
+    /// Keyed by the slice's own namespace/name; [`Store::slices_of`] has them by Service.
+    pub endpoint_slices: Map<NsName, Stored<EndpointSlice>>,
+    /// (namespace, Service) → its slices by name ([`SERVICE_NAME_LABEL`]), kept by `apply` and
+    /// `remove` beside `endpoint_slices`.
+    slices_by_service: Map<NsName, Map<String, Stored<EndpointSlice>>>,
+    pub secrets: Map<NsName, Stored<Secret>>,
+    pub backend_policies: Map<NsName, Stored<BackendPolicy>>,
+    pub mesh_authorizations: Map<NsName, Stored<MeshAuthorization>>,
+    pub reference_grants: Map<NsName, Stored<ReferenceGrant>>,
     /// Objects the source could not even read (parse errors, unknown kinds).
     pub source_errors: Vec<Rejection>,
 }
@@ -102,56 +117,86 @@ fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
     (meta.namespace.clone().unwrap_or_else(|| "default".to_string()), meta.name.clone().unwrap_or_default())
 }
 
+/// Puts `new` at `key` unless the same object is there (which keeps its allocation, so that
+/// comparisons of copies stay quick); returns whether the map changed.
+fn put<K: Ord + Clone, T: PartialEq>(map: &mut Map<K, Stored<T>>, key: K, new: Stored<T>) -> bool {
+    if map.get(&key).is_some_and(|old| *old == new) {
+        return false;
+    }
+    map.insert(key, new);
+    true
+}
+
+/// The Service an EndpointSlice belongs to.
+pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
+    slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).map(String::as_str)
+}
+
 impl Store {
-    /// Adds or replaces an object. Namespaced objects without a namespace land in `default`,
-    /// as `kubectl apply` would put them.
-    pub fn apply(&mut self, object: Object, origin: &str) {
+    /// Adds or replaces an object; returns whether that changed the store (a watch's relist
+    /// applies every object again, most of them as they were). Namespaced objects without a
+    /// namespace land in `default`, as `kubectl apply` would put them.
+    pub fn apply(&mut self, object: Object, origin: &str) -> bool {
         let origin: std::sync::Arc<str> = origin.into();
         macro_rules! put {
             ($map:ident, $o:expr, namespaced) => {{
                 let mut o = *$o;
                 let key = ns_name(&o.metadata);
                 o.metadata.namespace = Some(key.0.clone());
-                self.$map.insert(key, Stored { object: std::sync::Arc::new(o), origin })
+                put(&mut self.$map, key, Stored { object: std::sync::Arc::new(o), origin })
             }};
             ($map:ident, $o:expr, cluster) => {{
                 let o = *$o;
                 let key = o.metadata.name.clone().unwrap_or_default();
-                self.$map.insert(key, Stored { object: std::sync::Arc::new(o), origin })
+                put(&mut self.$map, key, Stored { object: std::sync::Arc::new(o), origin })
             }};
         }
         match object {
-            Object::Ingress(o) => drop(put!(ingresses, o, namespaced)),
-            Object::IngressClass(o) => drop(put!(ingress_classes, o, cluster)),
-            Object::GatewayClass(o) => drop(put!(gateway_classes, o, cluster)),
-            Object::Gateway(o) => drop(put!(gateways, o, namespaced)),
-            Object::HttpRoute(o) => drop(put!(http_routes, o, namespaced)),
-            Object::Service(o) => drop(put!(services, o, namespaced)),
-            Object::EndpointSlice(o) => drop(put!(endpoint_slices, o, namespaced)),
-            Object::Secret(o) => drop(put!(secrets, o, namespaced)),
-            Object::BackendPolicy(o) => drop(put!(backend_policies, o, namespaced)),
-            Object::MeshAuthorization(o) => drop(put!(mesh_authorizations, o, namespaced)),
-            Object::ReferenceGrant(o) => drop(put!(reference_grants, o, namespaced)),
+            Object::Ingress(o) => put!(ingresses, o, namespaced),
+            Object::IngressClass(o) => put!(ingress_classes, o, cluster),
+            Object::GatewayClass(o) => put!(gateway_classes, o, cluster),
+            Object::Gateway(o) => put!(gateways, o, namespaced),
+            Object::HttpRoute(o) => put!(http_routes, o, namespaced),
+            Object::Service(o) => put!(services, o, namespaced),
+            Object::EndpointSlice(o) => {
+                let key = ns_name(&o.metadata);
+                let before = self.endpoint_slices.get(&key).cloned();
+                let changed = put!(endpoint_slices, o, namespaced);
+                if changed {
+                    self.index_slice(&key, before.as_ref(), self.endpoint_slices.get(&key).cloned());
+                }
+                changed
+            }
+            Object::Secret(o) => put!(secrets, o, namespaced),
+            Object::BackendPolicy(o) => put!(backend_policies, o, namespaced),
+            Object::MeshAuthorization(o) => put!(mesh_authorizations, o, namespaced),
+            Object::ReferenceGrant(o) => put!(reference_grants, o, namespaced),
         }
     }
 
     /// Removes object `kind ns/name` (`ns` empty for cluster-scoped kinds); `kind` as the
-    /// Kubernetes source names its watches.
-    pub fn remove(&mut self, kind: &str, ns: &str, name: &str) {
+    /// Kubernetes source names its watches. Returns whether it was there.
+    pub fn remove(&mut self, kind: &str, ns: &str, name: &str) -> bool {
         let key = (ns.to_string(), name.to_string());
         match kind {
-            "Ingress" => drop(self.ingresses.remove(&key)),
-            "IngressClass" => drop(self.ingress_classes.remove(name)),
-            "GatewayClass" => drop(self.gateway_classes.remove(name)),
-            "Gateway" => drop(self.gateways.remove(&key)),
-            "HTTPRoute" => drop(self.http_routes.remove(&key)),
-            "Service" => drop(self.services.remove(&key)),
-            "EndpointSlice" => drop(self.endpoint_slices.remove(&key)),
-            "Secret" => drop(self.secrets.remove(&key)),
-            "BackendPolicy" => drop(self.backend_policies.remove(&key)),
-            "MeshAuthorization" => drop(self.mesh_authorizations.remove(&key)),
-            "ReferenceGrant" => drop(self.reference_grants.remove(&key)),
-            _ => {}
+            "Ingress" => self.ingresses.remove(&key).is_some(),
+            "IngressClass" => self.ingress_classes.remove(name).is_some(),
+            "GatewayClass" => self.gateway_classes.remove(name).is_some(),
+            "Gateway" => self.gateways.remove(&key).is_some(),
+            "HTTPRoute" => self.http_routes.remove(&key).is_some(),
+            "Service" => self.services.remove(&key).is_some(),
+            "EndpointSlice" => match self.endpoint_slices.remove(&key) {
+                Some(gone) => {
+                    self.index_slice(&key, Some(&gone), None);
+                    true
+                }
+                None => false,
+            },
+            "Secret" => self.secrets.remove(&key).is_some(),
+            "BackendPolicy" => self.backend_policies.remove(&key).is_some(),
+            "MeshAuthorization" => self.mesh_authorizations.remove(&key).is_some(),
+            "ReferenceGrant" => self.reference_grants.remove(&key).is_some(),
+            _ => false,
         }
     }
 
@@ -195,6 +240,7 @@ impl Store {
             http_routes,
             services,
             endpoint_slices: _,
+            slices_by_service: _,
             secrets,
             backend_policies,
             mesh_authorizations,
@@ -215,16 +261,43 @@ impl Store {
     }
 
     /// The Services (namespace, name) whose EndpointSlices differ between `previous` and this
-    /// store (a slice names its Service in the `kubernetes.io/service-name` label).
+    /// store (a slice that moved to another Service counts for both). Skips what the two
+    /// stores share.
     pub fn services_with_changed_endpoints(&self, previous: &Store) -> std::collections::BTreeSet<NsName> {
-        let owner = |((ns, _), s): (&NsName, &Stored<EndpointSlice>)| {
-            let labels = s.object.metadata.labels.as_ref()?;
-            Some((ns.clone(), labels.get("kubernetes.io/service-name")?.clone()))
+        use imbl::ordmap::DiffItem;
+        let service = |d: DiffItem<'_, '_, NsName, _>| match d {
+            DiffItem::Add(k, _) | DiffItem::Remove(k, _) | DiffItem::Update { new: (k, _), .. } => k.clone(),
         };
-        // a changed slice counts for its Service before and after (its label may have moved it)
-        let now = self.endpoint_slices.iter().filter(|(k, s)| previous.endpoint_slices.get(*k) != Some(*s));
-        let before = previous.endpoint_slices.iter().filter(|(k, s)| self.endpoint_slices.get(*k) != Some(*s));
-        now.chain(before).filter_map(owner).collect()
+        previous.slices_by_service.diff(&self.slices_by_service).map(service).collect()
+    }
+
+    /// The EndpointSlices of Service `ns/service`.
+    pub fn slices_of(&self, ns: &str, service: &str) -> impl Iterator<Item = &EndpointSlice> {
+        let slices = self.slices_by_service.get(&(ns.to_string(), service.to_string()));
+        slices.into_iter().flat_map(|s| s.values()).map(|s| &*s.object)
+    }
+
+    /// Moves slice `key` in the by-Service index from the Service `before` named to the one
+    /// `after` names (either may be none).
+    fn index_slice(
+        &mut self,
+        key: &NsName,
+        before: Option<&Stored<EndpointSlice>>,
+        after: Option<Stored<EndpointSlice>>,
+    ) {
+        let (ns, name) = key;
+        let owner = |s: &Stored<EndpointSlice>| Some((ns.clone(), service_of(&s.object)?.to_string()));
+        if let Some(old) = before.and_then(owner) {
+            if let Some(slices) = self.slices_by_service.get_mut(&old) {
+                slices.remove(name);
+                if slices.is_empty() {
+                    self.slices_by_service.remove(&old);
+                }
+            }
+        }
+        if let Some((new, slice)) = after.and_then(|s| Some((owner(&s)?, s))) {
+            self.slices_by_service.entry(new).or_default().insert(name.clone(), slice);
+        }
     }
 
     /// Number of objects held (not counting source errors).
@@ -264,5 +337,51 @@ impl Store {
                 };
                 spec.from.iter().any(from) && spec.to.iter().any(to)
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, service: &str, ip: &str) -> Object {
+        let yaml = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: shop, name: {name}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{ip}\"]}}]\n"
+        );
+        Object::EndpointSlice(Box::new(serde_yaml_ng::from_str(&yaml).unwrap()))
+    }
+
+    fn names(store: &Store, service: &str) -> Vec<String> {
+        store.slices_of("shop", service).map(|s| s.metadata.name.clone().unwrap()).collect()
+    }
+
+    fn service(name: &str) -> NsName {
+        ("shop".into(), name.into())
+    }
+
+    #[test]
+    fn slices_are_found_by_service_as_they_change_and_a_diff_names_the_services_they_moved() {
+        let mut store = Store::default();
+        assert!(store.apply(slice("a-1", "a", "10.0.0.1"), "k"));
+        assert!(store.apply(slice("a-2", "a", "10.0.0.2"), "k"));
+        assert_eq!(names(&store, "a"), ["a-1", "a-2"]);
+        let before = store.clone();
+        assert!(!store.apply(slice("a-1", "a", "10.0.0.1"), "k"), "the same slice again changes nothing");
+        assert!(store.services_with_changed_endpoints(&before).is_empty());
+
+        // a-2 moves to Service b (its label changed)
+        assert!(store.apply(slice("a-2", "b", "10.0.0.2"), "k"));
+        assert_eq!((names(&store, "a"), names(&store, "b")), (vec!["a-1".into()], vec!["a-2".to_string()]));
+        assert_eq!(store.services_with_changed_endpoints(&before), [service("a"), service("b")].into());
+        assert_eq!(names(&before, "a"), ["a-1", "a-2"], "a copy keeps its own version");
+
+        // an endpoint of a-1 changes; then a-2 is deleted
+        let moved = store.clone();
+        assert!(store.apply(slice("a-1", "a", "10.0.0.9"), "k"));
+        assert!(store.remove("EndpointSlice", "shop", "a-2"));
+        assert!(!store.remove("EndpointSlice", "shop", "a-2"));
+        assert_eq!(names(&store, "b"), Vec::<String>::new());
+        assert_eq!(store.services_with_changed_endpoints(&moved), [service("a"), service("b")].into());
+        assert!(store.same_but_endpoints(&moved) && store != moved);
     }
 }

@@ -168,7 +168,9 @@ fn store() -> weir::store::Store {
     let (objects, errors) = weir::source::manifest::parse_manifests(&text, "no_alloc.yaml");
     assert!(errors.is_empty(), "{errors:?}");
     let mut store = weir::store::Store::default();
-    objects.into_iter().for_each(|o| store.apply(o, "no_alloc.yaml"));
+    for o in objects {
+        store.apply(o, "no_alloc.yaml");
+    }
     store
 }
 

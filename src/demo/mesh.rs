@@ -81,14 +81,7 @@ pub struct Report {
 
 fn endpoints_of(store: &Store, service: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let mut out = vec![];
-    for stored in store.endpoint_slices.values() {
-        let s = &stored.object;
-        let labels = s.metadata.labels.as_ref();
-        if s.metadata.namespace.as_deref() != Some(NAMESPACE)
-            || labels.and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) != Some(service)
-        {
-            continue;
-        }
+    for s in store.slices_of(NAMESPACE, service) {
         let port = s.ports.iter().flatten().find_map(|p| p.port).context("an EndpointSlice without a port")?;
         for ep in &s.endpoints {
             for a in &ep.addresses {

@@ -38,13 +38,7 @@ async fn start_backends(store: &crate::store::Store) -> anyhow::Result<Vec<EchoS
     let mut servers = vec![];
     for stored in store.endpoint_slices.values() {
         let slice = &stored.object;
-        let name = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-            .cloned()
-            .unwrap_or_else(|| slice.metadata.name.clone().unwrap_or_default());
+        let name = crate::store::service_of(slice).or(slice.metadata.name.as_deref()).unwrap_or_default().to_string();
         if mesh::SERVICES.contains(&name.as_str()) {
             continue;
         }
@@ -164,7 +158,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         start_edge(EdgeOptions::from_args(crate::source::ConfigSource::Dir(args.config_dir.clone()), &args.listen))
             .await?;
     let snap = handle.snapshot();
-    for r in &snap.rejections {
+    for r in snap.rejections.iter() {
         println!("  rejected: {r}");
     }
     println!(

@@ -317,17 +317,18 @@ fn watch_config(
     let (metrics, credentials) = (metrics.clone(), credentials.clone());
     let (directory_w, authorizer_w) = (directory.clone(), authorizer.clone());
     let mut previous = Store::default();
-    let mut apply = move |store: Store| {
+    let mut apply = move |store: Arc<Store>| {
         if let Some(secret) = &mut secret {
             secret.update(&store);
         }
+        let store = Arc::unwrap_or_clone(store);
         // translation is pure, so keeping the last good version may run it twice; what serves
         // is compiled once, from the model kept
         let namespace = outbound_settings.as_ref().map(|o| o.namespace.as_str());
         let (served, model) = build_keeping_last_good(store, &previous, |s| translate::mesh::translate(s, namespace));
         previous = served;
         let generation = dump.load().generation + 1;
-        let (rejections, statuses) = (model.rejections.clone(), model.statuses.clone());
+        let (rejections, statuses) = (Arc::new(model.rejections.clone()), Arc::new(model.statuses.clone()));
         dump.store(Arc::new(Snapshot { generation, rejections, statuses, ..Snapshot::empty() }));
         metrics.rejected_objects.set(model.rejections.len() as i64);
         log_rejections(&model.rejections);

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
@@ -21,7 +22,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// A loaded store and the moment the change that produced it was first seen.
 #[derive(Clone, Debug)]
 pub struct Loaded {
-    pub store: Store,
+    /// Shared: the config loop takes it without copying it.
+    pub store: Arc<Store>,
     pub changed_at: Instant,
     /// The source has read everything once (always, for a directory): until then the store is
     /// not a configuration to serve.
@@ -146,7 +148,7 @@ pub fn may_hold_manifests(path: &Path) -> bool {
 /// nothing). The watcher lives as long as the spawned task.
 pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
     let mut loader = DirLoader::default();
-    let first = Loaded { store: loader.load(&dir)?, changed_at: Instant::now(), synced: true };
+    let first = Loaded { store: Arc::new(loader.load(&dir)?), changed_at: Instant::now(), synced: true };
     let (tx, rx) = watch::channel(first);
     let mut changes = Changes::watch(&[&dir], may_hold_manifests)?;
     tokio::spawn(async move {
@@ -156,7 +158,7 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
                     if tx.is_closed() {
                         return;
                     }
-                    publish_if_changed(&tx, Loaded { store, changed_at, synced: true });
+                    publish_if_changed(&tx, Loaded { store: Arc::new(store), changed_at, synced: true });
                 }
                 Err(e) => tracing::error!(dir = %dir.display(), error = %e,
                     "cannot read the config directory; the last good configuration keeps serving"),
@@ -287,7 +289,7 @@ mod tests {
         std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
         let mut loader = DirLoader::default();
         let load = |loader: &mut DirLoader| Loaded {
-            store: loader.load(dir.path()).unwrap(),
+            store: Arc::new(loader.load(dir.path()).unwrap()),
             changed_at: Instant::now(),
             synced: true,
         };

@@ -201,7 +201,7 @@ pub async fn watch_kubernetes(
         let f = feed("Secret", Some(ns.clone()), Some(name.clone()));
         spawn::<Secret>(Api::namespaced(client.clone(), ns), by_name, f, |o| Object::Secret(Box::new(o)));
     }
-    let (tx, rx) = watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+    let (tx, rx) = watch::channel(Loaded { store: Arc::default(), changed_at: Instant::now(), synced: false });
     tokio::spawn(gather(feeds, events, tx, metrics, states));
     Ok(rx)
 }
@@ -266,6 +266,8 @@ async fn gather(
     // kept as events come (objects are shared, so publishing a copy copies pointers); an object
     // a relist no longer lists, or a deleted one, leaves it unless another watch holds it
     let mut store = Store::default();
+    // whether the store changed since it was last published
+    let mut dirty = false;
     while let Some(first) = events.recv().await {
         let changed_at = Instant::now();
         let mut batch = vec![first];
@@ -297,7 +299,7 @@ async fn gather(
                     s.last_sync = Some(now.to_string());
                 }
                 Seen::Applied(k, o) => {
-                    store.apply(*o, ORIGIN);
+                    dirty |= store.apply(*o, ORIGIN);
                     s.relisting.as_mut().unwrap_or(&mut s.objects).insert(k);
                 }
                 Seen::Deleted(k) => {
@@ -338,7 +340,7 @@ async fn gather(
                         && (s.objects.contains(&key) || s.relisting.as_ref().is_some_and(|r| r.contains(&key)))
                 });
                 if !held {
-                    store.remove(feed.kind, &key.0, &key.1);
+                    dirty |= store.remove(feed.kind, &key.0, &key.1);
                 }
             }
         }
@@ -362,12 +364,13 @@ async fn gather(
             continue;
         }
         tx.send_if_modified(|current| {
-            let changed = !current.synced || current.store != store;
-            if changed {
-                *current = Loaded { store: store.clone(), changed_at, synced: true };
+            let publish = !current.synced || dirty;
+            if publish {
+                *current = Loaded { store: Arc::new(store.clone()), changed_at, synced: true };
             }
-            changed
+            publish
         });
+        dirty = false;
         if tx.is_closed() {
             return;
         }
@@ -389,8 +392,7 @@ mod tests {
     async fn nothing_before_the_first_sync_a_burst_is_one_publish_and_steady_churn_still_publishes() {
         let feed = Feed { kind: "Service", namespace: None, name: None };
         let (events_tx, events) = mpsc::unbounded_channel();
-        let (tx, mut rx) =
-            watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+        let (tx, mut rx) = watch::channel(Loaded { store: Arc::default(), changed_at: Instant::now(), synced: false });
         let states = WatchStates::default();
         tokio::spawn(gather(vec![feed.clone()], events, tx, Metrics::new(Default::default()), states.clone()));
         let send = |seen: Seen| events_tx.send((feed.clone(), seen)).unwrap();
@@ -448,8 +450,7 @@ mod tests {
             Feed { kind: "Service", namespace: Some("shop".into()), name: Some("b".into()) },
         );
         let (events_tx, events) = mpsc::unbounded_channel();
-        let (tx, mut rx) =
-            watch::channel(Loaded { store: Store::default(), changed_at: Instant::now(), synced: false });
+        let (tx, mut rx) = watch::channel(Loaded { store: Arc::default(), changed_at: Instant::now(), synced: false });
         let feeds = vec![mine.clone(), other.clone()];
         tokio::spawn(gather(feeds, events, tx, Metrics::new(Default::default()), WatchStates::default()));
         let send = |feed: &Feed, seen: Seen| events_tx.send((feed.clone(), seen)).unwrap();
@@ -468,6 +469,12 @@ mod tests {
         }
         rx.changed().await.unwrap();
         assert_eq!(names(&mut rx), ["a", "b", "c"]);
+        // a relist of the same objects (a watch that resumed) publishes nothing
+        for seen in [Seen::Relist, applied("a"), applied("b"), applied("c"), Seen::Listed] {
+            send(&mine, seen);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!rx.has_changed().unwrap(), "the same objects again: nothing to publish");
         // a relist (after a 410 Gone, say) that lists only a: c goes, b stays (the other watch)
         for seen in [Seen::Relist, applied("a"), Seen::Listed] {
             send(&mine, seen);

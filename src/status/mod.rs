@@ -306,6 +306,12 @@ spec:
         store
     }
 
+    /// The store's first HTTPRoute, to change (as another writer would).
+    fn first_route_mut(store: &mut Store) -> &mut gateway_api::httproutes::HttpRoute {
+        let key = store.http_routes.keys().next().unwrap().clone();
+        std::sync::Arc::make_mut(&mut store.http_routes.get_mut(&key).unwrap().object)
+    }
+
     fn ctx() -> StatusContext {
         StatusContext { gateway_address: Some("10.0.0.7".parse().unwrap()), ..StatusContext::default() }
     }
@@ -405,8 +411,7 @@ spec:
         for o in parse_manifests(&fixed, "kubernetes").0 {
             changed.apply(o, "kubernetes");
         }
-        std::sync::Arc::make_mut(&mut changed.http_routes.values_mut().next().unwrap().object).status =
-            store.http_routes.values().next().unwrap().object.status.clone();
+        first_route_mut(&mut changed).status = store.http_routes.values().next().unwrap().object.status.clone();
         let later = updates(&changed, "2026-12-05T12:00:00Z");
         let route = find(&later, "HTTPRoute");
         let conditions = &route["parents"][0]["conditions"];
@@ -503,8 +508,7 @@ spec: {{targetRef: {{kind: Deployment, name: web}}}}
             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
                             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}],
         }]});
-        std::sync::Arc::make_mut(&mut store.http_routes.values_mut().next().unwrap().object).status =
-            Some(serde_json::from_value(theirs).unwrap());
+        first_route_mut(&mut store).status = Some(serde_json::from_value(theirs).unwrap());
         let updates = updates(&store, "2026-12-05T10:00:00Z");
         let parents = find(&updates, "HTTPRoute")["parents"].as_array().unwrap().clone();
         assert_eq!(parents.len(), 2, "{parents:#?}");

@@ -1,17 +1,16 @@
 //! Service references → pools: Service ports, EndpointSlices and BackendPolicies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::ServicePort;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
 use super::status::ConditionType::Accepted;
 use super::status::{Condition, Reason, Statuses};
 use super::{reject, EndpointModel, PoolSpec, UpstreamProtocol};
 use crate::policy::BackendPolicyModel;
-use crate::store::{Rejection, Store};
+use crate::store::{NsName, Rejection, Store};
 
 /// One pool per Service port, shared by every route that uses it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -47,8 +46,6 @@ pub struct Backends<'a> {
     store: &'a Store,
     /// (namespace, service) → policies targeting it
     policies: HashMap<(String, String), Vec<TargetedPolicy>>,
-    /// (namespace, service) → its EndpointSlices (by the `kubernetes.io/service-name` label)
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     pools: BTreeMap<PoolKey, PoolSpec>,
 }
 
@@ -60,8 +57,29 @@ impl<'a> Backends<'a> {
     /// Indexes the store's BackendPolicies, rejecting invalid ones; each gets its Accepted
     /// condition in `statuses`.
     pub fn new(store: &'a Store, rejections: &mut Vec<Rejection>, statuses: &mut Statuses) -> Self {
+        Self::indexing(store, rejections, statuses, None)
+    }
+
+    /// Resolves the Services `only` alone (only their policies are read): the endpoint-only
+    /// path, which must cost the change rather than the cluster's size.
+    pub fn of_services(store: &'a Store, only: &BTreeSet<NsName>) -> Self {
+        Self::indexing(store, &mut vec![], &mut Statuses::default(), Some(only))
+    }
+
+    fn indexing(
+        store: &'a Store,
+        rejections: &mut Vec<Rejection>,
+        statuses: &mut Statuses,
+        only: Option<&BTreeSet<NsName>>,
+    ) -> Self {
         let mut policies: HashMap<_, Vec<_>> = HashMap::new();
         for ((ns, name), stored) in &store.backend_policies {
+            let targets_wanted = |o: &BTreeSet<NsName>| {
+                stored.object.spec.target_refs.iter().any(|t| o.contains(&(ns.clone(), t.name.clone())))
+            };
+            if !only.is_none_or(targets_wanted) {
+                continue;
+            }
             let r = |reason: String| reject("BackendPolicy", ns, name, &stored.origin, reason);
             let conditions = &mut statuses.of("BackendPolicy", ns, name).conditions;
             let model = match BackendPolicyModel::try_from(&stored.object.spec) {
@@ -93,14 +111,7 @@ impl<'a> Backends<'a> {
                 _ => Condition::holds(Accepted, missing.join("; ")),
             });
         }
-        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
-        for ((ns, _), stored) in &store.endpoint_slices {
-            let owner = stored.object.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
-            if let Some(owner) = owner {
-                slices.entry((ns.as_str(), owner.as_str())).or_default().push(&*stored.object);
-            }
-        }
-        Backends { store, policies, slices, pools: BTreeMap::new() }
+        Backends { store, policies, pools: BTreeMap::new() }
     }
 
     /// Resolves `ns/name` + port to a pool, creating its spec on first use.
@@ -144,7 +155,7 @@ impl<'a> Backends<'a> {
     fn endpoints(&self, ns: &str, name: &str, svc_port: &ServicePort) -> Vec<EndpointModel> {
         let mut out = vec![];
         let port_name = svc_port.name.clone().unwrap_or_default();
-        for slice in self.slices.get(&(ns, name)).into_iter().flatten() {
+        for slice in self.store.slices_of(ns, name) {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                 continue;
             }

@@ -297,10 +297,10 @@ fn authorization(store: &Store, rejections: &mut Vec<Rejection>, statuses: &mut 
     }
     for stored in store.endpoint_slices.values() {
         let slice = &stored.object;
-        let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) else {
+        let Some(service) = crate::store::service_of(slice) else {
             continue;
         };
-        let key = (slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), service.clone());
+        let key = (slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), service.to_string());
         let ports: BTreeSet<u16> = slice.ports.iter().flatten().filter_map(|p| p.port).map(|p| p as u16).collect();
         for ip in slice.endpoints.iter().flat_map(|e| &e.addresses).filter_map(|a| a.parse::<IpAddr>().ok()) {
             add_once(model.services_on.entry(ip).or_default(), &key);

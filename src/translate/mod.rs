@@ -298,7 +298,9 @@ pub(crate) fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
 /// route translated again (see [`Store::same_but_endpoints`]). A key whose Service is gone is
 /// left out.
 pub fn pools_only<'a>(store: &Store, keys: impl IntoIterator<Item = &'a PoolKey>) -> BTreeMap<PoolKey, PoolSpec> {
-    let mut backends = backend::Backends::new(store, &mut vec![], &mut status::Statuses::default());
+    let keys: Vec<&PoolKey> = keys.into_iter().collect();
+    let services = keys.iter().map(|k| (k.namespace.clone(), k.service.clone())).collect();
+    let mut backends = backend::Backends::of_services(store, &services);
     for key in keys {
         let _ = backends.resolve(&key.namespace, &key.service, &backend::PortRef::Number(key.port));
     }
