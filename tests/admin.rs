@@ -193,18 +193,17 @@ async fn series_of_a_removed_route_are_dropped() {
         &[("web.yaml", &ingress("web", "a.example.com", "a")), ("old.yaml", &ingress("old", "b.example.com", "b"))],
     )
     .await;
+    // a route's series appear with its first request
+    weir.get("a.example.com", "/").await.assert_served_by("a");
     weir.get("b.example.com", "/").await.assert_served_by("b");
-    let has_old =
-        |s: &[Sample]| s.iter().any(|x| x.labels.get("route").map(String::as_str) == Some("ingress/default/old"));
-    metrics_when(&weir, "the old route is counted", |s| has_old(s)).await;
+    let has = |s: &[Sample], route: &str| s.iter().any(|x| x.labels.get("route").map(String::as_str) == Some(route));
+    let has_old = |s: &[Sample]| has(s, "ingress/default/old");
+    metrics_when(&weir, "both routes are counted", |s| has_old(s) && has(s, "ingress/default/web")).await;
 
     weir.delete("old.yaml").await;
 
     let after = metrics_when(&weir, "the old route's series are gone", |s| !has_old(s)).await;
-    assert!(
-        after.iter().any(|x| x.labels.get("route").map(String::as_str) == Some("ingress/default/web")),
-        "the remaining route keeps its series"
-    );
+    assert!(has(&after, "ingress/default/web"), "the remaining route keeps its series");
 }
 
 fn generation_metric(s: &[Sample]) -> f64 {

@@ -75,7 +75,7 @@ fn retry_failed_try(ctx: &mut EdgeCtx, failed: FailedTry<'_>) -> bool {
     let Some(plan) = &ctx.plan else { return false };
     let granted = plan.retry_failed_try(&mut ctx.attempt, pool, failed).granted();
     if granted {
-        target.metrics.retries.inc();
+        target.metrics.retried();
     }
     granted
 }
@@ -271,7 +271,7 @@ impl ProxyHttp for EdgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(t) = ctx.target() {
-            t.metrics.connect_errors.inc();
+            t.metrics.connect_failed();
         }
         let retry = retry_failed_try(ctx, FailedTry::Connect);
         e.set_retry(retry);

@@ -3,7 +3,9 @@
 //! only touches atomics.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
@@ -22,10 +24,8 @@ pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"]
 /// Every metric weir exports.
 pub struct Metrics {
     pub registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    retries: IntCounterVec,
-    connect_errors: IntCounterVec,
+    /// Per target (listener, route, backend): requests, durations, retries, connect errors.
+    target_vecs: Arc<TargetVecs>,
     /// Generation of the snapshot serving traffic.
     pub config_generation: IntGauge,
     /// Time to translate the store into a snapshot.
@@ -72,21 +72,72 @@ struct Targets {
 
 type TargetLabels = (String, String, String);
 
-/// Handles for one (listener, route, backend), one counter and histogram per status class.
+/// The families every target's series belong to.
+struct TargetVecs {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounterVec,
+    connect_errors: IntCounterVec,
+}
+
+/// Handles for one (listener, route, backend): a counter and a histogram per status class, its
+/// retries and connect errors. Each series is created when it first has something to count (a
+/// cluster's thousands of routes cost nothing until they serve), then touched without a lock.
 #[derive(Clone)]
-pub struct TargetMetrics {
-    requests: [IntCounter; 5],
-    duration: [Histogram; 5],
-    pub retries: IntCounter,
-    pub connect_errors: IntCounter,
+pub struct TargetMetrics(Arc<TargetSeries>);
+
+struct TargetSeries {
+    vecs: Arc<TargetVecs>,
+    labels: TargetLabels,
+    requests: [OnceLock<IntCounter>; 5],
+    duration: [OnceLock<Histogram>; 5],
+    retries: OnceLock<IntCounter>,
+    connect_errors: OnceLock<IntCounter>,
+    /// Set when a new configuration no longer has the target and its series are removed: a
+    /// request still finishing on it does not bring them back.
+    retired: AtomicBool,
 }
 
 impl TargetMetrics {
+    fn new(vecs: Arc<TargetVecs>, labels: TargetLabels) -> Self {
+        TargetMetrics(Arc::new(TargetSeries {
+            vecs,
+            labels,
+            requests: Default::default(),
+            duration: Default::default(),
+            retries: OnceLock::new(),
+            connect_errors: OnceLock::new(),
+            retired: AtomicBool::new(false),
+        }))
+    }
+
     /// Records a finished request. Status 0 (no response) counts as 5xx.
     pub fn observe(&self, status: u16, elapsed: Duration) {
+        let t = &*self.0;
+        if t.retired.load(Relaxed) {
+            return;
+        }
         let class = class_index(status);
-        self.requests[class].inc();
-        self.duration[class].observe(elapsed.as_secs_f64());
+        let (listener, route, backend) = (&t.labels.0, &t.labels.1, &t.labels.2);
+        let labels = [listener.as_str(), route, backend, STATUS_CLASSES[class]];
+        t.requests[class].get_or_init(|| t.vecs.requests.with_label_values(&labels)).inc();
+        t.duration[class].get_or_init(|| t.vecs.duration.with_label_values(&labels)).observe(elapsed.as_secs_f64());
+    }
+
+    /// A request to the target tried another endpoint.
+    pub fn retried(&self) {
+        let t = &*self.0;
+        if !t.retired.load(Relaxed) {
+            t.retries.get_or_init(|| t.vecs.retries.with_label_values(&[&t.labels.1, &t.labels.2])).inc();
+        }
+    }
+
+    /// A connection to one of the target's endpoints failed.
+    pub fn connect_failed(&self) {
+        let t = &*self.0;
+        if !t.retired.load(Relaxed) {
+            t.connect_errors.get_or_init(|| t.vecs.connect_errors.with_label_values(&[&t.labels.1, &t.labels.2])).inc();
+        }
     }
 }
 
@@ -209,10 +260,7 @@ impl Metrics {
         let mesh = MeshMetrics::new(&registry);
         Arc::new(Metrics {
             registry,
-            requests,
-            duration,
-            retries,
-            connect_errors,
+            target_vecs: Arc::new(TargetVecs { requests, duration, retries, connect_errors }),
             config_generation,
             translate_seconds,
             rejected_objects,
@@ -248,12 +296,7 @@ impl Metrics {
         }
         let t = match targets.serving.get(&key) {
             Some(t) => t.clone(),
-            None => TargetMetrics {
-                requests: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[listener, route, backend, c])),
-                duration: STATUS_CLASSES.map(|c| self.duration.with_label_values(&[listener, route, backend, c])),
-                retries: self.retries.with_label_values(&[route, backend]),
-                connect_errors: self.connect_errors.with_label_values(&[route, backend]),
-            },
+            None => TargetMetrics::new(self.target_vecs.clone(), key.clone()),
         };
         targets.building.insert(key, t.clone());
         t
@@ -264,19 +307,23 @@ impl Metrics {
     pub fn retire_unused_targets(&self) {
         let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
         let Targets { building, serving } = &mut *targets;
-        let gone: Vec<&TargetLabels> = serving.keys().filter(|k| !building.contains_key(*k)).collect();
+        let gone: Vec<(&TargetLabels, &TargetMetrics)> =
+            serving.iter().filter(|(k, _)| !building.contains_key(*k)).collect();
         if !gone.is_empty() {
             let still_used: std::collections::HashSet<(&str, &str)> =
                 building.keys().map(|(_, r, b)| (r.as_str(), b.as_str())).collect();
-            for (listener, route, backend) in gone {
+            let vecs = &self.target_vecs;
+            for ((listener, route, backend), t) in gone {
+                t.0.retired.store(true, Relaxed);
                 for class in STATUS_CLASSES {
+                    // a series never created is not there to remove
                     let labels = [listener.as_str(), route.as_str(), backend.as_str(), class];
-                    let _ = self.requests.remove_label_values(&labels);
-                    let _ = self.duration.remove_label_values(&labels);
+                    let _ = vecs.requests.remove_label_values(&labels);
+                    let _ = vecs.duration.remove_label_values(&labels);
                 }
                 if !still_used.contains(&(route.as_str(), backend.as_str())) {
-                    let _ = self.retries.remove_label_values(&[route, backend]);
-                    let _ = self.connect_errors.remove_label_values(&[route, backend]);
+                    let _ = vecs.retries.remove_label_values(&[route, backend]);
+                    let _ = vecs.connect_errors.remove_label_values(&[route, backend]);
                 }
             }
         }
@@ -343,5 +390,43 @@ impl Collector for PoolCollector {
         out.extend(ejections.collect());
         out.extend(inflight.collect());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(m: &Metrics, route: &str) -> Vec<String> {
+        let route = format!("route=\"{route}\"");
+        m.encode().lines().filter(|l| l.contains(&route) && !l.contains("_bucket")).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_targets_series_come_with_what_they_count_and_go_with_the_target() {
+        let m = Metrics::new(Default::default());
+        let t = m.target("http", "web", "svc");
+        m.retire_unused_targets();
+        assert_eq!(lines(&m, "web"), Vec::<String>::new(), "a route that served nothing has no series");
+
+        t.observe(200, Duration::from_millis(3));
+        t.observe(204, Duration::from_millis(3));
+        t.retried();
+        let served = lines(&m, "web");
+        let requests: Vec<&String> = served.iter().filter(|l| l.starts_with("weir_requests_total")).collect();
+        assert_eq!(
+            requests,
+            ["weir_requests_total{backend=\"svc\",listener=\"http\",route=\"web\",status_class=\"2xx\"} 2"],
+            "{served:#?}"
+        );
+        assert!(served.contains(&"weir_upstream_retries_total{backend=\"svc\",route=\"web\"} 1".to_string()));
+
+        // the next configuration has no such route: its series go, and a request that was still
+        // finishing on it does not bring them back
+        m.retire_unused_targets();
+        assert_eq!(lines(&m, "web"), Vec::<String>::new());
+        t.observe(500, Duration::from_millis(3));
+        t.connect_failed();
+        assert_eq!(lines(&m, "web"), Vec::<String>::new());
     }
 }
