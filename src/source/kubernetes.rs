@@ -229,7 +229,7 @@ fn spawn<K>(
     K::DynamicType: Default,
 {
     tokio::spawn(async move {
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut stream = watcher(api, config).default_backoff().modify(trim).boxed();
         while let Some(event) = stream.next().await {
             let seen = match event {
                 Ok(watcher::Event::Init) => Seen::Relist,
@@ -247,6 +247,19 @@ fn spawn<K>(
         }
     });
 }
+
+/// What weir never reads goes before an object is kept: the server-side-apply bookkeeping
+/// (`managedFields`) and kubectl's copy of the whole applied object (an annotation), often most
+/// of an object's size.
+fn trim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn key<K: Resource>(o: &K) -> NsName {
     let meta = o.meta();
