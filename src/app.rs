@@ -236,9 +236,8 @@ struct ConfigLoop {
     snapshot: Arc<ArcSwap<Snapshot>>,
     listeners: Arc<Listeners<HttpProxy<EdgeProxy>>>,
     previous_rejections: BTreeSet<Rejection>,
-    /// The store the serving snapshot was built from, after last-good substitutions (its
-    /// EndpointSlices are not kept current by endpoint-only changes: no slice is ever restored
-    /// from it).
+    /// The store the serving snapshot was built from, after last-good substitutions, with the
+    /// current EndpointSlices.
     previous_store: Store,
     /// The store as loaded, once a snapshot serves it: a change to EndpointSlices only goes
     /// to the pools directly.
@@ -279,6 +278,9 @@ impl ConfigLoop {
             self.snapshot.store(Arc::new(snap));
             self.metrics.config_endpoint_updates.inc();
             self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
+            // the last-good store follows the slices too: kept at their old versions, every
+            // slice that ever changed would stay in memory twice
+            self.previous_store.set_endpoints_from(&loaded.store);
             self.previous_loaded = Some(loaded.store);
             return;
         }
@@ -311,7 +313,9 @@ impl ConfigLoop {
             let mut statuses = model.statuses.clone();
             let mesh = crate::translate::mesh::translate(&loaded_store, None).statuses;
             statuses.0.extend(mesh.0.into_iter().filter(|((kind, _, _), _)| kind == "MeshAuthorization"));
-            status.send_replace(Some(Arc::new(StatusInputs { store: loaded_store.clone(), statuses })));
+            // status never reads EndpointSlices: the writer's copy must not pin their versions
+            let store = Arc::new(loaded_store.without_endpoints());
+            status.send_replace(Some(Arc::new(StatusInputs { store, statuses })));
         }
         self.previous_loaded = Some(loaded_store);
         let generation = current.generation + 1;

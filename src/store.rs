@@ -102,9 +102,10 @@ pub struct Store {
     pub services: Map<NsName, Stored<Service>>,
     /// Keyed by the slice's own namespace/name; [`Store::slices_of`] has them by Service.
     pub endpoint_slices: Map<NsName, Stored<EndpointSlice>>,
-    /// (namespace, Service) → its slices by name ([`SERVICE_NAME_LABEL`]), kept by `apply` and
-    /// `remove` beside `endpoint_slices`.
-    slices_by_service: Map<NsName, Map<String, Stored<EndpointSlice>>>,
+    /// (namespace, Service) → its slices ([`SERVICE_NAME_LABEL`]) by name, kept by `apply` and
+    /// `remove` beside `endpoint_slices`. A Service has few: a shared slice of them is lighter
+    /// than a map for each of thousands of Services.
+    slices_by_service: Map<NsName, std::sync::Arc<[Stored<EndpointSlice>]>>,
     pub secrets: Map<NsName, Stored<Secret>>,
     pub backend_policies: Map<NsName, Stored<BackendPolicy>>,
     pub mesh_authorizations: Map<NsName, Stored<MeshAuthorization>>,
@@ -271,10 +272,22 @@ impl Store {
         previous.slices_by_service.diff(&self.slices_by_service).map(service).collect()
     }
 
+    /// Takes `other`'s EndpointSlices in place of this store's, keeping everything else.
+    pub fn set_endpoints_from(&mut self, other: &Store) {
+        self.endpoint_slices = other.endpoint_slices.clone();
+        self.slices_by_service = other.slices_by_service.clone();
+    }
+
+    /// A copy without EndpointSlices, for what never reads them: holding it does not keep
+    /// every slice's version of the moment alive while the slices churn.
+    pub fn without_endpoints(&self) -> Store {
+        Store { endpoint_slices: Map::new(), slices_by_service: Map::new(), ..self.clone() }
+    }
+
     /// The EndpointSlices of Service `ns/service`.
     pub fn slices_of(&self, ns: &str, service: &str) -> impl Iterator<Item = &EndpointSlice> {
         let slices = self.slices_by_service.get(&(ns.to_string(), service.to_string()));
-        slices.into_iter().flat_map(|s| s.values()).map(|s| &*s.object)
+        slices.into_iter().flat_map(|s| s.iter()).map(|s| &*s.object)
     }
 
     /// Moves slice `key` in the by-Service index from the Service `before` named to the one
@@ -287,16 +300,21 @@ impl Store {
     ) {
         let (ns, name) = key;
         let owner = |s: &Stored<EndpointSlice>| Some((ns.clone(), service_of(&s.object)?.to_string()));
+        let others = |slices: Option<&std::sync::Arc<[Stored<EndpointSlice>]>>| -> Vec<Stored<EndpointSlice>> {
+            let others = slices.into_iter().flat_map(|s| s.iter());
+            others.filter(|s| s.object.metadata.name.as_ref() != Some(name)).cloned().collect()
+        };
         if let Some(old) = before.and_then(owner) {
-            if let Some(slices) = self.slices_by_service.get_mut(&old) {
-                slices.remove(name);
-                if slices.is_empty() {
-                    self.slices_by_service.remove(&old);
-                }
+            match others(self.slices_by_service.get(&old)) {
+                rest if rest.is_empty() => drop(self.slices_by_service.remove(&old)),
+                rest => drop(self.slices_by_service.insert(old, rest.into())),
             }
         }
         if let Some((new, slice)) = after.and_then(|s| Some((owner(&s)?, s))) {
-            self.slices_by_service.entry(new).or_default().insert(name.clone(), slice);
+            let mut slices = others(self.slices_by_service.get(&new));
+            slices.push(slice);
+            slices.sort_by(|a, b| a.object.metadata.name.cmp(&b.object.metadata.name));
+            self.slices_by_service.insert(new, slices.into());
         }
     }
 
