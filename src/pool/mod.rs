@@ -30,16 +30,17 @@ use crate::resilience::RetryBudget;
 use crate::translate::{PoolKey, PoolSpec};
 pub use select::{EndpointStats, Selector};
 
-/// The current endpoint set, read by the pool's view on update.
+/// The current endpoint addresses, read by the pool's view on update (which keeps its own set
+/// of them: only the addresses are kept here, 5,000 pools' sets cost megabytes).
 #[derive(Default)]
-struct SharedEndpoints(ArcSwap<BTreeSet<Backend>>);
+struct SharedEndpoints(ArcSwap<Vec<SocketAddr>>);
 
 struct Discovery(Arc<SharedEndpoints>);
 
 #[async_trait]
 impl ServiceDiscovery for Discovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        Ok(((**self.0 .0.load()).clone(), HashMap::new()))
+        Ok((self.0 .0.load().iter().map(|a| backend(*a)).collect(), HashMap::new()))
     }
 }
 
@@ -154,7 +155,7 @@ impl Pool {
             }
             stats.clone()
         };
-        self.endpoints.0.store(Arc::new(routable.iter().map(|a| backend(*a)).collect()));
+        self.endpoints.0.store(Arc::new(routable));
         // the discovery never waits, so this completes at once
         let _ = self.view.update(|_| {}).now_or_never();
         let previous = self.selector.load_full();
@@ -174,7 +175,7 @@ impl Pool {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let weak = Arc::downgrade(self);
-        *task = Some(runtime.spawn(async move {
+        let checks = runtime.spawn(async move {
             loop {
                 let Some(pool) = weak.upgrade() else { return };
                 let registry = pool.registry.clone();
@@ -186,7 +187,10 @@ impl Pool {
                     None => return,
                 }
             }
-        }));
+        });
+        // a single pass is left to finish on its own (its handle would keep the task's memory
+        // while the pool lives: some hundred bytes for each of thousands of pools)
+        *task = interval.is_some().then_some(checks);
     }
 
     pub fn spec(&self) -> Arc<PoolSpec> {
