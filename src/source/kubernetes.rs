@@ -189,7 +189,9 @@ pub async fn watch_kubernetes(
             Object::ReferenceGrant(Box::new(o))
         });
         spawn::<Service>(api(&client, ns), any(), feed("Service"), |o| Object::Service(Box::new(o)));
-        spawn::<EndpointSlice>(api(&client, ns), any(), feed("EndpointSlice"), |o| Object::EndpointSlice(Box::new(o)));
+        spawn::<EndpointSlice>(api(&client, ns), any(), feed("EndpointSlice"), |o| {
+            Object::EndpointSlice(Box::new(lean_slice(o)))
+        });
         spawn::<Secret>(api(&client, ns), tls, feed("Secret"), |o| Object::Secret(Box::new(o)));
         spawn::<BackendPolicy>(api(&client, ns), any(), feed("BackendPolicy"), |o| Object::BackendPolicy(Box::new(o)));
         spawn::<MeshAuthorization>(api(&client, ns), any(), feed("MeshAuthorization"), |o| {
@@ -257,6 +259,19 @@ fn trim<K: Resource>(o: &mut K) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
     }
+}
+
+/// An EndpointSlice as weir reads it: each endpoint's addresses and conditions (the Pod it
+/// belongs to, its node, zone and topology hints are dropped; a cluster has tens of thousands).
+fn lean_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    for e in &mut slice.endpoints {
+        e.target_ref = None;
+        e.node_name = None;
+        e.zone = None;
+        e.hints = None;
+        e.deprecated_topology = None;
+    }
+    slice
 }
 
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
