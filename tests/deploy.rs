@@ -4,65 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use gateway_api::gateways::Gateway;
-use kube::config::Kubeconfig;
 use kube::Api;
-use weir::app::{start_edge, EdgeOptions};
 use weir::source::kubernetes::KubeSource;
-use weir::source::ConfigSource;
-use weir::status::leader::LeaderOptions;
-use weir::status::StatusOptions;
 
 const CONVERGE: Duration = Duration::from_secs(120);
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tool(name: &str) -> PathBuf {
-    let path = root().join("target/cluster/bin").join(name);
-    if !path.exists() {
-        let built = Command::new(root().join("scripts/cluster")).arg("build").status().expect("scripts/cluster build");
-        assert!(built.success(), "scripts/cluster build failed");
-    }
-    path
-}
-
-/// Runs `program args` (stdin from `input`), returning its stdout; panics with its stderr if it
-/// fails.
-fn run(program: &Path, args: &[&str], input: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.unwrap_or_default().as_bytes()).unwrap();
-    drop(stdin);
-    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{} {args:?} failed:\n{stderr}\n{stdout}", program.display());
-    stdout.into_owned()
-}
-
-fn kubectl(cluster: &Cluster, args: &[&str], input: Option<&str>) -> String {
-    let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
-    run(&tool("kubectl"), &[&[kubeconfig.as_str()], args].concat(), input)
-}
-
-fn helm_template(release: &str, namespace: &str, extra: &[&str]) -> String {
-    let chart = root().join("deploy/helm/weir");
-    let args = [&["template", release, chart.to_str().unwrap(), "--namespace", namespace], extra].concat();
-    run(&tool("helm"), &args, None)
-}
 
 #[test]
 fn the_plain_manifests_are_the_chart_rendered() {
@@ -100,22 +48,9 @@ async fn weir_runs_with_the_charts_service_account_and_rbac_alone() {
     let cluster = cluster();
     let admin = cluster.client().await;
     let home = namespace(&admin, "weir").await;
-    let rbac = helm_template(
-        "weir",
-        &home,
-        &["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
-    );
+    let rbac = chart_rbac("weir", &home);
     kubectl(cluster, &["apply", "-f", "-"], Some(&rbac));
-    let token = kubectl(cluster, &["create", "token", "weir", "-n", &home, "--duration=1h"], None);
-
-    // a kubeconfig holding the token instead of the admin's certificate
-    let mut kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
-    for user in &mut kubeconfig.auth_infos {
-        user.auth_info = Some(serde_json::from_value(serde_json::json!({"token": token.trim()})).unwrap());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, serde_yaml_ng::to_string(&kubeconfig).unwrap()).unwrap();
+    let (_dir, path) = service_account_kubeconfig(cluster, &home, "weir");
 
     let apps = namespace(&admin, "apps").await;
     apply(&admin, &apps, &echo_deployment(1, "1")).await.expect("the echo Deployment");
@@ -131,31 +66,12 @@ spec: {targetRefs: [{kind: Service, name: echo}]}
 
     // every namespace, as the chart runs it
     let source = KubeSource { kubeconfig: Some(path), ..Default::default() };
-    let leader = LeaderOptions {
-        namespace: home.clone(),
-        lease_name: "weir".into(),
-        holder: "weir-0".into(),
-        lease_duration: Duration::from_secs(15),
-    };
-    let status = StatusOptions { leader, publish_service: None, publish_addresses: vec![] };
-    let edge = start_edge(EdgeOptions {
-        source: ConfigSource::Kubernetes(source),
-        status: Some(status),
-        ..EdgeOptions::local("unused")
-    })
-    .await
-    .expect("weir edge with the ServiceAccount's token");
+    let edge = edge_writing_status(source, &home, "weir").await;
     wait_until("the echo answers through the Gateway", CONVERGE, || async {
         request(local(port)).host("rbac.example.com").path("/").try_send().await.is_ok_and(|r| r.status == 200)
     })
     .await;
-    wait_until("the Gateway's status is written", CONVERGE, || async {
-        let gw = Api::<Gateway>::namespaced(admin.clone(), &apps).get("gw").await.unwrap();
-        gw.status
-            .and_then(|s| s.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Programmed" && c.status == "True"))
-    })
-    .await;
+    wait_for_programmed_gateway(&admin, &apps, "gw", CONVERGE).await;
     wait_until("the BackendPolicy's status says Accepted", CONVERGE, || async {
         let api = Api::<weir::api::backend_policy::BackendPolicy>::namespaced(admin.clone(), &apps);
         let p = api.get("echo").await.unwrap();

@@ -79,7 +79,8 @@ pub fn spawn_leader(
                 }
             }
             metrics.leader.set(i64::from(leading));
-            tx.send_replace(leading);
+            // only a change wakes the writer (a renewal is not news to it)
+            tx.send_if_modified(|was| std::mem::replace(was, leading) != leading);
             tokio::time::sleep(opts.retry_period()).await;
         }
     });

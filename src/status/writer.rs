@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
@@ -13,6 +14,7 @@ use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{desired, StatusContext, StatusUpdate};
 use crate::api::backend_policy::BackendPolicy;
@@ -30,7 +32,13 @@ pub struct StatusInputs {
 
 pub type StatusInput = Arc<StatusInputs>;
 
-/// Writes status while `leading` says so, each time `inputs` changes (and on becoming leader).
+/// A write that failed is tried again (with what is current then) after this, doubling up to
+/// [`RETRY_MAX`] while writes keep failing.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Writes status while `leading` says so, each time `inputs` changes (and on becoming leader);
+/// writes that failed (a refusal, an apiserver away) are tried again with a backoff.
 pub fn spawn_writer(
     client: Client,
     ctx: StatusContext,
@@ -42,16 +50,22 @@ pub fn spawn_writer(
         // what was written, and the status the object had then: until the store shows the
         // write, the same status is not written again
         let mut written: HashMap<(&'static str, String, String), (Option<Value>, Value)> = HashMap::new();
+        // after a failed write: when to try again, and the wait after that
+        let mut retry: Option<(Instant, Duration)> = None;
         loop {
+            let retry_at = retry.map(|(at, _)| at);
             tokio::select! {
                 r = inputs.changed() => if r.is_err() { return },
                 r = leading.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
             }
             if !*leading.borrow_and_update() {
                 written.clear();
+                retry = None;
                 continue;
             }
             let Some(input) = inputs.borrow_and_update().clone() else { continue };
+            let mut failed = false;
             for u in desired(&input.store, &input.statuses, &ctx, &now()) {
                 let key = (u.kind, u.namespace.clone(), u.name.clone());
                 if written.get(&key).is_some_and(|(before, status)| *before == u.current && *status == u.status) {
@@ -63,12 +77,17 @@ pub fn spawn_writer(
                         "ok"
                     }
                     Err(e) => {
-                        tracing::warn!(kind = u.kind, namespace = %u.namespace, name = %u.name, error = %e, "cannot write status; it is tried again at the next change");
+                        failed = true;
+                        tracing::warn!(kind = u.kind, namespace = %u.namespace, name = %u.name, error = %e, "cannot write status; it is tried again");
                         "error"
                     }
                 };
                 metrics.status_writes.with_label_values(&[u.kind, result]).inc();
             }
+            retry = failed.then(|| {
+                let wait = retry.map_or(RETRY_FIRST, |(_, wait)| wait);
+                (Instant::now() + wait, (wait * 2).min(RETRY_MAX))
+            });
         }
     })
 }

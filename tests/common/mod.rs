@@ -18,6 +18,7 @@
 
 mod client;
 mod cluster;
+mod deploy;
 mod manifests;
 mod mesh;
 mod metrics;
@@ -28,6 +29,8 @@ mod tls;
 pub use client::*;
 #[allow(unused_imports)]
 pub use cluster::*;
+#[allow(unused_imports)]
+pub use deploy::*;
 #[allow(unused_imports)]
 pub use manifests::*;
 #[allow(unused_imports)]
