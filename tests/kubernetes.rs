@@ -272,6 +272,47 @@ async fn of_two_replicas_exactly_one_writes_status_and_the_other_takes_over_when
 
 /// Two Gateways on one port, each on an address of its own from `--gateway-addresses`, each
 /// serving its own route; a restarted weir gives each the same address again.
+/// Three replicas find the Lease expired at the same moment (its holder stopped renewing an
+/// hour ago): one takes it, the others are told it is taken; then the holder renews and the
+/// others keep waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_replicas_racing_for_an_expired_lease_exactly_one_takes_it() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use weir::status::leader::LeaseLock;
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = namespace(&client, "lease").await;
+    let api = Api::<Lease>::namespaced(client.clone(), &ns);
+    let an_hour_ago = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+    let gone = json!({
+        "metadata": {"name": "weir"},
+        "spec": {"holderIdentity": "weir-gone", "renewTime": an_hour_ago.to_string(), "leaseDurationSeconds": 15, "leaseTransitions": 3}
+    });
+    api.create(&Default::default(), &serde_json::from_value(gone).unwrap()).await.expect("the Lease");
+    let locks: Vec<LeaseLock> = (0..3)
+        .map(|i| {
+            let opts = LeaderOptions {
+                namespace: ns.clone(),
+                lease_name: "weir".into(),
+                holder: format!("weir-{i}"),
+                lease_duration: Duration::from_secs(15),
+            };
+            LeaseLock::new(api.clone(), &opts)
+        })
+        .collect();
+
+    let tries = futures_util::future::join_all(locks.iter().map(|l| l.try_acquire_or_renew())).await;
+    let took: Vec<usize> = (0..3).filter(|i| *tries[*i].as_ref().expect("no error, a lost race included")).collect();
+    assert_eq!(took.len(), 1, "exactly one replica takes the Lease: {tries:?}");
+    let spec = api.get("weir").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity, Some(format!("weir-{}", took[0])));
+    assert_eq!(spec.lease_transitions, Some(4));
+
+    for (i, lock) in locks.iter().enumerate() {
+        assert_eq!(lock.try_acquire_or_renew().await.unwrap(), i == took[0], "replica {i} the next round");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_on_one_port_get_addresses_of_their_own_and_keep_them_across_a_restart() {
     let cluster = cluster();

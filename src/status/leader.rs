@@ -1,10 +1,17 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease (kube-leader-election): every replica
-//! serves; the holder of the Lease writes status.
+//! Leader election on a `coordination.k8s.io/v1` Lease: every replica serves; the holder of the
+//! Lease writes status.
+//!
+//! Each write of the Lease is a replace conditional on the version read just before (as
+//! client-go's leader election does): of several replicas that see it expire at once, one takes
+//! it and the others get a conflict. (kube-leader-election, used before, patched the Lease
+//! unconditionally, so with three replicas two could both believe they had taken it.)
 
 use std::time::Duration;
 
-use kube::Client;
-use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::PostParams;
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -51,20 +58,13 @@ pub fn spawn_leader(
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let lock = LeaseLock::new(
-            client,
-            &opts.namespace,
-            LeaseLockParams {
-                lease_name: opts.lease_name.clone(),
-                holder_id: opts.holder.clone(),
-                lease_ttl: opts.lease_duration,
-            },
-        );
+        let lock = LeaseLock::new(Api::namespaced(client, &opts.namespace), &opts);
         let mut renewed: Option<Instant> = None;
         loop {
+            let attempt = Instant::now();
             match lock.try_acquire_or_renew().await {
-                Ok(LeaseLockResult::Acquired(_)) => renewed = Some(Instant::now()),
-                Ok(LeaseLockResult::NotAcquired(_)) => renewed = None,
+                Ok(true) => renewed = Some(attempt),
+                Ok(false) => renewed = None,
                 Err(e) => tracing::warn!(
                     error = %e,
                     lease = %format!("{}/{}", opts.namespace, opts.lease_name),
@@ -85,4 +85,65 @@ pub fn spawn_leader(
         }
     });
     (rx, task)
+}
+
+/// One replica's hold on the Lease.
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    duration: Duration,
+}
+
+impl LeaseLock {
+    pub fn new(api: Api<Lease>, opts: &LeaderOptions) -> Self {
+        LeaseLock { api, name: opts.lease_name.clone(), holder: opts.holder.clone(), duration: opts.lease_duration }
+    }
+
+    /// Renews the Lease if this replica holds it, takes it if it is free or has expired; returns
+    /// whether this replica holds it now. Losing a race to another replica is not an error.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let seconds = self.duration.as_secs().max(1) as i32;
+        let won = |r: Result<Lease, kube::Error>| match r {
+            Ok(_) => Ok(true),
+            // another replica wrote it since it was read (or created it first)
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.holder.clone()),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_duration_seconds: Some(seconds),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return won(self.api.create(&PostParams::default(), &lease).await);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let ours = spec.holder_identity.as_deref() == Some(self.holder.as_str());
+        let held_until = spec.renew_time.as_ref().map(|t| {
+            let duration =
+                k8s_openapi::jiff::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into());
+            t.0.saturating_add(duration).unwrap_or(t.0)
+        });
+        let free = spec.holder_identity.as_deref().is_none_or(str::is_empty) || held_until.is_none_or(|t| t < now);
+        if !ours && !free {
+            return Ok(false);
+        }
+        if !ours {
+            spec.holder_identity = Some(self.holder.clone());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(MicroTime(now));
+        spec.lease_duration_seconds = Some(seconds);
+        // the Lease as read keeps its resourceVersion: the replace fails if anyone wrote since
+        won(self.api.replace(&self.name, &PostParams::default(), &lease).await)
+    }
 }

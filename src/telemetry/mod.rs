@@ -23,7 +23,7 @@ pub fn init_tracing(access_log: Option<AccessLogFormat>, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube_leader_election=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let access = access_log.map(|_| {
         tracing_subscriber::fmt::layer()
             .json()
