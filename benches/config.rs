@@ -111,7 +111,9 @@ fn store(objects: usize) -> Store {
     let (parsed, errors) = parse_manifests(&text, "bench.yaml");
     assert!(errors.is_empty(), "bench manifests must parse: {errors:?}");
     let mut store = Store::default();
-    parsed.into_iter().for_each(|o| store.apply(o, "bench.yaml"));
+    for o in parsed {
+        store.apply(o, "bench.yaml");
+    }
     store
 }
 
