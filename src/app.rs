@@ -42,6 +42,8 @@ pub struct EdgeOptions {
     pub gateway_addresses: Vec<ipnet::IpNet>,
     pub admin: SocketAddr,
     pub ingress_class: String,
+    /// `controllerName` of the GatewayClasses served.
+    pub controller_name: String,
     pub watch_ingress_without_class: bool,
     pub access_log: Option<AccessLogFormat>,
     /// With `--source kubernetes`: how status is written, by the replica holding the Lease
@@ -61,6 +63,7 @@ impl EdgeOptions {
             gateway_addresses: vec![],
             admin: any,
             ingress_class: crate::config::DEFAULT_INGRESS_CLASS.into(),
+            controller_name: crate::translate::gateway::GATEWAY_CONTROLLER.into(),
             watch_ingress_without_class: false,
             access_log: None,
             status: None,
@@ -76,6 +79,7 @@ impl EdgeOptions {
             gateway_addresses: a.gateway_addresses.clone(),
             admin: a.admin,
             ingress_class: a.ingress_class.clone(),
+            controller_name: a.controller_name.clone(),
             watch_ingress_without_class: a.watch_ingress_without_class,
             access_log: a.access_log,
             status: None,
@@ -147,6 +151,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         gateway_address: opts.gateway_address,
         gateway_addresses: opts.gateway_addresses.clone(),
         ingress_class: opts.ingress_class.clone(),
+        controller_name: opts.controller_name.clone(),
         watch_ingress_without_class: opts.watch_ingress_without_class,
     };
     let pools = Arc::new(PoolRegistry::default());
@@ -169,6 +174,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
                 publish_service: status.publish_service.clone(),
                 publish_addresses: status.publish_addresses.clone(),
                 own_addresses: !opts.gateway_addresses.is_empty(),
+                controller_name: opts.controller_name.clone(),
             };
             let writer = spawn_writer(client, ctx, rx, leading, metrics.clone());
             (Some(tx), vec![lease_task, writer])

@@ -153,6 +153,10 @@ pub struct ListenArgs {
     /// IngressClass served (Ingresses naming another class are ignored).
     #[arg(long, default_value = DEFAULT_INGRESS_CLASS)]
     pub ingress_class: String,
+    /// `controllerName` of the GatewayClasses served (Gateways of other classes are ignored):
+    /// two installations of weir in one cluster each take their own.
+    #[arg(long, default_value = crate::translate::gateway::GATEWAY_CONTROLLER)]
+    pub controller_name: String,
     /// Also serve Ingresses that name no class.
     #[arg(long)]
     pub watch_ingress_without_class: bool,

@@ -19,14 +19,13 @@ use serde_json::{json, Value};
 
 use crate::api::PolicyStatus;
 use crate::store::Store;
-use crate::translate::gateway::GATEWAY_CONTROLLER;
 use crate::translate::status::{Condition, ObjectStatus, Statuses};
 
 /// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`.
 pub const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
 
-/// What status needs besides the statuses: where weir is reachable.
-#[derive(Clone, Debug, PartialEq, Default)]
+/// What status needs besides the statuses: where weir is reachable, and which controller it is.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StatusContext {
     /// The address weir binds Gateways on (`--gateway-address`): every Gateway's
     /// `status.addresses` unless weir publishes others.
@@ -37,6 +36,20 @@ pub struct StatusContext {
     pub publish_addresses: Vec<String>,
     /// `--gateway-addresses` is set: each Gateway reports the address of its own.
     pub own_addresses: bool,
+    /// `--controller-name`: weir's GatewayClasses, and its entries in a route's parents.
+    pub controller_name: String,
+}
+
+impl Default for StatusContext {
+    fn default() -> Self {
+        StatusContext {
+            gateway_address: None,
+            publish_service: None,
+            publish_addresses: vec![],
+            own_addresses: false,
+            controller_name: crate::translate::gateway::GATEWAY_CONTROLLER.into(),
+        }
+    }
 }
 
 impl StatusContext {
@@ -104,7 +117,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
     };
     for (name, stored) in &store.gateway_classes {
         let class = &stored.object;
-        if class.spec.controller_name != GATEWAY_CONTROLLER {
+        if class.spec.controller_name != ctx.controller_name {
             continue;
         }
         let Some(status) = statuses.get("GatewayClass", "", name) else { continue };
@@ -160,16 +173,16 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
             current.as_ref().and_then(|c| c["parents"].as_array().cloned()).unwrap_or_default();
         // other controllers' entries stay as they are, first
         let mut parents: Vec<Value> =
-            old_parents.iter().filter(|p| p["controllerName"] != GATEWAY_CONTROLLER).cloned().collect();
+            old_parents.iter().filter(|p| p["controllerName"] != ctx.controller_name.as_str()).cloned().collect();
         for p in &status.parents {
             let parent_ref = parent_ref(&p.parent, ns);
             let old = old_parents
                 .iter()
-                .find(|o| o["controllerName"] == GATEWAY_CONTROLLER && o["parentRef"] == parent_ref)
+                .find(|o| o["controllerName"] == ctx.controller_name.as_str() && o["parentRef"] == parent_ref)
                 .map(|o| &o["conditions"]);
             parents.push(json!({
                 "parentRef": parent_ref,
-                "controllerName": GATEWAY_CONTROLLER,
+                "controllerName": ctx.controller_name,
                 "conditions": conditions(&p.conditions, &route.metadata, old, now),
             }));
         }
@@ -257,6 +270,7 @@ fn conditions(conds: &[Condition], meta: &ObjectMeta, old: Option<&Value>, now: 
 mod tests {
     use super::*;
     use crate::source::manifest::parse_manifests;
+    use crate::translate::gateway::GATEWAY_CONTROLLER;
     use crate::translate::{translate, TranslateOptions};
 
     const OBJECTS: &str = "
@@ -327,6 +341,30 @@ spec:
 
     fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
         conditions.as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("{conditions}"))
+    }
+
+    #[test]
+    fn with_another_controller_name_weir_serves_and_reports_that_class_alone() {
+        // a second weir in the cluster, of `--controller-name example.com/other`: the class
+        // `other` is its own, `weir` the first installation's
+        let yaml = OBJECTS.replace("gatewayClassName: weir", "gatewayClassName: other");
+        let store = store(&yaml);
+        let opts =
+            TranslateOptions { controller_name: "example.com/other".into(), ..TranslateOptions::defaults("weir") };
+        let model = translate(&store, &opts);
+        let gateway_port = |m: &crate::translate::Model| m.listeners.keys().any(|a| a.port() == 9080);
+        assert!(gateway_port(&model), "the Gateway of class other is served: {:?}", model.listeners.keys());
+        let other = StatusContext { controller_name: "example.com/other".into(), ..ctx() };
+        let updates = desired(&store, &model.statuses, &other, "t");
+        let kinds: Vec<(&str, &str)> = updates.iter().map(|u| (u.kind, u.name.as_str())).collect();
+        assert_eq!(kinds, [("GatewayClass", "other"), ("Gateway", "gw"), ("HTTPRoute", "web")]);
+        assert_eq!(find(&updates, "HTTPRoute")["parents"][0]["controllerName"], "example.com/other");
+
+        // the default controller name serves none of it
+        let model = translate(&store, &TranslateOptions::defaults("weir"));
+        assert!(!gateway_port(&model));
+        let kinds: Vec<&str> = desired(&store, &model.statuses, &ctx(), "t").iter().map(|u| u.kind).collect();
+        assert_eq!(kinds, ["GatewayClass"], "its own class weir is Accepted, nothing else");
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::api::duration;
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
 use crate::store::{Rejection, Store};
 
-/// `controllerName` of the GatewayClasses weir serves.
+/// `controllerName` of the GatewayClasses weir serves, unless `--controller-name` says another
+/// (two installations of weir in one cluster each serve their own classes).
 pub const GATEWAY_CONTROLLER: &str = "weir.dev/gateway-controller";
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
@@ -47,11 +48,11 @@ pub fn translate(
     let classes: BTreeSet<&str> = store
         .gateway_classes
         .iter()
-        .filter(|(_, c)| c.object.spec.controller_name == GATEWAY_CONTROLLER)
+        .filter(|(_, c)| c.object.spec.controller_name == opts.controller_name)
         .map(|(name, _)| name.as_str())
         .collect();
     for class in &classes {
-        let accepted = Condition::holds(Accepted, format!("served by {GATEWAY_CONTROLLER}"));
+        let accepted = Condition::holds(Accepted, format!("served by {}", opts.controller_name));
         model.statuses.of("GatewayClass", "", class).conditions.push(accepted);
     }
     let mut listeners = vec![];

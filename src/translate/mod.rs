@@ -40,6 +40,8 @@ pub struct TranslateOptions {
     pub gateway_addresses: Vec<ipnet::IpNet>,
     /// IngressClass name weir serves.
     pub ingress_class: String,
+    /// `controllerName` of the GatewayClasses weir serves (`--controller-name`).
+    pub controller_name: String,
     /// Also serve Ingresses that name no class.
     pub watch_ingress_without_class: bool,
 }
@@ -55,6 +57,7 @@ impl TranslateOptions {
             gateway_address: any,
             gateway_addresses: vec![],
             ingress_class: ingress_class.to_string(),
+            controller_name: gateway::GATEWAY_CONTROLLER.to_string(),
             watch_ingress_without_class: false,
         }
     }
