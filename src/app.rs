@@ -267,10 +267,7 @@ impl ConfigLoop {
         }
         if let Some(previous) = self.previous_loaded.as_ref().filter(|p| p.same_but_endpoints(&loaded.store)) {
             // endpoints moved: the pools take them in place, and the next generation shares
-            // every compiled route; nothing moved: nothing is published
-            if previous.endpoint_slices == loaded.store.endpoint_slices {
-                return;
-            }
+            // every compiled route
             let current = self.snapshot.load_full();
             // only the pools of the Services whose slices changed
             let changed = loaded.store.services_with_changed_endpoints(previous);
@@ -278,16 +275,21 @@ impl ConfigLoop {
                 let port = |port| PoolKey { namespace: namespace.clone(), service: service.clone(), port };
                 current.pools.range(port(0)..=port(u16::MAX)).map(|(k, _)| k)
             });
-            self.pools.refresh(&pools_only(&loaded.store, keys));
+            let moved = self.pools.refresh(&pools_only(&loaded.store, keys));
+            // the last-good store follows the slices too: kept at their old versions, every
+            // slice that ever changed would stay in memory twice
+            self.previous_store.set_endpoints_from(&loaded.store);
+            self.previous_loaded = Some(loaded.store);
+            if !moved {
+                // no pool's endpoints changed (a slice of no Service served, a field weir does
+                // not read): nothing is published
+                return;
+            }
             let snap = current.with_new_endpoints();
             self.metrics.config_generation.set(snap.generation as i64);
             self.snapshot.store(Arc::new(snap));
             self.metrics.config_endpoint_updates.inc();
             self.metrics.config_apply_seconds.observe(loaded.changed_at.elapsed().as_secs_f64());
-            // the last-good store follows the slices too: kept at their old versions, every
-            // slice that ever changed would stay in memory twice
-            self.previous_store.set_endpoints_from(&loaded.store);
-            self.previous_loaded = Some(loaded.store);
             return;
         }
         let started = Instant::now();

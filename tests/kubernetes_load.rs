@@ -212,9 +212,19 @@ async fn no_request_fails_through_a_rollout_scaling_a_blue_green_flip_a_split_un
     })
     .await;
 
-    // 4. a 3:1 split holds while EndpointSlices churn (another Deployment scaling up and down:
-    //    each change is a new generation, which used to start the split over)
+    // 4. a 3:1 split holds while EndpointSlices churn (another Deployment, routed on a host of
+    //    its own, scaling up and down: each change moves its pool's endpoints and is a new
+    //    generation, which used to start the split over)
     apply(&client, &ns, &named_echo_deployment("noise", 1, "1")).await.expect("the noise Deployment");
+    let noise_route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: noise}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [noise.example.com]
+  rules: [{backendRefs: [{name: noise, port: 8080}]}]
+";
+    apply(&client, &ns, noise_route).await.expect("the noise route");
     apply(&client, &ns, &gateway_and_route(&ns, port, &[("blue", 3), ("green", 1)])).await.expect("3:1");
     wait_until("both colours answer", CONVERGE, || async {
         let recent = load.recent();

@@ -140,11 +140,12 @@ impl Pool {
         pool
     }
 
-    /// Applies a new spec in place: endpoints, algorithm, health check.
-    fn apply(self: &Arc<Self>, spec: PoolSpec, force: bool) {
+    /// Applies a new spec in place: endpoints, algorithm, health check. Returns whether it
+    /// differed from the pool's.
+    fn apply(self: &Arc<Self>, spec: PoolSpec, force: bool) -> bool {
         let old = self.spec.load_full();
         if !force && *old == spec {
-            return;
+            return false;
         }
         let routable: Vec<SocketAddr> = spec.routable().collect();
         let stats = {
@@ -166,6 +167,7 @@ impl Pool {
             self.restart_health_checks(spec.policy.health_check.as_ref().map(|h| h.interval));
         }
         self.spec.store(Arc::new(spec));
+        true
     }
 
     fn restart_health_checks(self: &Arc<Self>, interval: Option<std::time::Duration>) {
@@ -310,7 +312,9 @@ impl PoolRegistry {
         pools.retain(|k, _| specs.contains_key(k));
         for (key, spec) in specs {
             match pools.get(key) {
-                Some(pool) => pool.apply(spec.clone(), false),
+                Some(pool) => {
+                    pool.apply(spec.clone(), false);
+                }
                 None => {
                     pools.insert(key.clone(), Pool::new(key.clone(), spec.clone()));
                 }
@@ -320,14 +324,17 @@ impl PoolRegistry {
     }
 
     /// Updates the pools of `specs` that exist, in place (an endpoint-only change): no pool is
-    /// created or dropped, and every route keeps its split position.
-    pub fn refresh(&self, specs: &BTreeMap<PoolKey, PoolSpec>) {
+    /// created or dropped, and every route keeps its split position. Returns whether any pool
+    /// changed.
+    pub fn refresh(&self, specs: &BTreeMap<PoolKey, PoolSpec>) -> bool {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
         for (key, spec) in specs {
             if let Some(pool) = pools.get(key) {
-                pool.apply(spec.clone(), false);
+                changed |= pool.apply(spec.clone(), false);
             }
         }
+        changed
     }
 
     pub fn all(&self) -> BTreeMap<PoolKey, Arc<Pool>> {
@@ -340,6 +347,22 @@ mod tests {
     use super::*;
     use crate::policy::BackendPolicyModel;
     use crate::translate::EndpointModel;
+
+    #[test]
+    fn a_refresh_says_whether_any_pool_changed() {
+        let key = PoolKey { namespace: "ns".into(), service: "svc".into(), port: 80 };
+        let addr = |i: u8| SocketAddr::from(([10, 0, 0, i], 80));
+        let registry = PoolRegistry::default();
+        let spec = PoolSpec::ready([addr(1)], BackendPolicyModel::default());
+        registry.sync(&BTreeMap::from([(key.clone(), spec.clone())]));
+        assert!(!registry.refresh(&BTreeMap::from([(key.clone(), spec)])), "the same endpoints");
+        let moved = PoolSpec::ready([addr(2)], BackendPolicyModel::default());
+        assert!(registry.refresh(&BTreeMap::from([(key.clone(), moved)])));
+        assert_eq!(registry.all()[&key].select(b"", &[]).unwrap().addr, addr(2));
+        let unknown = PoolKey { service: "gone".into(), ..key };
+        let spec = PoolSpec::ready([addr(3)], BackendPolicyModel::default());
+        assert!(!registry.refresh(&BTreeMap::from([(unknown, spec)])), "no pool is created by a refresh");
+    }
 
     #[test]
     fn round_robin_continues_through_endpoint_changes() {
