@@ -300,7 +300,12 @@ impl ConfigLoop {
         let current = self.snapshot.load_full();
         let routes = |m: &crate::translate::Model| m.listeners.values().map(|l| l.routes.len()).sum::<usize>();
         let had_routes = current.listeners.values().any(|l| l.router.rule_count() > 0);
-        if routes(&model) == 0 && had_routes && !store.is_empty() && !model.rejections.is_empty() {
+        // a source that could not read some of its objects (a file that does not parse) and
+        // is left with no valid route keeps the last good configuration whole; a source that
+        // read everything is taken at its word (the last route deleted, the only one left
+        // refused by its Gateway: its status must say so)
+        let unreadable = !store.source_errors.is_empty();
+        if unreadable && routes(&model) == 0 && had_routes && !model.rejections.is_empty() {
             tracing::error!(
                 rejected = model.rejections.len(),
                 "no object of the new configuration is valid; the last good configuration keeps serving"

@@ -5,7 +5,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::Serialize;
@@ -23,6 +23,9 @@ pub type NsName = (String, String);
 /// node, and comparing or diffing two copies skips the nodes they share. Under endpoint churn a
 /// publish costs the change, not the number of objects in the cluster.
 pub type Map<K, V> = imbl::OrdMap<K, V>;
+
+/// The label the API server sets on every Namespace to its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -63,6 +66,8 @@ pub enum Object {
     BackendPolicy(Box<BackendPolicy>),
     MeshAuthorization(Box<MeshAuthorization>),
     ReferenceGrant(Box<ReferenceGrant>),
+    /// Read for its labels: a Gateway listener's `allowedRoutes` may select namespaces by them.
+    Namespace(Box<Namespace>),
 }
 
 /// An object weir could not use, and why. Shown in `/config_dump`, in the log and by
@@ -110,6 +115,7 @@ pub struct Store {
     pub backend_policies: Map<NsName, Stored<BackendPolicy>>,
     pub mesh_authorizations: Map<NsName, Stored<MeshAuthorization>>,
     pub reference_grants: Map<NsName, Stored<ReferenceGrant>>,
+    pub namespaces: Map<String, Stored<Namespace>>,
     /// Objects the source could not even read (parse errors, unknown kinds).
     pub source_errors: Vec<Rejection>,
 }
@@ -172,6 +178,7 @@ impl Store {
             Object::BackendPolicy(o) => put!(backend_policies, o, namespaced),
             Object::MeshAuthorization(o) => put!(mesh_authorizations, o, namespaced),
             Object::ReferenceGrant(o) => put!(reference_grants, o, namespaced),
+            Object::Namespace(o) => put!(namespaces, o, cluster),
         }
     }
 
@@ -197,6 +204,7 @@ impl Store {
             "BackendPolicy" => self.backend_policies.remove(&key).is_some(),
             "MeshAuthorization" => self.mesh_authorizations.remove(&key).is_some(),
             "ReferenceGrant" => self.reference_grants.remove(&key).is_some(),
+            "Namespace" => self.namespaces.remove(name).is_some(),
             _ => false,
         }
     }
@@ -246,6 +254,7 @@ impl Store {
             backend_policies,
             mesh_authorizations,
             reference_grants,
+            namespaces,
             source_errors,
         } = self;
         *ingresses == other.ingresses
@@ -258,6 +267,7 @@ impl Store {
             && *backend_policies == other.backend_policies
             && *mesh_authorizations == other.mesh_authorizations
             && *reference_grants == other.reference_grants
+            && *namespaces == other.namespaces
             && *source_errors == other.source_errors
     }
 
@@ -331,10 +341,21 @@ impl Store {
             + self.backend_policies.len()
             + self.mesh_authorizations.len()
             + self.reference_grants.len()
+            + self.namespaces.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Namespace `ns`'s labels, with the one the API server gives every namespace
+    /// (`kubernetes.io/metadata.name`), also when the namespace is not in the store (a
+    /// directory need not declare its namespaces).
+    pub fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
+        let stored = self.namespaces.get(ns).and_then(|n| n.object.metadata.labels.clone());
+        let mut labels = stored.unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.into(), ns.into());
+        labels
     }
 
     /// Whether a Gateway API `from_kind` (HTTPRoute, Gateway) in `from_ns` may refer to the core

@@ -198,6 +198,47 @@ async fn an_edit_that_leaves_no_valid_route_keeps_serving_and_still_reports_why(
     weir.get("a.example.com", "/").await.assert_served_by("a");
 }
 
+/// Deleting the last valid route takes it down even when the only route left is refused (by
+/// its Gateway's listener): a source that read every object is taken at its word, and the
+/// refused route's status says why. (The Gateway API conformance suite deletes every test's
+/// routes in turn: weir kept serving a deleted route and wrote no status for the refused one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_last_valid_route_takes_it_down_beside_a_refused_one() {
+    let port = free_port();
+    let refused = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: other}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+";
+    let files = [("gateway.yaml", gateway_and_route(port, "a")), ("refused.yaml", refused.to_string())];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, y)| (*n, y.as_str())).collect();
+    let (_b, weir) = TestWeir::with_backends(&["a"], &files).await;
+    let gw = local(port);
+    wait_listening(gw).await;
+    get(gw, "shop.example.com", "/good").await.assert_served_by("a");
+
+    // the Gateway stays, its one valid route goes
+    weir.apply("gateway.yaml", &class_and_gateway("default", "gw", port)).await;
+    get(gw, "shop.example.com", "/good").await.assert_status(404);
+    let dump = weir.config_dump().await;
+    let status = dump["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "HTTPRoute" && s["namespace"] == "other" && s["name"] == "elsewhere")
+        .unwrap_or_else(|| panic!("no status for HTTPRoute other/elsewhere: {dump:#}"))
+        .clone();
+    let accepted = status["parents"][0]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted");
+    let accepted = accepted.unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(
+        (&accepted["status"], &accepted["reason"]),
+        (&false.into(), &"NotAllowedByListeners".into()),
+        "{status:#}"
+    );
+}
+
 /// GatewayClass `weir`, Gateway `gw` on `port`, and HTTPRoute `shop` with rules `/good` → a and
 /// `/other` → `other`.
 fn gateway_and_route(port: u16, other: &str) -> String {

@@ -82,7 +82,9 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     .await;
     // every kind watched has synced, and says when
     let metrics = request(edge.admin_addr).path("/metrics").send().await.text();
-    for kind in ["GatewayClass", "Gateway", "HTTPRoute", "Service", "EndpointSlice", "Secret", "BackendPolicy"] {
+    let kinds =
+        ["GatewayClass", "Gateway", "HTTPRoute", "Service", "EndpointSlice", "Secret", "BackendPolicy", "Namespace"];
+    for kind in kinds {
         assert_eq!(metric(&metrics, "weir_source_synced", &[("kind", kind)]), 1.0, "{kind}:\n{metrics}");
         assert!(metric(&metrics, "weir_source_last_sync_timestamp_seconds", &[("kind", kind)]) > 1.7e9, "{kind}");
     }
@@ -140,6 +142,36 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
         accepted["status"] == "True" && accepted["observedGeneration"] == 2
     })
     .await;
+    // a listener taking routes from the namespaces a selector picks by their labels: the route
+    // is refused until its namespace has the label (weir watches Namespaces for them)
+    let selecting = narrowed.replace(
+        &format!("port: {port}}}]"),
+        &format!("port: {port}, allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchLabels: {{weir.dev/routes: allowed}}}}}}}}}}]"),
+    );
+    apply(&client, &ns, &selecting).await.expect("apply the Gateway with a namespace selector");
+    let route_accepted = || async {
+        let route = Api::<HttpRoute>::namespaced(client.clone(), &ns).get("web").await.unwrap();
+        let status = serde_json::to_value(route.status.unwrap()).unwrap();
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted").cloned().unwrap_or_default();
+        (accepted["status"].as_str().unwrap_or("").to_string(), accepted["reason"].as_str().unwrap_or("").to_string())
+    };
+    wait_until("the route is refused by the selecting listener", CONVERGE, || async {
+        route_accepted().await == ("False".into(), "NotAllowedByListeners".into())
+    })
+    .await;
+    get(gateway, "shop.example.com", "/v2/who").await.assert_status(404);
+    let labelled =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{weir.dev/routes: allowed}}}}\n");
+    apply(&client, &ns, &labelled).await.expect("label the namespace");
+    wait_until("the route attaches once its namespace has the label", CONVERGE, || async {
+        request(gateway).host("shop.example.com").path("/v2/who").try_send().await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    wait_until("the route's status says Accepted again", CONVERGE, || async {
+        route_accepted().await == ("True".into(), "Accepted".into())
+    })
+    .await;
+
     // the Gateway once, the route at each of its generations (the class may be another test's
     // weir's to write: classes are cluster-wide)
     let text = request(edge.admin_addr).path("/metrics").send().await.text();

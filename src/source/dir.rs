@@ -58,6 +58,7 @@ fn object_key(o: &Object) -> (String, String, String) {
         Object::BackendPolicy(x) => key!("BackendPolicy", x),
         Object::MeshAuthorization(x) => key!("MeshAuthorization", x),
         Object::ReferenceGrant(x) => key!("ReferenceGrant", x),
+        Object::Namespace(x) => key!("Namespace", x),
     }
 }
 

@@ -22,9 +22,10 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
@@ -176,6 +177,10 @@ pub async fn watch_kubernetes(
         feed("GatewayClass", None, None),
         |o| Object::GatewayClass(Box::new(o)),
     );
+    // every namespace, for their labels (a listener's allowedRoutes may select by them)
+    spawn::<Namespace>(Api::all(client.clone()), watcher::Config::default(), feed("Namespace", None, None), |o| {
+        Object::Namespace(Box::new(lean_namespace(o)))
+    });
     for ns in namespaces {
         let ns = ns.as_deref();
         let mut feed = |kind| feed(kind, ns.map(str::to_string), None);
@@ -272,6 +277,12 @@ fn lean_slice(mut slice: EndpointSlice) -> EndpointSlice {
         e.deprecated_topology = None;
     }
     slice
+}
+
+/// A Namespace as weir reads it: its name and labels.
+fn lean_namespace(ns: Namespace) -> Namespace {
+    let meta = ObjectMeta { name: ns.metadata.name, labels: ns.metadata.labels, ..ObjectMeta::default() };
+    Namespace { metadata: meta, ..Namespace::default() }
 }
 
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";

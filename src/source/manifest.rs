@@ -59,6 +59,7 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => Object::HttpRoute(typed(value)?),
         ("v1", "Service") => Object::Service(typed(value)?),
         ("v1", "Secret") => Object::Secret(typed(value)?),
+        ("v1", "Namespace") => Object::Namespace(typed(value)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value)?),
         ("weir.dev/v1alpha1", "BackendPolicy") => Object::BackendPolicy(typed(value)?),
         ("weir.dev/v1alpha1", "MeshAuthorization") => Object::MeshAuthorization(typed(value)?),
@@ -70,7 +71,7 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
             return Err(format!(
                 "{api_version} {kind} is not a kind weir reads; weir reads Ingress, IngressClass \
                  (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute, ReferenceGrant \
-                 (gateway.networking.k8s.io/v1; ReferenceGrant also v1beta1), Service, Secret (v1), EndpointSlice \
+                 (gateway.networking.k8s.io/v1; ReferenceGrant also v1beta1), Service, Secret, Namespace (v1), EndpointSlice \
                  (discovery.k8s.io/v1), BackendPolicy and MeshAuthorization (weir.dev/v1alpha1)"
             ))
         }

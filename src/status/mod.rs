@@ -14,6 +14,7 @@ pub mod writer;
 
 use std::net::IpAddr;
 
+use gateway_api::httproutes::HttpRouteParentRefs;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 
@@ -141,10 +142,10 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
                 let old = current.as_ref().and_then(|c| {
                     c["listeners"].as_array()?.iter().find(|o| o["name"] == l.name.as_str()).map(|o| &o["conditions"])
                 });
-                let kinds = match l.protocol.as_str() {
-                    "HTTP" | "HTTPS" => vec![json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"})],
-                    _ => vec![],
-                };
+                let kinds: Vec<Value> = crate::translate::gateway::supported_kinds(l)
+                    .into_iter()
+                    .map(|(group, kind)| json!({"group": group, "kind": kind}))
+                    .collect();
                 json!({
                     "name": l.name,
                     "attachedRoutes": status.attached_routes.get(&l.name).copied().unwrap_or(0),
@@ -175,7 +176,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
         let mut parents: Vec<Value> =
             old_parents.iter().filter(|p| p["controllerName"] != ctx.controller_name.as_str()).cloned().collect();
         for p in &status.parents {
-            let parent_ref = parent_ref(&p.parent, ns);
+            let parent_ref = parent_ref(&p.parent, ns, route.spec.parent_refs.as_deref().unwrap_or_default());
             let old = old_parents
                 .iter()
                 .find(|o| o["controllerName"] == ctx.controller_name.as_str() && o["parentRef"] == parent_ref)
@@ -220,10 +221,16 @@ fn listener_conditions<'a>(status: &'a ObjectStatus, listener: &str) -> &'a [Con
 }
 
 /// A route's `parentRef` as the status echoes it: the reference's own fields, namespace included
-/// only where the route gave it (omitted means the route's own).
-fn parent_ref(p: &crate::translate::status::ParentRef, route_ns: &str) -> Value {
+/// only where the route's reference (`given`) has it, even when it names the route's own.
+fn parent_ref(p: &crate::translate::status::ParentRef, route_ns: &str, given: &[HttpRouteParentRefs]) -> Value {
     let mut v = json!({"group": p.group, "kind": p.kind, "name": p.name});
-    if p.namespace != route_ns {
+    let spelled_out = given.iter().any(|g| {
+        g.name == p.name
+            && g.section_name == p.section_name
+            && g.port == p.port
+            && g.namespace.as_ref() == Some(&p.namespace)
+    });
+    if p.namespace != route_ns || spelled_out {
         v["namespace"] = json!(p.namespace);
     }
     if let Some(s) = &p.section_name {
@@ -399,6 +406,17 @@ spec:
         assert_eq!((&refs["status"], &refs["reason"]), (&json!("False"), &json!("BackendNotFound")));
         assert!(refs["message"].as_str().unwrap().contains("Service shop/ghost does not exist"), "{refs}");
         assert_eq!(refs["observedGeneration"], 2);
+
+        // a parentRef that spells out the route's own namespace is echoed with it (the suite
+        // compares the two)
+        let spelled = super::tests::store(
+            &OBJECTS.replace("parentRefs: [{name: gw}]", "parentRefs: [{name: gw, namespace: shop}]"),
+        );
+        let spelled = super::tests::updates(&spelled, "t");
+        let parent = &find(&spelled, "HTTPRoute")["parents"][0];
+        let expected =
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "shop", "name": "gw"});
+        assert_eq!(parent["parentRef"], expected);
     }
 
     /// Writes `updates` into the store's objects, as the API server would.

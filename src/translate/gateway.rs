@@ -33,8 +33,66 @@ struct Listener {
     /// Where it is served: the Gateway's address and the listener's port.
     addr: SocketAddr,
     hostname: HostPattern,
-    from: From,
+    from: RouteNamespaces,
     allows_http_route: bool,
+    /// Whether it serves (its references resolve): routes attach to it and are counted either way.
+    served: bool,
+}
+
+/// The namespaces a listener takes routes from (`allowedRoutes.namespaces`).
+enum RouteNamespaces {
+    Same,
+    All,
+    /// Namespaces whose labels match every requirement.
+    Selector(Vec<LabelRequirement>),
+}
+
+/// One requirement of a label selector (a `matchLabels` entry is `In` with one value).
+#[derive(Debug, PartialEq)]
+enum LabelRequirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl LabelRequirement {
+    fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        match self {
+            LabelRequirement::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
+            LabelRequirement::NotIn(k, values) => labels.get(k).is_none_or(|v| !values.contains(v)),
+            LabelRequirement::Exists(k) => labels.contains_key(k),
+            LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
+        }
+    }
+}
+
+/// A listener's namespace selector as requirements, or what is wrong with it (as the API
+/// server's own label selectors refuse it).
+fn label_requirements(
+    selector: Option<&gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesSelector>,
+) -> Result<Vec<LabelRequirement>, String> {
+    let Some(selector) = selector else {
+        return Err("allowedRoutes.namespaces.from is Selector but selector is missing".into());
+    };
+    let labels = selector.match_labels.iter().flatten();
+    let mut out: Vec<_> = labels.map(|(k, v)| LabelRequirement::In(k.clone(), vec![v.clone()])).collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        let where_ =
+            || format!("allowedRoutes.namespaces.selector: matchExpressions key {:?} operator {}", e.key, e.operator);
+        let requirement = match (e.operator.as_str(), values.is_empty()) {
+            ("In", false) => LabelRequirement::In(e.key.clone(), values),
+            ("NotIn", false) => LabelRequirement::NotIn(e.key.clone(), values),
+            ("Exists", true) => LabelRequirement::Exists(e.key.clone()),
+            ("DoesNotExist", true) => LabelRequirement::DoesNotExist(e.key.clone()),
+            ("In" | "NotIn", true) => return Err(format!("{} needs at least one value", where_())),
+            ("Exists" | "DoesNotExist", false) => return Err(format!("{} takes no values", where_())),
+            _ => return Err(format!("{}: the operator must be In, NotIn, Exists or DoesNotExist", where_())),
+        };
+        out.push(requirement);
+    }
+    Ok(out)
 }
 
 /// Adds Gateway listeners and HTTPRoute routes to `model`.
@@ -81,9 +139,35 @@ pub fn translate(
         model.statuses.of("Gateway", ns, name).address = Some(ip);
         let mut errors = vec![];
         let mut conditions = BTreeMap::new();
+        let mut served = 0;
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let listener_conditions = match listener(ip, secrets, ns, name, l, model) {
-                Ok(accepted) => {
+                Ok((accepted, Some(problem))) => {
+                    // Accepted, and routes attach to it, but a reference does not resolve
+                    errors.push(format!("spec.listeners[{i}] ({}): {problem}", l.name));
+                    let programmed = match accepted.served {
+                        true => Condition::holds(Programmed, ""),
+                        false => Condition::fails(
+                            Programmed,
+                            Reason::Invalid,
+                            "the listener is not served: see ResolvedRefs",
+                        ),
+                    };
+                    if accepted.served {
+                        served += 1;
+                        hostnames
+                            .entry((accepted.addr, accepted.hostname.display()))
+                            .or_insert_with(|| format!("listener {} of Gateway {ns}/{name}", l.name));
+                    }
+                    listeners.push(accepted);
+                    vec![
+                        Condition::holds(Accepted, ""),
+                        problem.condition(),
+                        programmed,
+                        Condition::fails(Conflicted, Reason::NoConflicts, ""),
+                    ]
+                }
+                Ok((accepted, None)) => {
                     let key = (accepted.addr, accepted.hostname.display());
                     let me = format!("listener {} of Gateway {ns}/{name}", l.name);
                     match hostnames.get(&key) {
@@ -104,6 +188,7 @@ pub fn translate(
                         None => {
                             hostnames.insert(key, me);
                             listeners.push(accepted);
+                            served += 1;
                             let mut c: Vec<Condition> =
                                 [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec();
                             c.push(Condition::fails(Conflicted, Reason::NoConflicts, ""));
@@ -130,19 +215,26 @@ pub fn translate(
             };
             conditions.insert(l.name.clone(), listener_conditions);
         }
-        let served = gw.spec.listeners.len() - errors.len();
         let status = model.statuses.of("Gateway", ns, name);
         status.attached_routes = conditions.keys().map(|l| (l.clone(), 0)).collect();
         status.listeners = conditions;
-        status.conditions = match (served, errors.is_empty()) {
-            (_, true) => vec![Condition::holds(Accepted, ""), Condition::holds(Programmed, "")],
-            (0, false) => vec![
+        // Accepted while any listener is (one whose references do not resolve is), Programmed
+        // while any is served
+        let accepted = status.listeners.values().filter(|c| c.iter().any(|c| c.type_ == Accepted && c.status)).count();
+        let of_all = format!("{served} of {} listeners are served", gw.spec.listeners.len());
+        status.conditions = match (accepted, served, errors.is_empty()) {
+            (_, _, true) => vec![Condition::holds(Accepted, ""), Condition::holds(Programmed, "")],
+            (0, _, false) => vec![
                 Condition::fails(Accepted, Reason::ListenersNotValid, errors.join("; ")),
                 Condition::fails(Programmed, Reason::Invalid, "no listener is valid"),
             ],
-            (_, false) => vec![
+            (_, 0, false) => vec![
                 Condition { reason: Reason::ListenersNotValid, ..Condition::holds(Accepted, errors.join("; ")) },
-                Condition::holds(Programmed, format!("{served} of {} listeners are served", gw.spec.listeners.len())),
+                Condition::fails(Programmed, Reason::Invalid, of_all),
+            ],
+            (_, _, false) => vec![
+                Condition { reason: Reason::ListenersNotValid, ..Condition::holds(Accepted, errors.join("; ")) },
+                Condition::holds(Programmed, of_all),
             ],
         };
         if !errors.is_empty() {
@@ -174,10 +266,13 @@ pub fn translate(
                 {
                     continue;
                 }
-                let allowed = match l.from {
-                    From::All => true,
-                    From::Same => l.gateway.0 == *ns,
-                    From::Selector => false,
+                let allowed = match &l.from {
+                    RouteNamespaces::All => true,
+                    RouteNamespaces::Same => l.gateway.0 == *ns,
+                    RouteNamespaces::Selector(requirements) => {
+                        let labels = store.namespace_labels(ns);
+                        requirements.iter().all(|r| r.matches(&labels))
+                    }
                 };
                 if !allowed || !l.allows_http_route {
                     refusals.push(format!(
@@ -264,7 +359,7 @@ pub fn translate(
                 let gateway = model.statuses.of("Gateway", &l.gateway.0, &l.gateway.1);
                 *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
             }
-            let Some(lm) = model.listeners.get_mut(&l.addr) else { continue };
+            let Some(lm) = model.listeners.get_mut(&l.addr).filter(|_| l.served) else { continue };
             for host in hosts {
                 for rm in &compiled {
                     lm.routes.push((host.clone(), rm.clone()));
@@ -380,7 +475,7 @@ fn listener(
     gw_name: &str,
     l: &GatewayListeners,
     model: &mut Model,
-) -> Result<Listener, Problem> {
+) -> Result<(Listener, Option<Problem>), Problem> {
     let unsupported = |message: String| Problem::new(Accepted, Reason::UnsupportedValue, message);
     let protocol = match l.protocol.as_str() {
         "HTTP" => Protocol::Http,
@@ -419,7 +514,11 @@ fn listener(
             return Err(Problem::new(Accepted, Reason::PortUnavailable, message));
         }
     }
+    // what the listener refers to: a problem there (ResolvedRefs) leaves it Accepted, routes
+    // attach to it and are counted, but it is not served until the reference resolves
+    let mut unresolved = None;
     let mut certs = vec![];
+    let mut certs_resolve = true;
     if protocol == Protocol::Https {
         let tls = l.tls.as_ref().ok_or_else(|| unsupported("an HTTPS listener needs tls.certificateRefs".into()))?;
         if tls.mode.as_ref().is_some_and(|m| format!("{m:?}") != "Terminate") {
@@ -429,50 +528,104 @@ fn listener(
         if refs.is_empty() {
             return Err(unsupported("an HTTPS listener needs at least one tls.certificateRefs entry".into()));
         }
-        for c in refs {
-            if c.kind.as_deref().unwrap_or("Secret") != "Secret" || !c.group.as_deref().unwrap_or("").is_empty() {
-                let message = format!("certificateRef {}: only core Secrets are supported", c.name);
-                return Err(Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, message));
+        match certificates(refs, ns, &hostname, secrets) {
+            Ok(loaded) => certs = loaded,
+            Err(problem) => {
+                unresolved = Some(problem);
+                certs_resolve = false;
             }
-            let secret_ns = c.namespace.as_deref().unwrap_or(ns);
-            if !secrets.store().grants("Gateway", ns, "Secret", secret_ns, &c.name) {
-                let message = format!(
-                    "certificateRef {secret_ns}/{}: a Secret in another namespace needs a ReferenceGrant in {secret_ns} \
-                     allowing Gateways of {ns}",
-                    c.name
-                );
-                return Err(Problem::new(ResolvedRefs, Reason::RefNotPermitted, message));
-            }
-            let loaded = secrets
-                .load(secret_ns, &c.name)
-                .map_err(|e| Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, e))?;
-            let hosts = if hostname == HostPattern::Any { vec![] } else { vec![hostname.clone()] };
-            certs.push(CertModel {
-                hosts,
-                secret: format!("{secret_ns}/{}", c.name),
-                context: loaded.context,
-                not_after: loaded.not_after,
-            });
         }
     }
     let allowed = l.allowed_routes.as_ref();
-    let from = allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.clone()).unwrap_or(From::Same);
-    if from == From::Selector {
-        return Err(unsupported(
-            "allowedRoutes.namespaces.from: Selector is not supported yet; use Same or All".into(),
-        ));
+    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    let from = match namespaces.and_then(|n| n.from.clone()).unwrap_or(From::Same) {
+        From::Same => RouteNamespaces::Same,
+        From::All => RouteNamespaces::All,
+        From::Selector => RouteNamespaces::Selector(
+            label_requirements(namespaces.and_then(|n| n.selector.as_ref())).map_err(unsupported)?,
+        ),
+    };
+    let kinds = allowed.and_then(|a| a.kinds.as_deref());
+    let allows_http_route = !supported_kinds(l).is_empty();
+    if let Some(other) = kinds.into_iter().flatten().find(|k| !is_http_route(k)) {
+        let group = other.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let message =
+            format!("allowedRoutes.kinds: {group}/{} is not a kind weir serves; it serves HTTPRoute", other.kind);
+        unresolved.get_or_insert(Problem::new(ResolvedRefs, Reason::InvalidRouteKinds, message));
     }
-    let allows_http_route =
-        allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| kinds.iter().any(|k| k.kind == "HTTPRoute"));
-    let entry = model.listeners.entry(addr).or_insert_with(|| ListenerModel {
-        name: format!("gateway:{ns}/{gw_name}"),
+    // served unless a certificate is missing, or no kind it allows is one weir serves
+    let served = certs_resolve && allows_http_route;
+    if served {
+        let entry = model.listeners.entry(addr).or_insert_with(|| ListenerModel {
+            name: format!("gateway:{ns}/{gw_name}"),
+            addr,
+            protocol,
+            certs: vec![],
+            routes: vec![],
+        });
+        entry.certs.extend(certs);
+    }
+    let listener = Listener {
+        gateway: (ns.into(), gw_name.into()),
+        name: l.name.clone(),
         addr,
-        protocol,
-        certs: vec![],
-        routes: vec![],
-    });
-    entry.certs.extend(certs);
-    Ok(Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), addr, hostname, from, allows_http_route })
+        hostname,
+        from,
+        allows_http_route,
+        served,
+    };
+    Ok((listener, unresolved))
+}
+
+/// The route kinds of a listener weir serves: HTTPRoute, unless `allowedRoutes.kinds` leaves
+/// it out (its status's `supportedKinds`).
+pub fn supported_kinds(l: &GatewayListeners) -> Vec<(&'static str, &'static str)> {
+    let http = matches!(l.protocol.as_str(), "HTTP" | "HTTPS");
+    let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_deref());
+    match http && kinds.is_none_or(|kinds| kinds.iter().any(is_http_route)) {
+        true => vec![(GATEWAY_GROUP, "HTTPRoute")],
+        false => vec![],
+    }
+}
+
+fn is_http_route(k: &gateway_api::gateways::GatewayListenersAllowedRoutesKinds) -> bool {
+    k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+}
+
+/// An HTTPS listener's certificates, or the first reference that does not resolve.
+fn certificates(
+    refs: &[gateway_api::gateways::GatewayListenersTlsCertificateRefs],
+    ns: &str,
+    hostname: &HostPattern,
+    secrets: &mut Secrets<'_>,
+) -> Result<Vec<CertModel>, Problem> {
+    let mut certs = vec![];
+    for c in refs {
+        if c.kind.as_deref().unwrap_or("Secret") != "Secret" || !c.group.as_deref().unwrap_or("").is_empty() {
+            let message = format!("certificateRef {}: only core Secrets are supported", c.name);
+            return Err(Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, message));
+        }
+        let secret_ns = c.namespace.as_deref().unwrap_or(ns);
+        if !secrets.store().grants("Gateway", ns, "Secret", secret_ns, &c.name) {
+            let message = format!(
+                "certificateRef {secret_ns}/{}: a Secret in another namespace needs a ReferenceGrant in {secret_ns} \
+                 allowing Gateways of {ns}",
+                c.name
+            );
+            return Err(Problem::new(ResolvedRefs, Reason::RefNotPermitted, message));
+        }
+        let loaded = secrets
+            .load(secret_ns, &c.name)
+            .map_err(|e| Problem::new(ResolvedRefs, Reason::InvalidCertificateRef, e))?;
+        let hosts = if *hostname == HostPattern::Any { vec![] } else { vec![hostname.clone()] };
+        certs.push(CertModel {
+            hosts,
+            secret: format!("{secret_ns}/{}", c.name),
+            context: loaded.context,
+            not_after: loaded.not_after,
+        });
+    }
+    Ok(certs)
 }
 
 /// A route's rules, and the problems with its backends (it is served; they answer 500).
@@ -885,6 +1038,102 @@ spec:
         let m = translated(&kept);
         assert_eq!(address(&m, "new"), Some("127.0.10.2".parse().unwrap()), "kept from status");
         assert_eq!(address(&m, "newer"), Some("127.0.10.1".parse().unwrap()), "the lowest free");
+    }
+
+    #[test]
+    fn a_listener_takes_routes_from_the_namespaces_its_selector_picks_by_their_labels() {
+        let listener = "{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: Selector, \
+                        selector: {matchLabels: {team: a}, matchExpressions: [{key: env, operator: NotIn, values: [prod]}]}}}}";
+        let namespace = |name: &str, labels: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n---\n")
+        };
+        let route = |ns: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: {ns}, name: r}}\n\
+                 spec: {{parentRefs: [{{name: gw, namespace: shop}}]}}\n---\n"
+            )
+        };
+        let yaml = [
+            gateway_with("gw", "2026-01-01T00:00:00Z", listener, ""),
+            namespace("team-a", "team: a"),
+            namespace("team-b", "team: b"),
+            namespace("team-a-prod", "team: a, env: prod"),
+            route("team-a"),
+            route("team-b"),
+            route("team-a-prod"),
+            route("undeclared"),
+        ]
+        .concat();
+        let m = translated(&yaml);
+        let accepted = |ns: &str| {
+            let status = m.statuses.get("HTTPRoute", ns, "r").unwrap();
+            let c = status.parents[0].conditions.iter().find(|c| c.type_ == ConditionType::Accepted).unwrap();
+            (c.status, c.reason)
+        };
+        assert_eq!(accepted("team-a"), (true, Reason::Accepted));
+        let refused = (false, Reason::NotAllowedByListeners);
+        for ns in ["team-b", "team-a-prod", "undeclared"] {
+            assert_eq!(accepted(ns), refused, "{ns}");
+        }
+        assert_eq!(m.statuses.get("Gateway", "shop", "gw").unwrap().attached_routes["http"], 1);
+
+        // the name label every namespace has; a selector the API server would refuse
+        let by_name = "{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: Selector, \
+                       selector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [undeclared]}]}}}}";
+        let m = translated(&[gateway_with("gw", "2026-01-01T00:00:00Z", by_name, ""), route("undeclared")].concat());
+        let status = m.statuses.get("HTTPRoute", "undeclared", "r").unwrap();
+        assert!(status.parents[0].conditions.iter().any(|c| c.type_ == ConditionType::Accepted && c.status));
+        let bad = "{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: Selector, \
+                   selector: {matchExpressions: [{key: team, operator: Exists, values: [a]}]}}}}";
+        let m = translated(&gateway_with("gw", "2026-01-01T00:00:00Z", bad, ""));
+        let listener = &m.statuses.get("Gateway", "shop", "gw").unwrap().listeners["http"];
+        let accepted = listener.iter().find(|c| c.type_ == ConditionType::Accepted).unwrap();
+        assert!(!accepted.status && accepted.message.contains("operator Exists takes no values"), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_listener_whose_references_do_not_resolve_counts_its_routes_but_serves_only_what_resolves() {
+        const ANY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let listeners = "{name: tls, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: does-not-exist}]}}, \
+                         {name: odd, protocol: HTTP, port: 80, hostname: odd.example.com, allowedRoutes: {kinds: [{kind: InvalidRoute}]}}, \
+                         {name: mixed, protocol: HTTP, port: 80, allowedRoutes: {kinds: [{kind: InvalidRoute}, {kind: HTTPRoute}]}}";
+        let route = |section: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: shop, name: {section}}}\n\
+                 spec: {{parentRefs: [{{name: gw, sectionName: {section}}}], rules: [{{backendRefs: [{{name: web, port: 80}}]}}]}}\n---\n"
+            )
+        };
+        let yaml = [gateway_with("gw", "2026-01-01T00:00:00Z", listeners, ""), route("tls"), route("mixed")].concat();
+        let m = translated(&yaml);
+        let status = m.statuses.get("Gateway", "shop", "gw").unwrap();
+        let condition = |listener: &str, t: ConditionType| {
+            let c = status.listeners[listener].iter().find(|c| c.type_ == t).unwrap();
+            (c.status, c.reason)
+        };
+        assert_eq!(condition("tls", Accepted), (true, Reason::Accepted));
+        assert_eq!(condition("tls", ResolvedRefs), (false, Reason::InvalidCertificateRef));
+        assert_eq!(condition("tls", Programmed), (false, Reason::Invalid));
+        assert_eq!(status.attached_routes["tls"], 1, "the route attaches to it all the same");
+        assert_eq!(condition("odd", ResolvedRefs), (false, Reason::InvalidRouteKinds));
+        assert_eq!(condition("odd", Programmed), (false, Reason::Invalid), "no kind it allows is served");
+        assert_eq!(condition("mixed", ResolvedRefs), (false, Reason::InvalidRouteKinds));
+        assert_eq!(condition("mixed", Programmed), (true, Reason::Programmed), "it serves HTTPRoutes");
+        assert_eq!(status.attached_routes["mixed"], 1);
+        let gateway = |t: ConditionType| status.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status, c.reason));
+        assert_eq!(gateway(Accepted), Some((true, Reason::ListenersNotValid)));
+        assert_eq!(gateway(Programmed), Some((true, Reason::Programmed)), "one listener is served");
+        // only port 80 is served, with the route of the mixed listener
+        let served: Vec<u16> = m.listeners.keys().filter(|a| a.ip() != ANY).map(|a| a.port()).collect();
+        assert_eq!(served, [80], "beside the Ingress listeners on every address");
+        assert_eq!(m.listeners.values().find(|l| l.addr.port() == 80).unwrap().routes.len(), 1);
+
+        let gw: gateway_api::gateways::Gateway = serde_yaml_ng::from_str(
+            gateway_with("gw", "2026-01-01T00:00:00Z", listeners, "").trim_end_matches("---\n"),
+        )
+        .unwrap();
+        let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
+        let http_route = vec![(GATEWAY_GROUP, "HTTPRoute")];
+        assert_eq!(kinds, [http_route.clone(), vec![], http_route]);
     }
 
     #[test]

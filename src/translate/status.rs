@@ -299,7 +299,9 @@ spec:
             CLASS_AND_GATEWAY,
             &route("good", "{name: gw, sectionName: web}", "[a.example.com]", "{name: web, port: 80}"),
             &route("no-section", "{name: gw, sectionName: nope}", "[]", "{name: web, port: 80}"),
-            &route("elsewhere", "{name: gw}", "[a.example.org]", "{name: web, port: 80}"),
+            // (the secure listener, whose certificate is not permitted, takes routes of any
+            // hostname: they attach, counted, and are served once it resolves)
+            &route("elsewhere", "{name: gw, sectionName: web}", "[a.example.org]", "{name: web, port: 80}"),
             &route("missing", "{name: gw}", "[]", "{name: ghost, port: 80}"),
             &route("foreign", "{name: gw}", "[]", "{name: web, namespace: other, port: 80}"),
             &route("kind", "{name: gw}", "[]", "{group: example.com, kind: Bucket, name: b}"),
