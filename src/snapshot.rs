@@ -211,7 +211,7 @@ fn compile_listener(
         addr: l.addr,
         protocol: l.protocol,
         certs: CertStore::build(&l.certs),
-        router: Router::build(rules.collect::<Vec<_>>()),
+        router: Router::build_with_hosts(&l.hosts, rules.collect::<Vec<_>>()),
         unmatched: metrics.target(&l.name, "", ""),
     }
 }

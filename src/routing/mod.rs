@@ -66,8 +66,21 @@ impl<A> Default for Router<A> {
 impl<A> Router<A> {
     /// Builds a router from rules, each under a host pattern.
     pub fn build(rules: impl IntoIterator<Item = (HostPattern, Rule<A>)>) -> Self {
+        Router::build_with_hosts(&[], rules)
+    }
+
+    /// [`Router::build`], with a virtual host for each of `hosts` even if no rule is under it:
+    /// a request for one of them is answered there (404 without a rule), never by the rules of
+    /// a less specific host.
+    pub fn build_with_hosts(hosts: &[HostPattern], rules: impl IntoIterator<Item = (HostPattern, Rule<A>)>) -> Self {
         let mut router = Router::default();
         let mut index: HashMap<HostPattern, usize> = HashMap::new();
+        for pattern in hosts {
+            index.entry(pattern.clone()).or_insert_with(|| {
+                router.hosts.push(VirtualHost { pattern: pattern.clone(), rules: vec![] });
+                router.hosts.len() - 1
+            });
+        }
         for (pattern, rule) in rules {
             let i = *index.entry(pattern.clone()).or_insert_with(|| {
                 router.hosts.push(VirtualHost { pattern: pattern.clone(), rules: vec![] });
@@ -151,6 +164,18 @@ mod tests {
         let headers = HeaderMap::new();
         let req = RequestView { host, path, query: None, method: &Method::GET, headers: &headers };
         router.lookup(&req).map(|r| r.action)
+    }
+
+    #[test]
+    fn a_claimed_host_without_rules_answers_nothing_rather_than_a_wider_hosts_rules() {
+        let p = |h| HostPattern::parse(h, false).unwrap();
+        let router = Router::build_with_hosts(
+            &[p("*.foo.example.com")],
+            [(p("*.example.com"), rule(PathMatch::prefix("/"), "a", 0, "wide"))],
+        );
+        assert_eq!(get(&router, "x.foo.example.com", "/"), None, "the claimed host has no rule");
+        assert_eq!(get(&router, "x.example.com", "/"), Some("wide"));
+        assert_eq!(router.rule_count(), 1);
     }
 
     #[test]

@@ -360,7 +360,7 @@ pub fn translate(
                 *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
             }
             let Some(lm) = model.listeners.get_mut(&l.addr).filter(|_| l.served) else { continue };
-            for host in hosts {
+            for host in hosts.into_iter().filter(|h| !claimed_by_a_narrower_listener(h, l, &listeners)) {
                 for rm in &compiled {
                     lm.routes.push((host.clone(), rm.clone()));
                 }
@@ -378,6 +378,22 @@ pub fn translate(
             model.rejections.push(r(NO_HOST.into()));
         }
     }
+}
+
+/// Whether route hostname `host`, which a route attached to listener `l` has, belongs to
+/// another listener on the same socket whose hostname is narrower than `l`'s and covers all of
+/// `host`: requests for it are that listener's alone (listener isolation). A route on
+/// `*.example.com` naming `abc.foo.example.com` does not serve it while a listener
+/// `abc.foo.example.com` (or `*.foo.example.com`) shares the socket.
+fn claimed_by_a_narrower_listener(host: &HostPattern, l: &Listener, listeners: &[Listener]) -> bool {
+    let within = |inner: &HostPattern, outer: &HostPattern| outer.intersect(inner).as_ref() == Some(inner);
+    listeners.iter().any(|other| {
+        other.addr == l.addr
+            && other.served
+            && other.hostname != l.hostname
+            && within(&other.hostname, &l.hostname)
+            && within(host, &other.hostname)
+    })
 }
 
 /// Each Gateway of weir's classes' address. Without a pool (`--gateway-addresses`), every
@@ -562,8 +578,12 @@ fn listener(
             protocol,
             certs: vec![],
             routes: vec![],
+            hosts: vec![],
         });
         entry.certs.extend(certs);
+        if hostname != HostPattern::Any && !entry.hosts.contains(&hostname) {
+            entry.hosts.push(hostname.clone());
+        }
     }
     let listener = Listener {
         gateway: (ns.into(), gw_name.into()),
@@ -1134,6 +1154,46 @@ spec:
         let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
         let http_route = vec![(GATEWAY_GROUP, "HTTPRoute")];
         assert_eq!(kinds, [http_route.clone(), vec![], http_route]);
+    }
+
+    #[test]
+    fn a_request_is_served_by_the_routes_of_the_narrowest_listener_matching_its_host_alone() {
+        // the conformance suite's GatewayHTTPListenerIsolation, with hostname intersection
+        let listeners = "{name: any, protocol: HTTP, port: 80}, \
+                         {name: wide, protocol: HTTP, port: 80, hostname: '*.example.com'}, \
+                         {name: foo, protocol: HTTP, port: 80, hostname: '*.foo.example.com'}, \
+                         {name: abc, protocol: HTTP, port: 80, hostname: abc.foo.example.com}";
+        let route = |name: &str, section: &str, hostnames: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{namespace: shop, name: {name}}}\n\
+                 spec: {{parentRefs: [{{name: gw, sectionName: {section}}}], hostnames: {hostnames}, \
+                 rules: [{{backendRefs: [{{name: web, port: 80}}]}}]}}\n---\n"
+            )
+        };
+        let yaml = [
+            gateway_with("gw", "2026-01-01T00:00:00Z", listeners, ""),
+            route("on-any", "any", "['abc.foo.example.com', 'x.example.com', 'other.org']"),
+            route("on-foo", "foo", "[bar.com, '*.example.com', '*.foo.example.com', abc.foo.example.com]"),
+        ]
+        .concat();
+        let m = translated(&yaml);
+        let socket = m.listeners.values().find(|l| l.addr.port() == 80).unwrap();
+        let hosts_of = |route: &str| {
+            let hosts = socket.routes.iter().filter(|(_, r)| r.order.owner.ends_with(&format!("/{route}")));
+            let mut hosts: Vec<String> = hosts.map(|(h, _)| h.display()).collect();
+            hosts.dedup();
+            hosts
+        };
+        // abc.foo.example.com is the abc listener's, x.example.com the wide one's
+        assert_eq!(hosts_of("on-any"), ["other.org"]);
+        assert_eq!(hosts_of("on-foo"), ["*.foo.example.com"]);
+        let hosts: Vec<String> = socket.hosts.iter().map(|h| h.display()).collect();
+        assert_eq!(hosts, ["*.example.com", "*.foo.example.com", "abc.foo.example.com"], "each claims its hostname");
+        // the routes are Accepted all the same: their hostnames intersect their listeners'
+        for name in ["on-any", "on-foo"] {
+            let status = m.statuses.get("HTTPRoute", "shop", name).unwrap();
+            assert!(status.parents[0].conditions.iter().any(|c| c.type_ == Accepted && c.status), "{name}");
+        }
     }
 
     #[test]

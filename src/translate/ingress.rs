@@ -216,6 +216,7 @@ pub fn translate(
     model.listeners.insert(
         opts.ingress_http,
         ListenerModel {
+            hosts: vec![],
             name: HTTP_LISTENER.into(),
             addr: opts.ingress_http,
             protocol: Protocol::Http,
@@ -226,6 +227,7 @@ pub fn translate(
     model.listeners.insert(
         opts.ingress_https,
         ListenerModel {
+            hosts: vec![],
             name: HTTPS_LISTENER.into(),
             addr: opts.ingress_https,
             protocol: Protocol::Https,

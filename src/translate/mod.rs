@@ -101,6 +101,10 @@ pub struct ListenerModel {
     /// Certificates by SNI, for HTTPS listeners.
     pub certs: Vec<tls::CertModel>,
     pub routes: Vec<(HostPattern, RouteModel)>,
+    /// The hostnames of the Gateway listeners sharing this socket: each is a virtual host of
+    /// its own even with no route, so a request for it never falls to the routes of a less
+    /// specific listener (Gateway API listener isolation).
+    pub hosts: Vec<HostPattern>,
 }
 
 /// One match of one rule.
