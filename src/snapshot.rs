@@ -112,6 +112,9 @@ pub struct Target {
     /// `None` for an invalid reference: answered 500.
     pub pool: Option<Arc<Pool>>,
     pub metrics: TargetMetrics,
+    /// The backendRef's own header modifiers (after the rule's).
+    pub request_headers: HeaderMods,
+    pub response_headers: HeaderMods,
 }
 
 /// Certificates of a TLS listener, chosen by SNI: exact name, then the longest wildcard, then
@@ -237,6 +240,8 @@ pub(crate) fn compile_action(
                     name: b.name.clone(),
                     pool: b.pool.as_ref().and_then(|k| pools.get(k).cloned()),
                     metrics: metrics.target(listener, &a.name, &b.name),
+                    request_headers: b.request_headers.clone(),
+                    response_headers: b.response_headers.clone(),
                 })
                 .collect(),
             unavailable: metrics.target(listener, &a.name, ""),

@@ -937,6 +937,51 @@ async fn response_header_modifier_changes_headers_seen_by_the_client() {
     assert_eq!(resp.json()["name"], "a");
 }
 
+/// A backendRef's own header modifiers apply to what that backend gets and answers, after the
+/// rule's (conformance HTTPRouteBackendRequestHeaderModifier and ...BackendWeights).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refs_own_header_modifiers_apply_to_that_backend_only() {
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: default, name: per-backend}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: rule}, {name: x-who, value: rule}]}}]
+    backendRefs:
+    - name: a
+      port: 80
+      filters:
+      - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-who, value: to-a}], remove: [x-secret]}}
+      - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-answered-by, value: a}]}}
+    - name: b
+      port: 80
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-who, value: to-b}]}}]
+";
+    let edge = Edge::start(&["a", "b"], &[route]).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let resp = edge.request("h.test", "/").header("x-secret", "s").send().await;
+        resp.assert_status(200);
+        assert_eq!(resp.upstream_header("x-rule").as_deref(), Some("rule"), "{resp}");
+        let by = resp.json()["name"].as_str().unwrap().to_string();
+        match by.as_str() {
+            "a" => {
+                assert_eq!(resp.upstream_header("x-who").as_deref(), Some("to-a"), "{resp}");
+                assert_eq!(resp.upstream_header("x-secret"), None, "{resp}");
+                assert_eq!(resp.header("x-answered-by"), Some("a"), "{resp}");
+            }
+            _ => {
+                assert_eq!(values(resp.upstream_header("x-who")), ["rule", "to-b"], "{resp}");
+                assert_eq!(resp.upstream_header("x-secret").as_deref(), Some("s"), "{resp}");
+                assert_eq!(resp.header("x-answered-by"), None, "{resp}");
+            }
+        }
+        seen.insert(by);
+    }
+    assert_eq!(seen.len(), 2, "both backends were tried: {seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_redirect_defaults_to_302() {
     let filters = "[{type: RequestRedirect, requestRedirect: {hostname: new.example.com, port: 8080}}]";

@@ -31,7 +31,7 @@ use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::answer::{counted_status, FailureKind};
 use crate::proxy::decide::{decide, Arrival, Decision, Routed};
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::filters::{filter_request, filter_response, location, normalize_request_path, respond};
+use crate::proxy::filters::{filter_request, filter_response, location, normalize_request_path, respond, target_of};
 use crate::proxy::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::{FailedTry, MESH};
 use crate::resilience::TryPlan;
@@ -226,6 +226,8 @@ pub struct OutboundCtx {
     /// The Service whose endpoints serve the request (its identity is verified).
     destination: Option<Arc<Destination>>,
     route: Option<Arc<MeshRoute>>,
+    /// The route's backend chosen (an index into its targets).
+    target: Option<usize>,
     pool: Option<Arc<Pool>>,
     target_port: u16,
     /// The endpoint held and those tried.
@@ -316,6 +318,7 @@ impl ProxyHttp for OutboundProxy {
             addressed: None,
             destination: None,
             route: None,
+            target: None,
             pool: None,
             target_port: 0,
             attempt: Attempt::default(),
@@ -358,6 +361,7 @@ impl ProxyHttp for OutboundProxy {
                 }
                 Decision::Forward { rule, target, new_path } => {
                     ctx.new_path = new_path;
+                    ctx.target = target;
                     let pool = match &rule.kind {
                         Action::Forward { targets, .. } => target.and_then(|i| targets[i].pool.clone()),
                         Action::Redirect { .. } => None,
@@ -472,7 +476,7 @@ impl ProxyHttp for OutboundProxy {
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
         if let Some(route) = &ctx.route {
-            filter_request(upstream, route, ctx.new_path.as_deref())?;
+            filter_request(upstream, route, ctx.target.and_then(|i| target_of(route, i)), ctx.new_path.as_deref())?;
         }
         // the caller's identity is the certificate this gateway presents, never a header
         upstream.remove_header(&CLIENT_CERT);
@@ -507,7 +511,7 @@ impl ProxyHttp for OutboundProxy {
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
         match &ctx.route {
-            Some(route) => filter_response(resp, route),
+            Some(route) => filter_response(resp, route, ctx.target.and_then(|i| target_of(route, i))),
             None => Ok(()),
         }
     }

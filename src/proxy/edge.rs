@@ -20,7 +20,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::answer::{counted_status, Failure, FailureKind, Reveal};
 use super::decide::{decide, Arrival, Decision};
 use super::drain::{Drain, InFlight};
-use super::filters::{filter_request, filter_response, location, normalize_request_path, respond};
+use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, target_of};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::Attempt;
 use crate::pool::Pool;
@@ -78,13 +78,6 @@ fn retry_failed_try(ctx: &mut EdgeCtx, failed: FailedTry<'_>) -> bool {
         target.metrics.retried();
     }
     granted
-}
-
-fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
-    match &action.kind {
-        Action::Forward { targets, .. } => targets.get(index),
-        Action::Redirect { .. } => None,
-    }
 }
 
 impl EdgeCtx {
@@ -233,7 +226,7 @@ impl ProxyHttp for EdgeProxy {
         let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
         match &ctx.action {
-            Some(action) => filter_request(upstream, action, ctx.new_path.as_deref()),
+            Some(action) => filter_request(upstream, action, ctx.target(), ctx.new_path.as_deref()),
             None => Ok(()),
         }
     }
@@ -258,7 +251,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         match &ctx.action {
-            Some(action) => filter_response(resp, action),
+            Some(action) => filter_response(resp, action, ctx.target()),
             None => Ok(()),
         }
     }

@@ -9,7 +9,7 @@ use pingora::{Error, ErrorType, Result};
 use super::answer::{Failure, FailureKind, Reveal};
 use super::rewrite::rewrite_path;
 use crate::routing::normalize_path;
-use crate::snapshot::RouteAction;
+use crate::snapshot::{Action, RouteAction, Target};
 use crate::translate::HeaderMods;
 
 /// The path and query a URLRewrite filter sends upstream instead of the request's, if the route
@@ -25,8 +25,14 @@ pub fn rewritten_path(action: &RouteAction, matched_prefix: Option<&str>, uri: &
 }
 
 /// Applies the route's filters to the request sent upstream: the URLRewrite hostname and path
-/// (`new_path`, from [`rewritten_path`]) and the RequestHeaderModifier.
-pub fn filter_request(upstream: &mut RequestHeader, action: &RouteAction, new_path: Option<&str>) -> Result<()> {
+/// (`new_path`, from [`rewritten_path`]), the rule's RequestHeaderModifier, then the chosen
+/// backend's (`target`).
+pub fn filter_request(
+    upstream: &mut RequestHeader,
+    action: &RouteAction,
+    target: Option<&Target>,
+    new_path: Option<&str>,
+) -> Result<()> {
     if let Some(host) = action.rewrite.as_ref().and_then(|r| r.hostname.as_ref()) {
         upstream.insert_header(http::header::HOST, host.as_str())?;
     }
@@ -37,15 +43,30 @@ pub fn filter_request(upstream: &mut RequestHeader, action: &RouteAction, new_pa
     if !action.request_headers.is_empty() {
         apply_mods(upstream, &action.request_headers)?;
     }
-    Ok(())
+    match target {
+        Some(t) if !t.request_headers.is_empty() => apply_mods(upstream, &t.request_headers),
+        _ => Ok(()),
+    }
 }
 
-/// Applies the route's ResponseHeaderModifier to the response sent downstream.
-pub fn filter_response(resp: &mut ResponseHeader, action: &RouteAction) -> Result<()> {
-    if action.response_headers.is_empty() {
-        return Ok(());
+/// Applies the rule's ResponseHeaderModifier, then the chosen backend's, to the response sent
+/// downstream.
+pub fn filter_response(resp: &mut ResponseHeader, action: &RouteAction, target: Option<&Target>) -> Result<()> {
+    if !action.response_headers.is_empty() {
+        apply_mods(resp, &action.response_headers)?;
     }
-    apply_mods(resp, &action.response_headers)
+    match target {
+        Some(t) if !t.response_headers.is_empty() => apply_mods(resp, &t.response_headers),
+        _ => Ok(()),
+    }
+}
+
+/// Target `index` of a forwarding action.
+pub fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
+    match &action.kind {
+        Action::Forward { targets, .. } => targets.get(index),
+        Action::Redirect { .. } => None,
+    }
 }
 
 /// Answers the request with `status`, a short plain-text `body` and one more header if given (a

@@ -757,6 +757,18 @@ fn request_match(m: &HttpRouteRulesMatches) -> Result<RequestMatch, String> {
     Ok(RequestMatch { path, method, headers, query })
 }
 
+/// A Request- or ResponseHeaderModifier (of a rule or of a backendRef: the same shape in
+/// different generated types) as [`HeaderMods`].
+macro_rules! header_modifier {
+    ($m:expr) => {
+        header_mods(
+            $m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+            $m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
+            $m.remove.as_deref().unwrap_or_default(),
+        )
+    };
+}
+
 fn header_mods<'a>(
     set: impl Iterator<Item = (&'a str, &'a str)>,
     add: impl Iterator<Item = (&'a str, &'a str)>,
@@ -816,24 +828,14 @@ fn rule_action(
             HttpRouteRulesFiltersType::RequestHeaderModifier => {
                 let m =
                     f.request_header_modifier.clone().ok_or_else(|| err("requestHeaderModifier is missing".into()))?;
-                request_headers = header_mods(
-                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.remove.as_deref().unwrap_or_default(),
-                )
-                .map_err(err)?;
+                request_headers = header_modifier!(m).map_err(err)?;
             }
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                 let m = f
                     .response_header_modifier
                     .clone()
                     .ok_or_else(|| err("responseHeaderModifier is missing".into()))?;
-                response_headers = header_mods(
-                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.remove.as_deref().unwrap_or_default(),
-                )
-                .map_err(err)?;
+                response_headers = header_modifier!(m).map_err(err)?;
             }
             HttpRouteRulesFiltersType::RequestRedirect => {
                 let r = f.request_redirect.clone().ok_or_else(|| err("requestRedirect is missing".into()))?;
@@ -924,6 +926,35 @@ fn rule_action(
     })
 }
 
+/// A backendRef's filters: its request and response header modifiers.
+fn backend_filters(filters: &[HttpRouteRulesBackendRefsFilters], at: &str) -> Result<(HeaderMods, HeaderMods), String> {
+    let (mut request, mut response) = (HeaderMods::default(), HeaderMods::default());
+    for (fi, f) in filters.iter().enumerate() {
+        let err = |e: String| format!("{at}.filters[{fi}]: {e}");
+        match f.r#type {
+            HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier => {
+                let m =
+                    f.request_header_modifier.as_ref().ok_or_else(|| err("requestHeaderModifier is missing".into()))?;
+                request = header_modifier!(m).map_err(err)?;
+            }
+            HttpRouteRulesBackendRefsFiltersType::ResponseHeaderModifier => {
+                let m = f
+                    .response_header_modifier
+                    .as_ref()
+                    .ok_or_else(|| err("responseHeaderModifier is missing".into()))?;
+                response = header_modifier!(m).map_err(err)?;
+            }
+            ref other => {
+                return Err(err(format!(
+                    "filter type {other:?} is not supported on a backendRef; RequestHeaderModifier and \
+                     ResponseHeaderModifier are"
+                )))
+            }
+        }
+    }
+    Ok((request, response))
+}
+
 fn backend_refs(
     rule: &HttpRouteRules,
     ns: &str,
@@ -934,9 +965,7 @@ fn backend_refs(
     let mut out = vec![];
     for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
         let bat = format!("{at}.backendRefs[{bi}]");
-        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(format!("{bat}.filters: per-backend filters are not supported yet; put them on the rule"));
-        }
+        let (request_headers, response_headers) = backend_filters(b.filters.as_deref().unwrap_or_default(), &bat)?;
         let weight = b.weight.unwrap_or(1);
         if !(0..=1_000_000).contains(&weight) {
             return Err(format!("{bat}.weight: {weight} is outside 0..=1000000"));
@@ -967,7 +996,7 @@ fn backend_refs(
                 None
             }
         };
-        out.push(BackendRef { name, weight: weight as u32, pool });
+        out.push(BackendRef { name, weight: weight as u32, pool, request_headers, response_headers });
     }
     Ok(out)
 }

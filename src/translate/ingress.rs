@@ -63,7 +63,7 @@ fn backend_ref(backends: &mut Backends<'_>, ns: &str, b: &IngressBackend) -> Res
         _ => PortRef::Unset,
     };
     let pool = backends.resolve(ns, &svc.name, &port)?;
-    Ok(BackendRef { name: pool.to_string(), weight: 1, pool: Some(pool) })
+    Ok(BackendRef { name: pool.to_string(), weight: 1, pool: Some(pool), ..BackendRef::default() })
 }
 
 /// Adds the Ingress listeners and their routes to `model`.

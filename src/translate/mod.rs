@@ -136,13 +136,16 @@ pub enum ActionKind {
 }
 
 /// A weighted backend of a rule.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct BackendRef {
     /// `ns/service:port` for metrics and the config dump.
     pub name: String,
     pub weight: u32,
     /// `None` when the reference is invalid: requests it gets are answered 500 (Gateway API).
     pub pool: Option<PoolKey>,
+    /// The backendRef's own header modifiers, applied after the rule's to what it gets.
+    pub request_headers: HeaderMods,
+    pub response_headers: HeaderMods,
 }
 
 #[derive(Clone, Debug, Default)]
