@@ -91,6 +91,7 @@ pub struct RouteAction {
     pub rewrite: Option<Rewrite>,
     pub timeouts: Timeouts,
     pub retry: RouteRetry,
+    pub cors: Option<Arc<crate::routing::cors::Cors>>,
 }
 
 pub enum Action {
@@ -255,5 +256,6 @@ pub(crate) fn compile_action(
         rewrite: a.rewrite.clone(),
         timeouts: a.timeouts,
         retry: a.retry,
+        cors: a.cors.clone(),
     }
 }

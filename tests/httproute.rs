@@ -982,6 +982,49 @@ spec:
     assert_eq!(seen.len(), 2, "both backends were tried: {seen:?}");
 }
 
+/// The CORS filter: weir answers a preflight from an allowed origin itself (the backend never
+/// sees it), refuses one from another origin, and an allowed origin's actual request gets the
+/// headers with the backend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cors_filter_answers_preflights_and_marks_allowed_responses() {
+    let filters = "[{type: CORS, cors: {allowOrigins: ['https://www.foo.com', 'https://*.bar.com'], \
+        allowMethods: [GET, OPTIONS], allowHeaders: [x-header-1], exposeHeaders: [x-header-3], \
+        allowCredentials: true, maxAge: 3600}}]";
+    let edge = Edge::start(&["a"], &[&filtered_route("/", filters)]).await;
+    let preflight = |origin: &'static str| {
+        edge.request("h.test", "/cors")
+            .method("OPTIONS")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-header-1")
+    };
+    let resp = preflight("https://xpto.www.bar.com").send().await;
+    resp.assert_status(204);
+    for (name, value) in [
+        ("access-control-allow-origin", "https://xpto.www.bar.com"),
+        ("access-control-allow-methods", "GET, OPTIONS"),
+        ("access-control-allow-headers", "x-header-1"),
+        ("access-control-allow-credentials", "true"),
+        ("access-control-max-age", "3600"),
+    ] {
+        assert_eq!(resp.header(name), Some(value), "{name}: {resp}");
+    }
+    let refused = preflight("https://foobar.com").send().await;
+    refused.assert_status(403);
+    assert_eq!(refused.header("access-control-allow-origin"), None, "{refused}");
+    assert_eq!(edge.echo("a").requests(), 0, "preflights are the gateway's to answer");
+
+    let resp = edge.request("h.test", "/cors").header("origin", "https://www.foo.com").send().await;
+    resp.assert_served_by("a");
+    assert_eq!(resp.header("access-control-allow-origin"), Some("https://www.foo.com"), "{resp}");
+    assert_eq!(resp.header("access-control-expose-headers"), Some("x-header-3"), "{resp}");
+    let other = edge.request("h.test", "/cors").header("origin", "https://foobar.com").send().await;
+    other.assert_served_by("a");
+    assert_eq!(other.header("access-control-allow-origin"), None, "{other}");
+    // an OPTIONS request that is not a preflight goes to the backend
+    edge.request("h.test", "/cors").method("OPTIONS").send().await.assert_served_by("a");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_redirect_defaults_to_302() {
     let filters = "[{type: RequestRedirect, requestRedirect: {hostname: new.example.com, port: 8080}}]";

@@ -31,7 +31,9 @@ use crate::pool::{Pool, PoolRegistry, RetryVerdict};
 use crate::proxy::answer::{counted_status, FailureKind};
 use crate::proxy::decide::{decide, Arrival, Decision, Routed};
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::filters::{filter_request, filter_response, location, normalize_request_path, respond, target_of};
+use crate::proxy::filters::{
+    cors_request, filter_request, filter_response, location, normalize_request_path, respond, target_of,
+};
 use crate::proxy::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::resilience::retry::{FailedTry, MESH};
 use crate::resilience::TryPlan;
@@ -228,6 +230,8 @@ pub struct OutboundCtx {
     route: Option<Arc<MeshRoute>>,
     /// The route's backend chosen (an index into its targets).
     target: Option<usize>,
+    /// The request's `Origin`, when the rule's CORS filter allows it.
+    cors_origin: Option<http::HeaderValue>,
     pool: Option<Arc<Pool>>,
     target_port: u16,
     /// The endpoint held and those tried.
@@ -319,6 +323,7 @@ impl ProxyHttp for OutboundProxy {
             destination: None,
             route: None,
             target: None,
+            cors_origin: None,
             pool: None,
             target_port: 0,
             attempt: Attempt::default(),
@@ -366,7 +371,11 @@ impl ProxyHttp for OutboundProxy {
                         Action::Forward { targets, .. } => target.and_then(|i| targets[i].pool.clone()),
                         Action::Redirect { .. } => None,
                     };
+                    let cors = cors_request(session, &rule, &mut ctx.cors_origin).await?;
                     ctx.route = Some(rule);
+                    if cors {
+                        return Ok(true); // a preflight, answered
+                    }
                     match pool {
                         Some(pool) => pool,
                         None => {
@@ -511,7 +520,9 @@ impl ProxyHttp for OutboundProxy {
         ctx: &mut OutboundCtx,
     ) -> Result<()> {
         match &ctx.route {
-            Some(route) => filter_response(resp, route, ctx.target.and_then(|i| target_of(route, i))),
+            Some(route) => {
+                filter_response(resp, route, ctx.target.and_then(|i| target_of(route, i)), ctx.cors_origin.as_ref())
+            }
             None => Ok(()),
         }
     }

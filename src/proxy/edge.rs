@@ -20,7 +20,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::answer::{counted_status, Failure, FailureKind, Reveal};
 use super::decide::{decide, Arrival, Decision};
 use super::drain::{Drain, InFlight};
-use super::filters::{filter_request, filter_response, location, normalize_request_path, respond, target_of};
+use super::filters::{
+    cors_request, filter_request, filter_response, location, normalize_request_path, respond, target_of,
+};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::Attempt;
 use crate::pool::Pool;
@@ -63,6 +65,8 @@ pub struct EdgeCtx {
     answered: Option<FailureKind>,
     /// The request's deadline and per-try timeout (route `timeouts`, else the BackendPolicy's).
     plan: Option<TryPlan>,
+    /// The request's `Origin`, when the rule's CORS filter allows it: the response says so.
+    cors_origin: Option<http::HeaderValue>,
 }
 
 /// A try failed: reports its endpoint and says whether the request is tried again elsewhere
@@ -123,6 +127,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_answered: false,
             answered: None,
             plan: None,
+            cors_origin: None,
         }
     }
 
@@ -157,7 +162,11 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(pool) = target.and_then(|i| target_of(&rule, i)).and_then(|t| t.pool.as_ref()) {
                     ctx.plan = Some(TryPlan::new(pool.spec(), rule.timeouts, rule.retry, &EDGE, ctx.started));
                 }
+                let cors = cors_request(session, &rule, &mut ctx.cors_origin).await?;
                 ctx.action = Some(rule);
+                if cors {
+                    return Ok(true); // a preflight, answered
+                }
                 if target.is_none() {
                     const WHY: &str = "the backend of this route is not available; see weir's /config_dump";
                     Failure::new(FailureKind::BackendUnavailable, WHY)
@@ -251,7 +260,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         match &ctx.action {
-            Some(action) => filter_response(resp, action, ctx.target()),
+            Some(action) => filter_response(resp, action, ctx.target(), ctx.cors_origin.as_ref()),
             None => Ok(()),
         }
     }

@@ -2,6 +2,7 @@
 //! request and response header modifiers, and the answer of a redirect.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -50,8 +51,19 @@ pub fn filter_request(
 }
 
 /// Applies the rule's ResponseHeaderModifier, then the chosen backend's, to the response sent
-/// downstream.
-pub fn filter_response(resp: &mut ResponseHeader, action: &RouteAction, target: Option<&Target>) -> Result<()> {
+/// downstream, and the CORS headers for the origin [`cors_request`] allowed.
+pub fn filter_response(
+    resp: &mut ResponseHeader,
+    action: &RouteAction,
+    target: Option<&Target>,
+    cors_origin: Option<&HeaderValue>,
+) -> Result<()> {
+    if let (Some(cors), Some(origin)) = (&action.cors, cors_origin) {
+        for (name, value) in cors.response(origin) {
+            resp.insert_header(name, value)?;
+        }
+        resp.append_header(http::header::VARY, "origin")?;
+    }
     if !action.response_headers.is_empty() {
         apply_mods(resp, &action.response_headers)?;
     }
@@ -66,6 +78,50 @@ pub fn target_of(action: &RouteAction, index: usize) -> Option<&Target> {
     match &action.kind {
         Action::Forward { targets, .. } => targets.get(index),
         Action::Redirect { .. } => None,
+    }
+}
+
+/// The rule's CORS filter on a request (`action.cors`). A preflight (OPTIONS with `Origin` and
+/// `Access-Control-Request-Method`) is answered here: 204 with the filter's headers for an
+/// allowed origin, 403 without them for another; returns true then. For any other request from
+/// an allowed origin, `allowed` gets the origin, for [`filter_response`] to answer it.
+pub async fn cors_request(
+    session: &mut Session,
+    action: &RouteAction,
+    allowed: &mut Option<HeaderValue>,
+) -> Result<bool> {
+    let Some(cors) = &action.cors else { return Ok(false) };
+    let req = session.req_header();
+    let Some(origin) = req.headers.get(http::header::ORIGIN).cloned() else { return Ok(false) };
+    let asked = req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD).cloned();
+    let preflight = req.method == http::Method::OPTIONS && asked.is_some();
+    let allows = cors.allows(origin.as_bytes());
+    match (preflight, asked) {
+        (true, Some(method)) => {
+            let (status, headers) = match allows {
+                true => {
+                    let asked_headers = req.headers.get(http::header::ACCESS_CONTROL_REQUEST_HEADERS);
+                    (204, cors.preflight(&origin, &method, asked_headers))
+                }
+                false => (403, vec![]),
+            };
+            let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+            for (name, value) in headers {
+                resp.append_header(name, value)?;
+            }
+            resp.insert_header(http::header::VARY, "origin")?;
+            if status != 204 {
+                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+            }
+            session.write_response_header(Box::new(resp), true).await?;
+            Ok(true)
+        }
+        _ => {
+            if allows {
+                *allowed = Some(origin);
+            }
+            Ok(false)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! lookup is one host lookup (hash maps for exact hosts and wildcard suffixes) and a scan that
 //! stops at the first matching rule.
 
+pub mod cors;
 pub mod host;
 pub mod matcher;
 pub mod path;

@@ -23,7 +23,7 @@ use crate::store::Store;
 use crate::translate::status::{Condition, ObjectStatus, Statuses};
 
 /// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`.
-pub const SUPPORTED_FEATURES: [&str; 24] = [
+pub const SUPPORTED_FEATURES: [&str; 25] = [
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -35,6 +35,7 @@ pub const SUPPORTED_FEATURES: [&str; 24] = [
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",

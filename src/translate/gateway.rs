@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::httproutes::*;
+
+use crate::routing::cors::{Cors, CorsSpec};
 use http::{HeaderName, HeaderValue, Method};
 
 use super::backend::{Backends, PortRef};
@@ -821,6 +823,7 @@ fn rule_action(
     let mut response_headers = HeaderMods::default();
     let mut rewrite = None;
     let mut redirect = None;
+    let mut cors = None;
     for (fi, f) in rule.filters.iter().flatten().enumerate() {
         let fat = format!("{at}.filters[{fi}]");
         let err = |e: String| format!("{fat}: {e}");
@@ -886,6 +889,18 @@ fn rule_action(
                 };
                 rewrite = Some(Rewrite { hostname: u.hostname.clone(), path });
             }
+            HttpRouteRulesFiltersType::Cors => {
+                let c = f.cors.as_ref().ok_or_else(|| err("cors is missing".into()))?;
+                let spec = CorsSpec {
+                    allow_origins: c.allow_origins.as_deref().unwrap_or_default(),
+                    allow_methods: c.allow_methods.as_deref().unwrap_or_default(),
+                    allow_headers: c.allow_headers.as_deref().unwrap_or_default(),
+                    expose_headers: c.expose_headers.as_deref().unwrap_or_default(),
+                    max_age: c.max_age,
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                };
+                cors = Some(Arc::new(Cors::new(&spec).map_err(|e| err(format!("cors.{e}")))?));
+            }
             ref other => return Err(err(format!("filter type {other:?} is not supported yet"))),
         }
     }
@@ -923,6 +938,7 @@ fn rule_action(
         rewrite,
         timeouts,
         retry: RouteRetry::default(),
+        cors,
     })
 }
 

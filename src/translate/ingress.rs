@@ -126,6 +126,7 @@ pub fn translate(
                 kind,
                 request_headers: Default::default(),
                 response_headers: Default::default(),
+                cors: None,
                 rewrite: None,
                 timeouts: Default::default(),
                 retry: Default::default(),

@@ -127,6 +127,8 @@ pub struct ActionModel {
     pub timeouts: Timeouts,
     /// The route's own retry settings (mesh), over its Service's.
     pub retry: RouteRetry,
+    /// The rule's CORS filter.
+    pub cors: Option<Arc<crate::routing::cors::Cors>>,
 }
 
 #[derive(Clone, Debug)]
