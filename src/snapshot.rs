@@ -92,6 +92,8 @@ pub struct RouteAction {
     pub timeouts: Timeouts,
     pub retry: RouteRetry,
     pub cors: Option<Arc<crate::routing::cors::Cors>>,
+    /// RequestMirror backends (those with a pool).
+    pub mirrors: Vec<crate::proxy::mirror::MirrorTarget>,
 }
 
 pub enum Action {
@@ -257,5 +259,13 @@ pub(crate) fn compile_action(
         timeouts: a.timeouts,
         retry: a.retry,
         cors: a.cors.clone(),
+        mirrors: a
+            .mirrors
+            .iter()
+            .filter_map(|m| {
+                let pool = pools.get(&m.pool)?.clone();
+                Some(crate::proxy::mirror::MirrorTarget { name: m.name.clone(), pool, fraction: m.fraction })
+            })
+            .collect(),
     }
 }

@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
 
 /// weir with GatewayClass `weir`, Gateway `default/edge` (listener `http` on a free port), echo
@@ -1023,6 +1024,64 @@ async fn the_cors_filter_answers_preflights_and_marks_allowed_responses() {
     assert_eq!(other.header("access-control-allow-origin"), None, "{other}");
     // an OPTIONS request that is not a preflight goes to the backend
     edge.request("h.test", "/cors").method("OPTIONS").send().await.assert_served_by("a");
+}
+
+/// A server that answers every request 200 and hands over (method, path, body).
+async fn capturing_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(String, String, String)>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let (head, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let seen = (head.method.to_string(), head.uri.to_string(), String::from_utf8_lossy(&body).into());
+                    let _ = tx.send(seen);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from(
+                        "mirror",
+                    ))))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    (addr, rx)
+}
+
+/// RequestMirror: the client gets the backend's answer; the mirror gets a copy of the request,
+/// body included; a mirror that cannot be reached changes nothing for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_mirror_sends_a_copy_with_its_body_and_the_client_never_waits_for_it() {
+    let (mirror, mut mirrored) = capturing_server().await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed: refuses
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {namespace: default, name: mirrored}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: mirror, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: gone, port: 80}}}
+    backendRefs: [{name: a, port: 80}]
+";
+    let services = docs(&[service_at("default", "mirror", &[mirror]), service_at("default", "gone", &[gone])]);
+    let edge = Edge::start(&["a"], &[route, &services]).await;
+
+    let resp = edge.request("h.test", "/orders?id=7").method("POST").body("hello mirror").send().await;
+    resp.assert_served_by("a");
+    let seen = tokio::time::timeout(Duration::from_secs(10), mirrored.recv()).await;
+    let seen = seen.expect("the mirror gets the request within 10 s").unwrap();
+    assert_eq!(seen, ("POST".into(), "/orders?id=7".into(), "hello mirror".into()));
+    edge.get("h.test", "/again").await.assert_served_by("a");
+    let seen = tokio::time::timeout(Duration::from_secs(10), mirrored.recv()).await.unwrap().unwrap();
+    assert_eq!((seen.0.as_str(), seen.1.as_str()), ("GET", "/again"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

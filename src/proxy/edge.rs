@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,6 +24,7 @@ use super::drain::{Drain, InFlight};
 use super::filters::{
     cors_request, filter_request, filter_response, location, normalize_request_path, respond, target_of,
 };
+use super::mirror::{self, MirrorBodies};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
 use crate::pool::attempt::Attempt;
 use crate::pool::Pool;
@@ -67,6 +69,9 @@ pub struct EdgeCtx {
     plan: Option<TryPlan>,
     /// The request's `Origin`, when the rule's CORS filter allows it: the response says so.
     cors_origin: Option<http::HeaderValue>,
+    /// The rule's mirrors got the request (once, at the first try), and get its body.
+    mirrored: bool,
+    mirror_bodies: MirrorBodies,
 }
 
 /// A try failed: reports its endpoint and says whether the request is tried again elsewhere
@@ -128,6 +133,8 @@ impl ProxyHttp for EdgeProxy {
             answered: None,
             plan: None,
             cors_origin: None,
+            mirrored: false,
+            mirror_bodies: MirrorBodies::default(),
         }
     }
 
@@ -234,10 +241,21 @@ impl ProxyHttp for EdgeProxy {
             .is_some_and(|l| l.protocol == Protocol::Https);
         let proto = http::HeaderValue::from_static(if https { "https" } else { "http" });
         upstream.insert_header("x-forwarded-proto", proto)?;
-        match &ctx.action {
-            Some(action) => filter_request(upstream, action, ctx.target(), ctx.new_path.as_deref()),
-            None => Ok(()),
-        }
+        let Some(action) = &ctx.action else { return Ok(()) };
+        filter_request(upstream, action, ctx.target(), ctx.new_path.as_deref())?;
+        mirror::at_try(session, upstream, action, &mut ctx.mirrored, &mut ctx.mirror_bodies);
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        ctx.mirror_bodies.send(body.as_ref(), end_of_stream);
+        Ok(())
     }
 
     async fn upstream_response_filter(

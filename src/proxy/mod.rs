@@ -8,6 +8,7 @@ pub mod drain;
 pub mod edge;
 pub mod filters;
 pub mod listeners;
+pub mod mirror;
 pub mod rewrite;
 pub mod upstream;
 

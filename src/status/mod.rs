@@ -23,7 +23,7 @@ use crate::store::Store;
 use crate::translate::status::{Condition, ObjectStatus, Statuses};
 
 /// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`.
-pub const SUPPORTED_FEATURES: [&str; 25] = [
+pub const SUPPORTED_FEATURES: [&str; 28] = [
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -45,6 +45,9 @@ pub const SUPPORTED_FEATURES: [&str; 25] = [
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",

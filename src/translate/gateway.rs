@@ -16,8 +16,8 @@ use super::status::ConditionType::{Accepted, Conflicted, Programmed, ResolvedRef
 use super::status::{resolved_refs, Condition, ParentRef, ParentStatus, Problem, Reason};
 use super::tls::{CertModel, Secrets};
 use super::{
-    created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, Model, PathRewrite, Protocol,
-    Redirect, Rewrite, RouteModel, RouteRetry, Timeouts, TranslateOptions,
+    created, reject, ActionKind, ActionModel, BackendRef, HeaderMods, ListenerModel, MirrorModel, Model, PathRewrite,
+    Protocol, Redirect, Rewrite, RouteModel, RouteRetry, Timeouts, TranslateOptions,
 };
 use crate::api::duration;
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
@@ -824,6 +824,7 @@ fn rule_action(
     let mut rewrite = None;
     let mut redirect = None;
     let mut cors = None;
+    let mut mirrors = vec![];
     for (fi, f) in rule.filters.iter().flatten().enumerate() {
         let fat = format!("{at}.filters[{fi}]");
         let err = |e: String| format!("{fat}: {e}");
@@ -901,6 +902,35 @@ fn rule_action(
                 };
                 cors = Some(Arc::new(Cors::new(&spec).map_err(|e| err(format!("cors.{e}")))?));
             }
+            HttpRouteRulesFiltersType::RequestMirror => {
+                let m = f.request_mirror.as_ref().ok_or_else(|| err("requestMirror is missing".into()))?;
+                let fraction = match (m.percent, &m.fraction) {
+                    (Some(_), Some(_)) => return Err(err("requestMirror: set percent or fraction, not both".into())),
+                    (Some(p), None) if (0..=100).contains(&p) => (p as u32, 100),
+                    (None, Some(f)) => {
+                        let d = f.denominator.unwrap_or(100);
+                        if d <= 0 || !(0..=d).contains(&f.numerator) {
+                            return Err(err(format!(
+                                "requestMirror.fraction {}/{d}: needs 0 <= numerator <= denominator, denominator > 0",
+                                f.numerator
+                            )));
+                        }
+                        (f.numerator as u32, d as u32)
+                    }
+                    (None, None) => (1, 1),
+                    (Some(p), None) => return Err(err(format!("requestMirror.percent {p} is outside 0..=100"))),
+                };
+                let b = &m.backend_ref;
+                let to =
+                    ServiceRef { group: &b.group, kind: &b.kind, name: &b.name, namespace: &b.namespace, port: b.port };
+                match to.resolve(ns, backends) {
+                    (name, Ok(pool)) => mirrors.push(MirrorModel { name, pool, fraction }),
+                    (_, Err((reason, e))) => {
+                        let message = format!("{fat}.requestMirror.backendRef: {e}; requests are not mirrored there");
+                        warnings.push(Problem::new(ResolvedRefs, reason, message));
+                    }
+                }
+            }
             ref other => return Err(err(format!("filter type {other:?} is not supported yet"))),
         }
     }
@@ -939,6 +969,7 @@ fn rule_action(
         timeouts,
         retry: RouteRetry::default(),
         cors,
+        mirrors,
     })
 }
 
@@ -971,6 +1002,41 @@ fn backend_filters(filters: &[HttpRouteRulesBackendRefsFilters], at: &str) -> Re
     Ok((request, response))
 }
 
+/// A route's reference to a Service (a backendRef, a mirror's backendRef).
+struct ServiceRef<'a> {
+    group: &'a Option<String>,
+    kind: &'a Option<String>,
+    name: &'a str,
+    namespace: &'a Option<String>,
+    port: Option<i32>,
+}
+
+impl ServiceRef<'_> {
+    /// Its `ns/service:port` name, and its pool or why it has none (an HTTPRoute of `ns`).
+    fn resolve(&self, ns: &str, backends: &mut Backends<'_>) -> (String, Result<super::PoolKey, (Reason, String)>) {
+        let target_ns = self.namespace.clone().unwrap_or_else(|| ns.to_string());
+        let name = format!("{target_ns}/{}:{}", self.name, self.port.map(|p| p.to_string()).unwrap_or_default());
+        let pool = if !self.group.as_deref().unwrap_or("").is_empty()
+            || self.kind.as_deref().unwrap_or("Service") != "Service"
+        {
+            let kind = self.kind.as_deref().unwrap_or("");
+            Err((Reason::InvalidKind, format!("only Service backends are supported, not {kind}")))
+        } else if !backends.store().grants("HTTPRoute", ns, "Service", &target_ns, self.name) {
+            Err((
+                Reason::RefNotPermitted,
+                format!(
+                    "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing HTTPRoutes of {ns}"
+                ),
+            ))
+        } else if let Some(port) = self.port.and_then(|p| u16::try_from(p).ok()) {
+            backends.resolve(&target_ns, self.name, &PortRef::Number(port)).map_err(|e| (Reason::BackendNotFound, e))
+        } else {
+            Err((Reason::BackendNotFound, "port is required for a Service backend".to_string()))
+        };
+        (name, pool)
+    }
+}
+
 fn backend_refs(
     rule: &HttpRouteRules,
     ns: &str,
@@ -986,24 +1052,8 @@ fn backend_refs(
         if !(0..=1_000_000).contains(&weight) {
             return Err(format!("{bat}.weight: {weight} is outside 0..=1000000"));
         }
-        let target_ns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
-        let name = format!("{target_ns}/{}:{}", b.name, b.port.map(|p| p.to_string()).unwrap_or_default());
-        let pool =
-            if !b.group.as_deref().unwrap_or("").is_empty() || b.kind.as_deref().unwrap_or("Service") != "Service" {
-                let kind = b.kind.as_deref().unwrap_or("");
-                Err((Reason::InvalidKind, format!("only Service backends are supported, not {kind}")))
-            } else if !backends.store().grants("HTTPRoute", ns, "Service", &target_ns, &b.name) {
-                Err((
-                    Reason::RefNotPermitted,
-                    format!(
-                    "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing HTTPRoutes of {ns}"
-                ),
-                ))
-            } else if let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) {
-                backends.resolve(&target_ns, &b.name, &PortRef::Number(port)).map_err(|e| (Reason::BackendNotFound, e))
-            } else {
-                Err((Reason::BackendNotFound, "port is required for a Service backend".to_string()))
-            };
+        let to = ServiceRef { group: &b.group, kind: &b.kind, name: &b.name, namespace: &b.namespace, port: b.port };
+        let (name, pool) = to.resolve(ns, backends);
         let pool = match pool {
             Ok(p) => Some(p),
             Err((reason, e)) => {

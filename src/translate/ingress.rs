@@ -127,6 +127,7 @@ pub fn translate(
                 request_headers: Default::default(),
                 response_headers: Default::default(),
                 cors: None,
+                mirrors: vec![],
                 rewrite: None,
                 timeouts: Default::default(),
                 retry: Default::default(),

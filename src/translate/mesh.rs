@@ -218,7 +218,13 @@ fn mesh_routes(
             continue;
         }
         let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
-        let compiled = compile_route(&stored.object, ns, name, backends);
+        // a mirror would be sent in plain text to the mirror's endpoints, around mutual TLS
+        let compiled = compile_route(&stored.object, ns, name, backends).and_then(|(models, warnings)| {
+            match models.iter().any(|m| !m.action.mirrors.is_empty()) {
+                true => Err(vec!["RequestMirror is not supported on a mesh route (a Service parent) yet".into()]),
+                false => Ok((models, warnings)),
+            }
+        });
         let conditions = match &compiled {
             Err(errors) => vec![Condition::fails(Accepted, Reason::UnsupportedValue, errors.join("; "))],
             Ok((_, warnings)) => vec![Condition::holds(Accepted, ""), resolved_refs(warnings)],

@@ -129,6 +129,17 @@ pub struct ActionModel {
     pub retry: RouteRetry,
     /// The rule's CORS filter.
     pub cors: Option<Arc<crate::routing::cors::Cors>>,
+    /// The rule's RequestMirror filters (those whose Service resolves).
+    pub mirrors: Vec<MirrorModel>,
+}
+
+/// A RequestMirror's backend and the share of requests it gets (`numerator / denominator`).
+#[derive(Clone, Debug)]
+pub struct MirrorModel {
+    /// `ns/service:port`.
+    pub name: String,
+    pub pool: PoolKey,
+    pub fraction: (u32, u32),
 }
 
 #[derive(Clone, Debug)]
