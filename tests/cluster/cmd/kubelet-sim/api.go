@@ -9,13 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 )
 
 // serveAPI serves the part of the kubelet API that `kubectl logs` reaches through the
-// apiserver: GET /containerLogs/NAMESPACE/POD/CONTAINER (?follow=true streams), over HTTPS with
-// client certificates from the cluster's CA.
+// apiserver: GET /containerLogs/NAMESPACE/POD/CONTAINER (?sinceTime, sinceSeconds, timestamps,
+// tailLines, follow), over HTTPS with client certificates from the cluster's CA.
 func (k *kubelet) serveAPI(port int, certFile, keyFile, caFile string) error {
 	if certFile == "" {
 		return nil
@@ -54,6 +53,8 @@ func (k *kubelet) serveAPI(port int, certFile, keyFile, caFile string) error {
 	return nil
 }
 
+// containerLogs serves a container's log with the PodLogOptions of the query (logs.go). A
+// followed log ends when the Pod has stopped.
 func (k *kubelet) containerLogs(w http.ResponseWriter, req *http.Request) {
 	ns, name, ctr := req.PathValue("namespace"), req.PathValue("pod"), req.PathValue("container")
 	pod, err := k.pods.Pods(ns).Get(name)
@@ -74,24 +75,5 @@ func (k *kubelet) containerLogs(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	defer f.Close()
-	w.Header().Set("Content-Type", "text/plain")
-	if _, err := io.Copy(w, f); err != nil || !strings.EqualFold(req.URL.Query().Get("follow"), "true") {
-		return
-	}
-	flusher, _ := w.(http.Flusher)
-	for {
-		select {
-		case <-req.Context().Done():
-			return
-		case <-r.killed:
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-		if _, err := io.Copy(w, f); err != nil {
-			return
-		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
+	serveLogs(w, req, f, r.done)
 }

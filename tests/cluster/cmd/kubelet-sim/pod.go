@@ -266,25 +266,25 @@ func (r *podRunner) runInit(ctx context.Context) error {
 }
 
 // start runs a container's program inside the Pod's network namespace, in a process group of
-// its own, its output appended to the container's log.
+// its own, its output appended to the container's log a timed line at a time (logs.go).
 func (r *podRunner) start(c *container) {
-	logf, err := os.OpenFile(r.logPath(c.spec.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logs, err := openContainerLog(r.logPath(c.spec.Name))
 	if err != nil {
 		log.Printf("kubelet-sim: %v", err)
 		return
 	}
-	defer logf.Close()
 	argv := host.Privileged(append([]string{"ip", "netns", "exec", r.netns}, c.prog.argv...)...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = c.prog.env
 	cmd.Dir = r.dir
-	cmd.Stdout, cmd.Stderr = logf, logf
+	logs.attach(cmd)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	c.exited = make(chan int, 1)
 	c.exitCode = nil
 	c.ready = false
 	c.probe = probeState{}
 	if err := cmd.Start(); err != nil {
+		_ = logs.Close()
 		log.Printf("kubelet-sim: start %s: %v", c.spec.Name, err)
 		code := 128
 		c.exitCode = &code
@@ -296,6 +296,8 @@ func (r *podRunner) start(c *container) {
 	exited := c.exited
 	go func() {
 		_ = cmd.Wait()
+		// the end of a last line without a newline is in the log before the exit is seen
+		_ = logs.Close()
 		exited <- cmd.ProcessState.ExitCode()
 	}()
 }
