@@ -1006,6 +1006,7 @@ async fn the_cors_filter_answers_preflights_and_marks_allowed_responses() {
         ("access-control-allow-methods", "GET, OPTIONS"),
         ("access-control-allow-headers", "x-header-1"),
         ("access-control-allow-credentials", "true"),
+        ("access-control-expose-headers", "x-header-3"),
         ("access-control-max-age", "3600"),
     ] {
         assert_eq!(resp.header(name), Some(value), "{name}: {resp}");

@@ -139,6 +139,9 @@ impl Cors {
             (List::Values(Some(v)), _) => out.push((ACCESS_CONTROL_ALLOW_HEADERS, v.clone())),
             _ => {}
         }
+        if let Some(expose) = &self.expose {
+            out.push((ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone()));
+        }
         if let Some(age) = &self.max_age {
             out.push((ACCESS_CONTROL_MAX_AGE, age.clone()));
         }
@@ -227,6 +230,7 @@ mod tests {
                 "access-control-allow-credentials: true",
                 "access-control-allow-methods: GET, OPTIONS",
                 "access-control-allow-headers: x-header-1, x-header-2",
+                "access-control-expose-headers: x-3",
                 "access-control-max-age: 3600",
             ]
         );

@@ -123,6 +123,8 @@ pub struct StatusUpdate {
     pub status: Value,
     /// The status the object has now (`None`: none).
     pub current: Option<Value>,
+    /// The object's uid: an object deleted and created again under its name is another object.
+    pub uid: Option<String>,
 }
 
 /// The statuses that differ from what each object of weir's holds now. `now` (RFC 3339) is the
@@ -140,11 +142,13 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
     };
     let ingress_addresses: Vec<Value> =
         published.iter().map(|a| if is_ip(a) { json!({"ip": a}) } else { json!({"hostname": a}) }).collect();
-    let mut push = |kind: &'static str, ns: &str, name: &str, current: Option<Value>, status: Value| {
-        if current.as_ref() != Some(&status) {
-            updates.push(StatusUpdate { kind, namespace: ns.into(), name: name.into(), status, current });
-        }
-    };
+    let mut push =
+        |kind: &'static str, meta: &ObjectMeta, ns: &str, name: &str, current: Option<Value>, status: Value| {
+            if current.as_ref() != Some(&status) {
+                let uid = meta.uid.clone();
+                updates.push(StatusUpdate { kind, namespace: ns.into(), name: name.into(), status, current, uid });
+            }
+        };
     for (name, stored) in &store.gateway_classes {
         let class = &stored.object;
         if class.spec.controller_name != ctx.controller_name {
@@ -157,7 +161,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
             "conditions": conditions(&status.conditions, &class.metadata, current.as_ref().map(|c| &c["conditions"]), now),
             "supportedFeatures": features,
         });
-        push("GatewayClass", "", name, current, status);
+        push("GatewayClass", &class.metadata, "", name, current, status);
     }
     for ((ns, name), stored) in &store.gateways {
         let gw = &stored.object;
@@ -193,7 +197,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
             "conditions": conditions(&status.conditions, &gw.metadata, current.as_ref().map(|c| &c["conditions"]), now),
             "listeners": listeners,
         });
-        push("Gateway", ns, name, current, status);
+        push("Gateway", &gw.metadata, ns, name, current, status);
     }
     for ((ns, name), stored) in &store.http_routes {
         let route = &stored.object;
@@ -216,7 +220,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
                 "conditions": conditions(&p.conditions, &route.metadata, old, now),
             }));
         }
-        push("HTTPRoute", ns, name, current, json!({"parents": parents}));
+        push("HTTPRoute", &route.metadata, ns, name, current, json!({"parents": parents}));
     }
     // weir's own resources: Accepted, and why not
     let mut own = |kind: &'static str, ns: &str, name: &str, meta: &ObjectMeta, current: &Option<PolicyStatus>| {
@@ -224,7 +228,7 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
         let current = to_value(current);
         let old = current.as_ref().map(|c| &c["conditions"]);
         let status = json!({"conditions": conditions(&status.conditions, meta, old, now)});
-        push(kind, ns, name, current, status);
+        push(kind, meta, ns, name, current, status);
     };
     for ((ns, name), p) in &store.backend_policies {
         own("BackendPolicy", ns, name, &p.object.metadata, &p.object.status);
@@ -239,7 +243,8 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
                 continue;
             }
             let current = to_value(&stored.object.status);
-            push("Ingress", ns, name, current, json!({"loadBalancer": {"ingress": ingress_addresses}}));
+            let meta = &stored.object.metadata;
+            push("Ingress", meta, ns, name, current, json!({"loadBalancer": {"ingress": ingress_addresses}}));
         }
     }
     updates

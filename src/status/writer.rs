@@ -47,9 +47,7 @@ pub fn spawn_writer(
     metrics: Arc<Metrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // what was written, and the status the object had then: until the store shows the
-        // write, the same status is not written again
-        let mut written: HashMap<(&'static str, String, String), (Option<Value>, Value)> = HashMap::new();
+        let mut written = Written::default();
         // after a failed write: when to try again, and the wait after that
         let mut retry: Option<(Instant, Duration)> = None;
         loop {
@@ -67,13 +65,12 @@ pub fn spawn_writer(
             let Some(input) = inputs.borrow_and_update().clone() else { continue };
             let mut failed = false;
             for u in desired(&input.store, &input.statuses, &ctx, &now()) {
-                let key = (u.kind, u.namespace.clone(), u.name.clone());
-                if written.get(&key).is_some_and(|(before, status)| *before == u.current && *status == u.status) {
+                if written.already(&u) {
                     continue;
                 }
                 let result = match patch(&client, &u).await {
                     Ok(()) => {
-                        written.insert(key, (u.current.clone(), u.status.clone()));
+                        written.wrote(&u);
                         "ok"
                     }
                     Err(e) => {
@@ -90,6 +87,31 @@ pub fn spawn_writer(
             });
         }
     })
+}
+
+/// What was written, and the status the object had then: until the store shows the write,
+/// the same status is not written again. By uid: an object deleted and created again under its
+/// name within the second (the conformance suite does) would otherwise get no status, its own
+/// being equal, to the second, to the one written for the object before it.
+#[derive(Default)]
+struct Written(HashMap<(&'static str, String, String, Option<String>), (Option<Value>, Value)>);
+
+impl Written {
+    fn key(u: &StatusUpdate) -> (&'static str, String, String, Option<String>) {
+        (u.kind, u.namespace.clone(), u.name.clone(), u.uid.clone())
+    }
+
+    fn already(&self, u: &StatusUpdate) -> bool {
+        self.0.get(&Written::key(u)).is_some_and(|(before, status)| *before == u.current && *status == u.status)
+    }
+
+    fn wrote(&mut self, u: &StatusUpdate) {
+        self.0.insert(Written::key(u), (u.current.clone(), u.status.clone()));
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// Now, to the second, as the API server keeps condition times.
@@ -119,4 +141,31 @@ where
 {
     let body = Patch::Merge(json!({"status": u.status}));
     api.patch_status(&u.name, &PatchParams::default(), &body).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(uid: &str) -> StatusUpdate {
+        StatusUpdate {
+            kind: "HTTPRoute",
+            namespace: "infra".into(),
+            name: "request-header-modifier".into(),
+            status: json!({"parents": [{"conditions": [{"type": "Accepted", "lastTransitionTime": "2026-12-05T19:46:46Z"}]}]}),
+            current: None,
+            uid: Some(uid.into()),
+        }
+    }
+
+    #[test]
+    fn an_object_created_again_under_its_name_gets_its_status_written() {
+        let mut written = Written::default();
+        let first = update("uid-1");
+        assert!(!written.already(&first));
+        written.wrote(&first);
+        assert!(written.already(&first), "the same status for the same object is not written twice");
+        // deleted and created again within the second: the same status, to the second
+        assert!(!written.already(&update("uid-2")), "the new object has no status yet");
+    }
 }
