@@ -264,7 +264,7 @@ pub(crate) fn compile_action(
             .iter()
             .filter_map(|m| {
                 let pool = pools.get(&m.pool)?.clone();
-                Some(crate::proxy::mirror::MirrorTarget { name: m.name.clone(), pool, fraction: m.fraction })
+                Some(crate::proxy::mirror::MirrorTarget::new(m.name.clone(), pool, m.fraction))
             })
             .collect(),
     }

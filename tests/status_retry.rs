@@ -13,7 +13,8 @@ use weir::source::kubernetes::KubeSource;
 const CONVERGE: Duration = Duration::from_secs(120);
 
 /// A status write the apiserver refuses is tried again on its own: with the chart's RBAC minus
-/// `httproutes/status`, the route's status cannot be written; once the ClusterRole grants it
+/// `httproutes/status` (and minus `namespaces`, which weir serves without), the route's status
+/// cannot be written; once the ClusterRole grants it
 /// again, weir writes it with no change to the route (a user fixing RBAC must not have to touch
 /// every object).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,6 +26,11 @@ async fn a_refused_status_write_is_tried_again_until_it_is_allowed() {
     let granted = "resources: [gatewayclasses/status, gateways/status, httproutes/status]";
     assert!(full.contains(granted), "the chart grants httproutes/status:\n{full}");
     let without = full.replace(granted, "resources: [gatewayclasses/status, gateways/status]");
+    // and without Namespaces, which weir reads only for listener namespace selectors: it serves
+    // without them rather than waiting for a list it may not do
+    let namespaces = "resources: [services, secrets, namespaces]";
+    assert!(full.contains(namespaces), "the chart grants namespaces:\n{full}");
+    let without = without.replace(namespaces, "resources: [services, secrets]");
     kubectl(cluster, &["apply", "-f", "-"], Some(&without));
     let (_dir, path) = service_account_kubeconfig(cluster, &home, "weir-retry");
 
@@ -49,6 +55,11 @@ async fn a_refused_status_write_is_tried_again_until_it_is_allowed() {
     })
     .await;
     wait_for_programmed_gateway(&admin, &apps, "gw", CONVERGE).await;
+    let dump = request(edge.admin_addr).path("/config_dump").send().await.json();
+    let watch = dump["watches"].as_array().unwrap().iter().find(|w| w["kind"] == "Namespace").cloned();
+    let watch = watch.unwrap_or_else(|| panic!("no Namespace watch: {dump:#}"));
+    assert_eq!(watch["synced"], true, "{watch}");
+    assert!(watch["lastError"].as_str().is_some_and(|e| e.contains("kubernetes.io/metadata.name")), "{watch}");
     wait_until("the route's status write is refused", CONVERGE, || async {
         route_writes(metrics().await, "error") >= 1.0
     })

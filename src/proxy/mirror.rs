@@ -4,7 +4,7 @@
 //! the body is cut off.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,18 +21,43 @@ use crate::pool::Pool;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Body chunks waiting for a slow mirror before it is cut off.
 const MIRROR_BODY_CHUNKS: usize = 16;
+/// Mirrored requests in flight to one mirror of a rule: a slow mirror under load gets no more
+/// copies past this, rather than tasks piling up in weir.
+const MIRROR_IN_FLIGHT: usize = 1024;
 
 /// One mirror backend of a rule, and the share of requests it gets (`numerator / denominator`).
 pub struct MirrorTarget {
     pub name: String,
     pub pool: Arc<Pool>,
     pub fraction: (u32, u32),
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl MirrorTarget {
+    pub fn new(name: String, pool: Arc<Pool>, fraction: (u32, u32)) -> MirrorTarget {
+        MirrorTarget { name, pool, fraction, in_flight: Arc::default() }
+    }
+
     fn sampled(&self) -> bool {
         let (n, d) = self.fraction;
         n >= d || rand::random_range(0..d) < n
+    }
+}
+
+/// Holds one of a mirror's in-flight places until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn take(count: &Arc<AtomicUsize>) -> Option<InFlight> {
+        let taken =
+            count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MIRROR_IN_FLIGHT).then_some(n + 1));
+        taken.ok().map(|_| InFlight(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -86,6 +111,10 @@ pub fn at_try(
 pub fn start(head: &RequestHeader, mirrors: &[MirrorTarget], with_body: bool) -> MirrorBodies {
     let mut bodies = MirrorBodies::default();
     for m in mirrors.iter().filter(|m| m.sampled()) {
+        let Some(place) = InFlight::take(&m.in_flight) else {
+            tracing::debug!(mirror = %m.name, "{MIRROR_IN_FLIGHT} mirrored requests in flight: not mirrored");
+            continue;
+        };
         let Some(picked) = m.pool.select(b"", &[]) else {
             tracing::debug!(mirror = %m.name, "no endpoint to mirror to");
             continue;
@@ -113,6 +142,7 @@ pub fn start(head: &RequestHeader, mirrors: &[MirrorTarget], with_body: bool) ->
         let Some(request) = copy(head, body) else { continue };
         let (addr, name) = (picked.addr, m.name.clone());
         tokio::spawn(async move {
+            let _place = place;
             match tokio::time::timeout(MIRROR_TIMEOUT, send(addr, request)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(mirror = %name, %addr, "mirrored request failed: {e}"),
@@ -144,4 +174,18 @@ async fn send(addr: SocketAddr, request: http::Request<Body>) -> anyhow::Result<
     // read the answer to its end, so the backend sees a whole exchange, and drop it
     response.into_body().collect().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_takes_no_more_requests_than_its_in_flight_places() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut held: Vec<InFlight> = (0..MIRROR_IN_FLIGHT).map(|_| InFlight::take(&count).unwrap()).collect();
+        assert!(InFlight::take(&count).is_none(), "all places taken");
+        held.pop();
+        assert!(InFlight::take(&count).is_some(), "a finished mirror frees its place");
+    }
 }

@@ -94,6 +94,8 @@ enum Seen {
     Deleted(NsName),
     /// The resource is not installed (404).
     Missing,
+    /// An optional kind weir may not list (403): it serves without it.
+    Forbidden(String),
     /// The watch failed (it is retried).
     Failed(String),
 }
@@ -104,6 +106,21 @@ struct Feed {
     kind: &'static str,
     namespace: Option<String>,
     name: Option<String>,
+}
+
+impl Feed {
+    /// Whether weir serves without this kind when RBAC does not let it list it: Namespaces,
+    /// read only for the labels a listener's namespace selector may pick by (a weir restricted
+    /// to its namespaces by a Role cannot list them).
+    fn optional(&self) -> bool {
+        self.kind == "Namespace"
+    }
+
+    /// What serving without this optional kind means.
+    fn without(&self) -> &'static str {
+        "allowedRoutes namespace selectors see only each namespace's kubernetes.io/metadata.name label; \
+         grant get, list and watch on namespaces for the others"
+    }
 }
 
 #[derive(Default)]
@@ -246,6 +263,9 @@ fn spawn<K>(
                 }
                 Ok(watcher::Event::Delete(o)) => Seen::Deleted(key(&o)),
                 Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => Seen::Missing,
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 403 && feed.optional() => {
+                    Seen::Forbidden(e.message)
+                }
                 Err(e) => Seen::Failed(e.to_string()),
             };
             if tx.send((feed.clone(), seen)).is_err() {
@@ -357,6 +377,22 @@ async fn gather(
                         );
                         s.missing_reported = true;
                     }
+                    gone = std::mem::take(&mut s.objects).into_iter().collect();
+                    s.synced = true;
+                }
+                Seen::Forbidden(e) => {
+                    // an optional kind weir may not list: it serves without it
+                    if !s.missing_reported {
+                        tracing::warn!(
+                            kind = feed.kind,
+                            error = %e,
+                            "weir may not list {}s (RBAC); it serves without them: {}",
+                            feed.kind,
+                            feed.without()
+                        );
+                        s.missing_reported = true;
+                    }
+                    s.last_error = Some(format!("{e}; {}", feed.without()));
                     gone = std::mem::take(&mut s.objects).into_iter().collect();
                     s.synced = true;
                 }

@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::httproutes::*;
-
-use crate::routing::cors::{Cors, CorsSpec};
 use http::{HeaderName, HeaderValue, Method};
 
 use super::backend::{Backends, PortRef};
@@ -20,6 +18,7 @@ use super::{
     Protocol, Redirect, Rewrite, RouteModel, RouteRetry, Timeouts, TranslateOptions,
 };
 use crate::api::duration;
+use crate::routing::cors::{Cors, CorsSpec};
 use crate::routing::{HostPattern, Order, PathMatch, RequestMatch, ValueMatch};
 use crate::store::{Rejection, Store};
 
