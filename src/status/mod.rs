@@ -22,11 +22,15 @@ use crate::api::PolicyStatus;
 use crate::store::Store;
 use crate::translate::status::{Condition, ObjectStatus, Statuses};
 
-/// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`.
-pub const SUPPORTED_FEATURES: [&str; 28] = [
+/// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`: exactly those
+/// the conformance suite passes (`scripts/conformance`, tests/conformance/reports/), which reads
+/// them from there.
+pub const SUPPORTED_FEATURES: [&str; 30] = [
     "Gateway",
+    "GatewayAddressEmpty",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
+    "GatewayStaticAddresses",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",

@@ -130,7 +130,13 @@ pub fn translate(
             Some(Ok(ip)) => *ip,
             Some(Err(problem)) => {
                 let status = model.statuses.of("Gateway", ns, name);
-                status.conditions = vec![Condition::holds(Accepted, ""), problem.condition()];
+                status.conditions = match problem.type_ {
+                    Accepted => vec![
+                        problem.condition(),
+                        Condition::fails(Programmed, Reason::Invalid, "the Gateway is not accepted"),
+                    ],
+                    _ => vec![Condition::holds(Accepted, ""), problem.condition()],
+                };
                 status.attached_routes = gw.spec.listeners.iter().map(|l| (l.name.clone(), 0)).collect();
                 model.rejections.push(reject("Gateway", ns, name, &stored.origin, problem.message.clone()));
                 continue;
@@ -407,16 +413,22 @@ fn assign_addresses(
     classes: &BTreeSet<&str>,
     opts: &TranslateOptions,
 ) -> BTreeMap<(String, String), Result<IpAddr, Problem>> {
-    let mut gateways: Vec<_> =
-        store.gateways.iter().filter(|(_, g)| classes.contains(g.object.spec.gateway_class_name.as_str())).collect();
+    let (mut gateways, unsupported): (Vec<_>, Vec<_>) = store
+        .gateways
+        .iter()
+        .filter(|(_, g)| classes.contains(g.object.spec.gateway_class_name.as_str()))
+        .partition(|(_, g)| unsupported_address(&g.object).is_none());
+    // an address type weir does not take: not Accepted, with or without a pool
+    let mut out: BTreeMap<(String, String), Result<IpAddr, Problem>> =
+        unsupported.into_iter().filter_map(|(k, g)| Some((k.clone(), Err(unsupported_address(&g.object)?)))).collect();
     if opts.gateway_addresses.is_empty() {
-        return gateways.into_iter().map(|(k, _)| (k.clone(), Ok(opts.gateway_address))).collect();
+        out.extend(gateways.into_iter().map(|(k, _)| (k.clone(), Ok(opts.gateway_address))));
+        return out;
     }
     gateways.sort_by_key(|((ns, name), g)| (created(&g.object.metadata), ns.clone(), name.clone()));
     let in_pool = |ip: &IpAddr| opts.gateway_addresses.iter().any(|net| net.contains(ip));
     let not_usable = |message: String| Problem::new(Programmed, Reason::AddressNotUsable, message);
     let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut out = BTreeMap::new();
     let mut unassigned = vec![];
     for (key, stored) in &gateways {
         let gw = &stored.object;
@@ -459,6 +471,14 @@ fn assign_addresses(
         out.insert(key.clone(), result);
     }
     out
+}
+
+/// Why a Gateway cannot be accepted for the addresses it asks for: one of a type weir does not
+/// take (it takes `IPAddress`, the default type).
+fn unsupported_address(gw: &gateway_api::gateways::Gateway) -> Option<Problem> {
+    let other = gw.spec.addresses.iter().flatten().filter_map(|a| a.r#type.as_deref()).find(|t| *t != "IPAddress")?;
+    let message = format!("spec.addresses: type {other:?} is not supported; weir takes IPAddress addresses");
+    Some(Problem::new(Accepted, Reason::UnsupportedAddress, message))
 }
 
 fn pool_text(opts: &TranslateOptions) -> String {
@@ -1288,6 +1308,34 @@ spec:
             let status = m.statuses.get("HTTPRoute", "shop", name).unwrap();
             assert!(status.parents[0].conditions.iter().any(|c| c.type_ == Accepted && c.status), "{name}");
         }
+    }
+
+    #[test]
+    fn a_gateway_asking_for_an_address_type_weir_does_not_take_is_not_accepted() {
+        // the conformance suite's GatewayStaticAddresses, step by step
+        let asking =
+            |addresses: &str| gateway("static", "2026-01-01T00:00:00Z", &format!("  addresses: {addresses}\n"));
+        let condition = |m: &Model, t: ConditionType| {
+            let status = m.statuses.get("Gateway", "shop", "static").unwrap();
+            status.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status, c.reason))
+        };
+        let invalid = "[{type: test/fake-invalid-type, value: 'fake'}, {type: IPAddress, value: 10.0.0.1}, {type: IPAddress, value: 127.0.10.5}]";
+        let m = translated(&asking(invalid));
+        assert_eq!(condition(&m, Accepted), Some((false, Reason::UnsupportedAddress)));
+        assert_eq!(condition(&m, Programmed), Some((false, Reason::Invalid)));
+        let opts = TranslateOptions::defaults("weir");
+        let without_pool = translated_with(&asking(invalid), &opts);
+        assert_eq!(condition(&without_pool, Accepted), Some((false, Reason::UnsupportedAddress)), "with no pool too");
+
+        let m = translated(&asking("[{type: IPAddress, value: 10.0.0.1}, {type: IPAddress, value: 127.0.10.5}]"));
+        assert_eq!(condition(&m, Accepted), Some((true, Reason::Accepted)));
+        assert_eq!(condition(&m, Programmed), Some((false, Reason::AddressNotUsable)));
+        let m = translated(&asking("[{type: IPAddress, value: 127.0.10.5}]"));
+        assert_eq!(condition(&m, Programmed), Some((true, Reason::Programmed)));
+        assert_eq!(address(&m, "static"), Some("127.0.10.5".parse().unwrap()));
+        // an IPAddress without a value gets one from the pool (GatewayAddressEmpty)
+        let m = translated(&asking("[{type: IPAddress}]"));
+        assert_eq!(address(&m, "static"), Some("127.0.10.1".parse().unwrap()));
     }
 
     #[test]

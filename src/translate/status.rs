@@ -52,6 +52,8 @@ pub enum Reason {
     TargetNotFound,
     /// The Gateway cannot have the address it asks for, or any (its `Programmed` reason).
     AddressNotUsable,
+    /// The Gateway asks for an address of a type weir does not take (its `Accepted` reason).
+    UnsupportedAddress,
     /// A listener's `Conflicted=False`.
     NoConflicts,
     /// Another listener on the address and port has the same hostname.
