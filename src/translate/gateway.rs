@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::httproutes::*;
 use http::{HeaderName, HeaderValue, Method};
+use kube::core::SelectorExt;
 
 use super::backend::{Backends, PortRef};
 use super::status::ConditionType::{Accepted, Conflicted, Programmed, ResolvedRefs};
@@ -44,56 +45,40 @@ struct Listener {
 enum RouteNamespaces {
     Same,
     All,
-    /// Namespaces whose labels match every requirement.
-    Selector(Vec<LabelRequirement>),
+    /// Namespaces whose labels the selector matches.
+    Selector(kube::core::Selector),
 }
 
-/// One requirement of a label selector (a `matchLabels` entry is `In` with one value).
-#[derive(Debug, PartialEq)]
-enum LabelRequirement {
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl LabelRequirement {
-    fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        match self {
-            LabelRequirement::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
-            LabelRequirement::NotIn(k, values) => labels.get(k).is_none_or(|v| !values.contains(v)),
-            LabelRequirement::Exists(k) => labels.contains_key(k),
-            LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-}
-
-/// A listener's namespace selector as requirements, or what is wrong with it (as the API
-/// server's own label selectors refuse it).
-fn label_requirements(
+/// A listener's namespace selector, or what is wrong with it. Refused as the API server refuses
+/// a label selector (kube's own conversion lets an `In` without values or an `Exists` with some
+/// through).
+fn namespace_selector(
     selector: Option<&gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesSelector>,
-) -> Result<Vec<LabelRequirement>, String> {
+) -> Result<kube::core::Selector, String> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
     let Some(selector) = selector else {
         return Err("allowedRoutes.namespaces.from is Selector but selector is missing".into());
     };
-    let labels = selector.match_labels.iter().flatten();
-    let mut out: Vec<_> = labels.map(|(k, v)| LabelRequirement::In(k.clone(), vec![v.clone()])).collect();
+    let mut requirements = vec![];
     for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default();
+        let values = e.values.as_ref().filter(|v| !v.is_empty());
         let where_ =
             || format!("allowedRoutes.namespaces.selector: matchExpressions key {:?} operator {}", e.key, e.operator);
-        let requirement = match (e.operator.as_str(), values.is_empty()) {
-            ("In", false) => LabelRequirement::In(e.key.clone(), values),
-            ("NotIn", false) => LabelRequirement::NotIn(e.key.clone(), values),
-            ("Exists", true) => LabelRequirement::Exists(e.key.clone()),
-            ("DoesNotExist", true) => LabelRequirement::DoesNotExist(e.key.clone()),
-            ("In" | "NotIn", true) => return Err(format!("{} needs at least one value", where_())),
-            ("Exists" | "DoesNotExist", false) => return Err(format!("{} takes no values", where_())),
-            _ => return Err(format!("{}: the operator must be In, NotIn, Exists or DoesNotExist", where_())),
-        };
-        out.push(requirement);
+        match (e.operator.as_str(), values.is_some()) {
+            ("In" | "NotIn", false) => return Err(format!("{} needs at least one value", where_())),
+            ("Exists" | "DoesNotExist", true) => return Err(format!("{} takes no values", where_())),
+            _ => {}
+        }
+        requirements.push(LabelSelectorRequirement {
+            key: e.key.clone(),
+            operator: e.operator.clone(),
+            values: values.cloned(),
+        });
     }
-    Ok(out)
+    let selector = LabelSelector { match_labels: selector.match_labels.clone(), match_expressions: Some(requirements) };
+    kube::core::Selector::try_from(selector).map_err(|e| {
+        format!("allowedRoutes.namespaces.selector: {}; the operator must be In, NotIn, Exists or DoesNotExist", e.0)
+    })
 }
 
 /// Adds Gateway listeners and HTTPRoute routes to `model`.
@@ -146,7 +131,6 @@ pub fn translate(
         model.statuses.of("Gateway", ns, name).address = Some(ip);
         let mut errors = vec![];
         let mut conditions = BTreeMap::new();
-        let mut served = 0;
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let listener_conditions = match listener(ip, secrets, ns, name, l, model) {
                 Ok((accepted, Some(problem))) => {
@@ -161,7 +145,6 @@ pub fn translate(
                         ),
                     };
                     if accepted.served {
-                        served += 1;
                         hostnames
                             .entry((accepted.addr, accepted.hostname.display()))
                             .or_insert_with(|| format!("listener {} of Gateway {ns}/{name}", l.name));
@@ -195,7 +178,6 @@ pub fn translate(
                         None => {
                             hostnames.insert(key, me);
                             listeners.push(accepted);
-                            served += 1;
                             let mut c: Vec<Condition> =
                                 [Accepted, ResolvedRefs, Programmed].map(|t| Condition::holds(t, "")).to_vec();
                             c.push(Condition::fails(Conflicted, Reason::NoConflicts, ""));
@@ -227,7 +209,8 @@ pub fn translate(
         status.listeners = conditions;
         // Accepted while any listener is (one whose references do not resolve is), Programmed
         // while any is served
-        let accepted = status.listeners.values().filter(|c| c.iter().any(|c| c.type_ == Accepted && c.status)).count();
+        let holding = |t| status.listeners.values().filter(|c| c.iter().any(|c| c.type_ == t && c.status)).count();
+        let (accepted, served) = (holding(Accepted), holding(Programmed));
         let of_all = format!("{served} of {} listeners are served", gw.spec.listeners.len());
         status.conditions = match (accepted, served, errors.is_empty()) {
             (_, _, true) => vec![Condition::holds(Accepted, ""), Condition::holds(Programmed, "")],
@@ -276,10 +259,7 @@ pub fn translate(
                 let allowed = match &l.from {
                     RouteNamespaces::All => true,
                     RouteNamespaces::Same => l.gateway.0 == *ns,
-                    RouteNamespaces::Selector(requirements) => {
-                        let labels = store.namespace_labels(ns);
-                        requirements.iter().all(|r| r.matches(&labels))
-                    }
+                    RouteNamespaces::Selector(selector) => selector.matches(&store.namespace_labels(ns)),
                 };
                 if !allowed || !l.allows_http_route {
                     refusals.push(format!(
@@ -579,7 +559,7 @@ fn listener(
         From::Same => RouteNamespaces::Same,
         From::All => RouteNamespaces::All,
         From::Selector => RouteNamespaces::Selector(
-            label_requirements(namespaces.and_then(|n| n.selector.as_ref())).map_err(unsupported)?,
+            namespace_selector(namespaces.and_then(|n| n.selector.as_ref())).map_err(unsupported)?,
         ),
     };
     let kinds = allowed.and_then(|a| a.kinds.as_deref());
@@ -1223,6 +1203,11 @@ spec:
         let listener = &m.statuses.get("Gateway", "shop", "gw").unwrap().listeners["http"];
         let accepted = listener.iter().find(|c| c.type_ == ConditionType::Accepted).unwrap();
         assert!(!accepted.status && accepted.message.contains("operator Exists takes no values"), "{accepted:?}");
+        let unknown = bad.replace("operator: Exists, values: [a]", "operator: Like, values: [a]");
+        let m = translated(&gateway_with("gw", "2026-01-01T00:00:00Z", &unknown, ""));
+        let listener = &m.statuses.get("Gateway", "shop", "gw").unwrap().listeners["http"];
+        let accepted = listener.iter().find(|c| c.type_ == ConditionType::Accepted).unwrap();
+        assert!(!accepted.status && accepted.message.contains("the operator must be In, NotIn"), "{accepted:?}");
     }
 
     #[test]
