@@ -136,6 +136,57 @@ fn grpc_request(h2: &H2, host: &str, message: &[u8]) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// HTTP/2 frame flag END_STREAM.
+const END_STREAM: u8 = 0x1;
+
+/// The flags of the first HEADERS frame weir answers a gRPC call (`POST path`, no message) with,
+/// over h2c: frames as they are on the wire, which an HTTP/2 library would fold together.
+async fn first_response_headers_flags(addr: SocketAddr, host: &str, path: &str) -> u8 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    // HPACK literal fields without indexing, no Huffman (every name and value is short)
+    let mut block = vec![];
+    let fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", host),
+        ("content-type", "application/grpc"),
+    ];
+    for (name, value) in fields {
+        block.push(0);
+        for s in [name, value] {
+            block.push(s.len() as u8);
+            block.extend(s.as_bytes());
+        }
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4 | END_STREAM, 1, &block)); // HEADERS, END_HEADERS
+    let mut tcp = TcpStream::connect(addr).await.expect("connect to weir");
+    tcp.write_all(&out).await.unwrap();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await.expect("a frame from weir");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            tcp.read_exact(&mut payload).await.unwrap();
+            if head[3] == 0x1 && stream == 1 {
+                return head[4];
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read).await.expect("weir's HEADERS frame in time")
+}
+
 #[track_caller]
 fn assert_grpc_ok(answer: &Answer, message: &[u8], echo: &str) {
     let resp = &answer.resp;
@@ -402,6 +453,10 @@ async fn grpc_callers_get_weirs_own_failures_as_grpc_statuses() {
         assert_eq!(resp.header("grpc-status"), Some(code), "{resp}");
         assert_eq!(resp.header("grpc-message"), Some(text), "{resp}");
         assert!(resp.body.is_empty() && answer.trailers.is_none(), "trailers-only: {resp}");
+        // on the wire: one HEADERS frame that ends the stream (grpc-go reads headers and then
+        // an empty DATA frame as "closed without sending trailers", code Internal)
+        let flags = first_response_headers_flags(weir.http, host, path).await;
+        assert_eq!(flags & END_STREAM, END_STREAM, "the HEADERS frame's flags: {flags:#04x}");
     }
     // the same request without gRPC's content-type gets the plain answer
     let resp = h2.get("nope.example.com", "/weir.test.Echo/Say").await;
