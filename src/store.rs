@@ -3,8 +3,10 @@
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -60,6 +62,8 @@ pub enum Object {
     GatewayClass(Box<GatewayClass>),
     Gateway(Box<Gateway>),
     HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
+    TlsRoute(Box<TlsRoute>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
@@ -104,6 +108,8 @@ pub struct Store {
     pub gateway_classes: Map<String, Stored<GatewayClass>>,
     pub gateways: Map<NsName, Stored<Gateway>>,
     pub http_routes: Map<NsName, Stored<HttpRoute>>,
+    pub grpc_routes: Map<NsName, Stored<GrpcRoute>>,
+    pub tls_routes: Map<NsName, Stored<TlsRoute>>,
     pub services: Map<NsName, Stored<Service>>,
     /// Keyed by the slice's own namespace/name; [`Store::slices_of`] has them by Service.
     pub endpoint_slices: Map<NsName, Stored<EndpointSlice>>,
@@ -164,6 +170,8 @@ impl Store {
             Object::GatewayClass(o) => put!(gateway_classes, o, cluster),
             Object::Gateway(o) => put!(gateways, o, namespaced),
             Object::HttpRoute(o) => put!(http_routes, o, namespaced),
+            Object::GrpcRoute(o) => put!(grpc_routes, o, namespaced),
+            Object::TlsRoute(o) => put!(tls_routes, o, namespaced),
             Object::Service(o) => put!(services, o, namespaced),
             Object::EndpointSlice(o) => {
                 let key = ns_name(&o.metadata);
@@ -192,6 +200,8 @@ impl Store {
             "GatewayClass" => self.gateway_classes.remove(name).is_some(),
             "Gateway" => self.gateways.remove(&key).is_some(),
             "HTTPRoute" => self.http_routes.remove(&key).is_some(),
+            "GRPCRoute" => self.grpc_routes.remove(&key).is_some(),
+            "TLSRoute" => self.tls_routes.remove(&key).is_some(),
             "Service" => self.services.remove(&key).is_some(),
             "EndpointSlice" => match self.endpoint_slices.remove(&key) {
                 Some(gone) => {
@@ -229,6 +239,8 @@ impl Store {
             "Ingress" => restore!(ingresses, key),
             "Gateway" => restore!(gateways, key),
             "HTTPRoute" => restore!(http_routes, key),
+            "GRPCRoute" => restore!(grpc_routes, key),
+            "TLSRoute" => restore!(tls_routes, key),
             "Service" => restore!(services, key),
             "Secret" => restore!(secrets, key),
             "BackendPolicy" => restore!(backend_policies, key),
@@ -247,6 +259,8 @@ impl Store {
             gateway_classes,
             gateways,
             http_routes,
+            grpc_routes,
+            tls_routes,
             services,
             endpoint_slices: _,
             slices_by_service: _,
@@ -262,6 +276,8 @@ impl Store {
             && *gateway_classes == other.gateway_classes
             && *gateways == other.gateways
             && *http_routes == other.http_routes
+            && *grpc_routes == other.grpc_routes
+            && *tls_routes == other.tls_routes
             && *services == other.services
             && *secrets == other.secrets
             && *backend_policies == other.backend_policies
@@ -335,6 +351,8 @@ impl Store {
             + self.gateway_classes.len()
             + self.gateways.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
+            + self.tls_routes.len()
             + self.services.len()
             + self.endpoint_slices.len()
             + self.secrets.len()

@@ -222,14 +222,7 @@ spec:
     // the Gateway stays, its one valid route goes
     weir.apply("gateway.yaml", &class_and_gateway("default", "gw", port)).await;
     get(gw, "shop.example.com", "/good").await.assert_status(404);
-    let dump = weir.config_dump().await;
-    let status = dump["statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "HTTPRoute" && s["namespace"] == "other" && s["name"] == "elsewhere")
-        .unwrap_or_else(|| panic!("no status for HTTPRoute other/elsewhere: {dump:#}"))
-        .clone();
+    let status = weir.status("HTTPRoute", "other", "elsewhere").await;
     let accepted = status["parents"][0]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted");
     let accepted = accepted.unwrap_or_else(|| panic!("{status:#}"));
     assert_eq!(
@@ -301,12 +294,7 @@ async fn httproute_with_a_missing_backend_answers_500_for_that_rule_only() {
     let dump = weir.config_dump().await;
     assert_unavailable_backend(&dump, gw, "httproute/default/shop/rule/1", "default/ghost:80");
     // the route's status for its Gateway, as the Gateway API words it
-    let status = dump["statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "HTTPRoute" && s["namespace"] == "default" && s["name"] == "shop")
-        .unwrap_or_else(|| panic!("no status for HTTPRoute default/shop: {dump:#}"));
+    let status = weir.status("HTTPRoute", "default", "shop").await;
     let parent = &status["parents"][0];
     assert_eq!(parent["parent"]["kind"], "Gateway", "{status:#}");
     assert_eq!(parent["parent"]["name"], "gw", "{status:#}");

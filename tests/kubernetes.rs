@@ -94,7 +94,11 @@ async fn an_httproute_applied_to_the_cluster_is_served_and_its_changes_follow() 
     }
     let listener = &gw["listeners"][0];
     assert_eq!((&listener["name"], &listener["attachedRoutes"]), (&json!("http"), &json!(1)), "{gw:#}");
-    assert_eq!(listener["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]));
+    let kinds = json!([
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+        {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+    ]);
+    assert_eq!(listener["supportedKinds"], kinds, "{gw:#}");
     for t in ["Accepted", "ResolvedRefs", "Programmed"] {
         assert_eq!(condition(&listener["conditions"], t).unwrap()["status"], "True", "listener {t}: {gw:#}");
     }

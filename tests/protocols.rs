@@ -1,7 +1,7 @@
 //! Protocols through the edge: HTTP/2 negotiated by ALPN on TLS, h2c with prior knowledge, many
 //! concurrent streams on one connection, WebSocket upgrades (plain and over TLS, Ingress and
 //! HTTPRoute), HTTP/2 to `appProtocol: kubernetes.io/h2c` Services, and gRPC unary calls with
-//! their trailers, over h2c and over TLS.
+//! their trailers, over h2c and over TLS, routed by an Ingress or by a GRPCRoute.
 
 mod common;
 
@@ -470,6 +470,66 @@ async fn grpc_callers_get_weirs_own_failures_as_grpc_statuses() {
     .await;
     let ok = [("listener", "ingress-http"), ("route", ""), ("backend", ""), ("status_class", "2xx")];
     assert_eq!(metric(&weir.metrics().await, "weir_requests_total", &ok), 0.0, "the gRPC refusal is no 200");
+}
+
+/// A GRPCRoute routes calls by service and method and by metadata (headers); a call it has no
+/// rule for is Unimplemented; its backends get HTTP/2 even from a Service port that does not say
+/// h2c, and its status says Accepted with the Gateway counting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcroute_routes_calls_by_method_and_metadata_to_backends_it_speaks_http2_to() {
+    let port = free_port();
+    let route = "
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {namespace: default, name: echo}
+        spec:
+          parentRefs: [{name: edge}]
+          hostnames: [grpc.example.com]
+          rules:
+          - matches: [{method: {service: weir.test.Echo, method: Say}}]
+            backendRefs: [{name: say, port: 80}]
+          - matches: [{headers: [{name: version, value: two}]}]
+            filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-rule, value: two}]}}]
+            backendRefs: [{name: two, port: 80}]
+    ";
+    // Services without appProtocol: a GRPCRoute's backends speak HTTP/2 anyway
+    let (b, weir) = TestWeir::with_backends(
+        &["say", "two"],
+        &[("gateway.yaml", &class_and_gateway("default", "edge", port)), ("route.yaml", route)],
+    )
+    .await;
+    let gateway = weir.gateway_listener(port).await;
+    let h2 = H2::h2c(gateway).await;
+    let call = |path: &str, version: Option<&str>| {
+        let mut req = grpc_request(&h2, "grpc.example.com", b"hi");
+        *req.uri_mut() = format!("http://grpc.example.com{path}").parse().unwrap();
+        if let Some(v) = version {
+            req.headers_mut().insert("version", v.parse().unwrap());
+        }
+        req
+    };
+
+    assert_grpc_ok(&h2.send(call("/weir.test.Echo/Say", None)).await, b"hi", "say");
+    // the method rule comes first: a Say call with the header still goes there
+    assert_grpc_ok(&h2.send(call("/weir.test.Echo/Say", Some("two"))).await, b"hi", "say");
+    let answer = h2.send(call("/weir.test.Echo/Other", Some("two"))).await;
+    assert_grpc_ok(&answer, b"hi", "two");
+    assert_eq!(answer.resp.header("x-rule"), Some("two"), "the rule's filter: {}", answer.resp);
+    // no rule for this call: Unimplemented, as a gRPC server says for a method it lacks
+    let answer = h2.send(call("/weir.test.Echo/Other", None)).await;
+    assert_eq!(answer.resp.header("grpc-status"), Some("12"), "{}", answer.resp);
+    assert_eq!(b.echo("two").requests(), 1);
+
+    // how the backend was spoken to: HTTP/2, though its Service port has no appProtocol
+    let resp = h2.get("grpc.example.com", "/weir.test.Echo/Say").await;
+    resp.assert_served_by("say");
+    assert_eq!(resp.json()["version"], "HTTP/2.0", "{resp}");
+
+    let route = weir.status("GRPCRoute", "default", "echo").await;
+    let accepted = &route["parents"][0]["conditions"][0];
+    assert_eq!((&accepted["type"], &accepted["status"]), (&"Accepted".into(), &true.into()), "{route:#}");
+    let gateway = weir.status("Gateway", "default", "edge").await;
+    assert_eq!(gateway["attached_routes"]["http"], 1, "{gateway:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

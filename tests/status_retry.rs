@@ -23,9 +23,11 @@ async fn a_refused_status_write_is_tried_again_until_it_is_allowed() {
     let admin = cluster.client().await;
     let home = namespace(&admin, "weir-retry").await;
     let full = chart_rbac("weir-retry", &home);
-    let granted = "resources: [gatewayclasses/status, gateways/status, httproutes/status]";
+    let granted =
+        "resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status, tlsroutes/status]";
     assert!(full.contains(granted), "the chart grants httproutes/status:\n{full}");
-    let without = full.replace(granted, "resources: [gatewayclasses/status, gateways/status]");
+    let without = full
+        .replace(granted, "resources: [gatewayclasses/status, gateways/status, grpcroutes/status, tlsroutes/status]");
     // and without Namespaces, which weir reads only for listener namespace selectors: it serves
     // without them rather than waiting for a list it may not do
     let namespaces = "resources: [services, secrets, namespaces]";

@@ -615,7 +615,12 @@ fn gateway_listener_with_an_unsupported_protocol_is_rejected() {
     "#;
     let (_, _, summary) = check_bad(
         bad,
-        &["Gateway default/tcp", "spec.listeners[0] (db)", "protocol TCP is not supported", "HTTP or HTTPS"],
+        &[
+            "Gateway default/tcp",
+            "spec.listeners[0] (db)",
+            "protocol TCP is not supported",
+            "use HTTP, HTTPS or TLS (Passthrough)",
+        ],
         0,
     );
     assert_eq!(summary.listeners, GOOD_SUMMARY.listeners, "no listener may be added for TCP");

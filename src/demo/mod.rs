@@ -126,7 +126,7 @@ fn print_tries(snap: &Snapshot, admin: SocketAddr, config_dir: &std::path::Path)
             let host = if host == "demo" { "anything.example".to_string() } else { host };
             match l.protocol {
                 Protocol::Http => println!("  curl -si -H 'Host: {host}' http://{addr}/"),
-                Protocol::Https => println!(
+                Protocol::Https | Protocol::TlsPassthrough => println!(
                     "  curl -sk --resolve {host}:{port}:{ip} https://{host}:{port}/",
                     port = addr.port(),
                     ip = addr.ip()

@@ -324,14 +324,16 @@ impl PoolRegistry {
     }
 
     /// Updates the pools of `specs` that exist, in place (an endpoint-only change): no pool is
-    /// created or dropped, and every route keeps its split position. Returns whether any pool
-    /// changed.
+    /// created or dropped, and every route keeps its split position. Each pool keeps the
+    /// protocol translation gave it (a GRPCRoute's backends speak h2c whatever the Service
+    /// port says, and a refresh reads the Service alone). Returns whether any pool changed.
     pub fn refresh(&self, specs: &BTreeMap<PoolKey, PoolSpec>) -> bool {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
         for (key, spec) in specs {
             if let Some(pool) = pools.get(key) {
-                changed |= pool.apply(spec.clone(), false);
+                let spec = PoolSpec { protocol: pool.spec().protocol, ..spec.clone() };
+                changed |= pool.apply(spec, false);
             }
         }
         changed
@@ -346,7 +348,7 @@ impl PoolRegistry {
 mod tests {
     use super::*;
     use crate::policy::BackendPolicyModel;
-    use crate::translate::EndpointModel;
+    use crate::translate::{EndpointModel, UpstreamProtocol};
 
     #[test]
     fn a_refresh_says_whether_any_pool_changed() {
@@ -359,9 +361,14 @@ mod tests {
         let moved = PoolSpec::ready([addr(2)], BackendPolicyModel::default());
         assert!(registry.refresh(&BTreeMap::from([(key.clone(), moved)])));
         assert_eq!(registry.all()[&key].select(b"", &[]).unwrap().addr, addr(2));
-        let unknown = PoolKey { service: "gone".into(), ..key };
+        let unknown = PoolKey { service: "gone".into(), ..key.clone() };
         let spec = PoolSpec::ready([addr(3)], BackendPolicyModel::default());
         assert!(!registry.refresh(&BTreeMap::from([(unknown, spec)])), "no pool is created by a refresh");
+        // a pool a GRPCRoute made speak h2c keeps it through a refresh read from the Service
+        let h2c = PoolSpec { protocol: UpstreamProtocol::H2c, ..PoolSpec::ready([addr(2)], Default::default()) };
+        registry.sync(&BTreeMap::from([(key.clone(), h2c)]));
+        assert!(registry.refresh(&BTreeMap::from([(key.clone(), PoolSpec::ready([addr(4)], Default::default()))])));
+        assert_eq!(registry.all()[&key].spec().protocol, UpstreamProtocol::H2c);
     }
 
     #[test]

@@ -191,12 +191,16 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     loop {
         let port = key.port();
         let mut stream = accept(&listener, port).await;
-        let tls = snapshot.load().listeners.get(&key).map(|l| (l.protocol == Protocol::Https, l.name.clone()));
+        let protocol = snapshot.load().listeners.get(&key).map(|l| (l.protocol, l.name.clone()));
+        if let Some((Protocol::TlsPassthrough, _)) = protocol {
+            tokio::spawn(super::passthrough::serve(stream, key, snapshot.clone(), metrics.clone()));
+            continue;
+        }
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut app = &apps.http1;
-            let stream: Stream = match tls {
-                Some((true, name)) => {
+            let stream: Stream = match protocol {
+                Some((Protocol::Https, name)) => {
                     let handshake = pingora::protocols::tls::server::handshake(&acceptor, Buffered::new(stream));
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(s)) => Box::new(s),

@@ -9,6 +9,7 @@ pub mod edge;
 pub mod filters;
 pub mod listeners;
 pub mod mirror;
+pub mod passthrough;
 pub mod rewrite;
 pub mod upstream;
 

@@ -52,6 +52,8 @@ fn object_key(o: &Object) -> (String, String, String) {
         Object::GatewayClass(x) => key!("GatewayClass", x),
         Object::Gateway(x) => key!("Gateway", x),
         Object::HttpRoute(x) => key!("HTTPRoute", x),
+        Object::GrpcRoute(x) => key!("GRPCRoute", x),
+        Object::TlsRoute(x) => key!("TLSRoute", x),
         Object::Service(x) => key!("Service", x),
         Object::EndpointSlice(x) => key!("EndpointSlice", x),
         Object::Secret(x) => key!("Secret", x),

@@ -20,8 +20,10 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -207,6 +209,8 @@ pub async fn watch_kubernetes(
         spawn::<Ingress>(api(&client, ns), any(), feed("Ingress"), |o| Object::Ingress(Box::new(o)));
         spawn::<Gateway>(api(&client, ns), any(), feed("Gateway"), |o| Object::Gateway(Box::new(o)));
         spawn::<HttpRoute>(api(&client, ns), any(), feed("HTTPRoute"), |o| Object::HttpRoute(Box::new(o)));
+        spawn::<GrpcRoute>(api(&client, ns), any(), feed("GRPCRoute"), |o| Object::GrpcRoute(Box::new(o)));
+        spawn::<TlsRoute>(api(&client, ns), any(), feed("TLSRoute"), |o| Object::TlsRoute(Box::new(o)));
         spawn::<ReferenceGrant>(api(&client, ns), any(), feed("ReferenceGrant"), |o| {
             Object::ReferenceGrant(Box::new(o))
         });

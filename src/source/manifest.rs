@@ -57,6 +57,8 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
         ("gateway.networking.k8s.io/v1", "GatewayClass") => Object::GatewayClass(typed(value)?),
         ("gateway.networking.k8s.io/v1", "Gateway") => Object::Gateway(typed(value)?),
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => Object::HttpRoute(typed(value)?),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => Object::GrpcRoute(typed(value)?),
+        ("gateway.networking.k8s.io/v1", "TLSRoute") => Object::TlsRoute(typed(value)?),
         ("v1", "Service") => Object::Service(typed(value)?),
         ("v1", "Secret") => Object::Secret(typed(value)?),
         ("v1", "Namespace") => Object::Namespace(typed(value)?),
@@ -70,7 +72,7 @@ fn to_object(api_version: &str, kind: &str, value: serde_json::Value) -> Result<
         _ => {
             return Err(format!(
                 "{api_version} {kind} is not a kind weir reads; weir reads Ingress, IngressClass \
-                 (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute, ReferenceGrant \
+                 (networking.k8s.io/v1), GatewayClass, Gateway, HTTPRoute, GRPCRoute, TLSRoute, ReferenceGrant \
                  (gateway.networking.k8s.io/v1; ReferenceGrant also v1beta1), Service, Secret, Namespace (v1), EndpointSlice \
                  (discovery.k8s.io/v1), BackendPolicy and MeshAuthorization (weir.dev/v1alpha1)"
             ))

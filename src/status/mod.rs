@@ -25,12 +25,14 @@ use crate::translate::status::{Condition, ObjectStatus, Statuses};
 /// The Gateway API features weir reports in `GatewayClass.status.supportedFeatures`: exactly those
 /// the conformance suite passes (`scripts/conformance`, tests/conformance/reports/), which reads
 /// them from there.
-pub const SUPPORTED_FEATURES: [&str; 30] = [
+pub const SUPPORTED_FEATURES: [&str; 33] = [
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "GatewayStaticAddresses",
+    "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -56,6 +58,7 @@ pub const SUPPORTED_FEATURES: [&str; 30] = [
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
+    "TLSRoute",
 ];
 
 /// What status needs besides the statuses: where weir is reachable, and which controller it is.
@@ -203,17 +206,20 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
         });
         push("Gateway", &gw.metadata, ns, name, current, status);
     }
-    for ((ns, name), stored) in &store.http_routes {
-        let route = &stored.object;
-        let Some(status) = statuses.get("HTTPRoute", ns, name).filter(|s| !s.parents.is_empty()) else { continue };
-        let current = to_value(&route.status);
+    // a route keeps the entries other controllers wrote in its parents, first
+    let mut route = |kind: &'static str,
+                     meta: &ObjectMeta,
+                     ns: &str,
+                     name: &str,
+                     current: Option<Value>,
+                     given: &[HttpRouteParentRefs]| {
+        let Some(status) = statuses.get(kind, ns, name).filter(|s| !s.parents.is_empty()) else { return };
         let old_parents: Vec<Value> =
             current.as_ref().and_then(|c| c["parents"].as_array().cloned()).unwrap_or_default();
-        // other controllers' entries stay as they are, first
         let mut parents: Vec<Value> =
             old_parents.iter().filter(|p| p["controllerName"] != ctx.controller_name.as_str()).cloned().collect();
         for p in &status.parents {
-            let parent_ref = parent_ref(&p.parent, ns, route.spec.parent_refs.as_deref().unwrap_or_default());
+            let parent_ref = parent_ref(&p.parent, ns, given);
             let old = old_parents
                 .iter()
                 .find(|o| o["controllerName"] == ctx.controller_name.as_str() && o["parentRef"] == parent_ref)
@@ -221,10 +227,34 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
             parents.push(json!({
                 "parentRef": parent_ref,
                 "controllerName": ctx.controller_name,
-                "conditions": conditions(&p.conditions, &route.metadata, old, now),
+                "conditions": conditions(&p.conditions, meta, old, now),
             }));
         }
-        push("HTTPRoute", &route.metadata, ns, name, current, json!({"parents": parents}));
+        push(kind, meta, ns, name, current, json!({"parents": parents}));
+    };
+    for ((ns, name), stored) in &store.http_routes {
+        let r = &stored.object;
+        route(
+            "HTTPRoute",
+            &r.metadata,
+            ns,
+            name,
+            to_value(&r.status),
+            r.spec.parent_refs.as_deref().unwrap_or_default(),
+        );
+    }
+    for ((ns, name), stored) in &store.grpc_routes {
+        let r = &stored.object;
+        // the same fields as an HTTPRoute's
+        let given: Vec<HttpRouteParentRefs> =
+            serde_json::from_value(json!(r.spec.parent_refs.as_deref().unwrap_or_default())).unwrap_or_default();
+        route("GRPCRoute", &r.metadata, ns, name, to_value(&r.status), &given);
+    }
+    for ((ns, name), stored) in &store.tls_routes {
+        let r = &stored.object;
+        let given: Vec<HttpRouteParentRefs> =
+            serde_json::from_value(json!(r.spec.parent_refs.as_deref().unwrap_or_default())).unwrap_or_default();
+        route("TLSRoute", &r.metadata, ns, name, to_value(&r.status), &given);
     }
     // weir's own resources: Accepted, and why not
     let mut own = |kind: &'static str, ns: &str, name: &str, meta: &ObjectMeta, current: &Option<PolicyStatus>| {
@@ -429,7 +459,11 @@ spec:
         assert_eq!((&programmed["status"], &programmed["observedGeneration"]), (&json!("True"), &json!(3)));
         let web = &gw["listeners"][0];
         assert_eq!((&web["name"], &web["attachedRoutes"]), (&json!("web"), &json!(1)));
-        assert_eq!(web["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]));
+        let kinds = json!([
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+        ]);
+        assert_eq!(web["supportedKinds"], kinds, "a listener without allowedRoutes.kinds takes both");
         assert_eq!(gw["listeners"][1]["attachedRoutes"], 0, "no hostname in common with api.example.com");
         for t in ["Accepted", "ResolvedRefs", "Programmed"] {
             assert_eq!(condition(&web["conditions"], t)["status"], "True", "{t}");

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -126,6 +128,8 @@ async fn patch(client: &Client, u: &StatusUpdate) -> Result<(), kube::Error> {
         "GatewayClass" => patch_status(Api::<GatewayClass>::all(c), u).await,
         "Gateway" => patch_status(Api::<Gateway>::namespaced(c, ns), u).await,
         "HTTPRoute" => patch_status(Api::<HttpRoute>::namespaced(c, ns), u).await,
+        "GRPCRoute" => patch_status(Api::<GrpcRoute>::namespaced(c, ns), u).await,
+        "TLSRoute" => patch_status(Api::<TlsRoute>::namespaced(c, ns), u).await,
         "Ingress" => patch_status(Api::<Ingress>::namespaced(c, ns), u).await,
         "BackendPolicy" => patch_status(Api::<BackendPolicy>::namespaced(c, ns), u).await,
         "MeshAuthorization" => patch_status(Api::<MeshAuthorization>::namespaced(c, ns), u).await,

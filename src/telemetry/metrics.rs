@@ -44,6 +44,9 @@ pub struct Metrics {
     pub listener_bind_failures: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
     pub tls_handshake_failures: IntCounterVec,
+    /// Connections of TLS passthrough listeners, by listener, route and result (`forwarded`,
+    /// `no_route`, `no_endpoint`, `connect_failed`, `not_tls`).
+    pub passthrough_connections: IntCounterVec,
     /// Failed mutual-TLS handshakes on the mesh inbound listener, by reason.
     mesh_handshake_failures: IntCounterVec,
     /// Reloads of the mesh identity, by result (`ok`, `refused`).
@@ -206,6 +209,10 @@ impl Metrics {
             Opts::new("tls_handshake_failures_total", "Failed downstream TLS handshakes"),
             &["listener"],
         ));
+        let passthrough_connections = must(IntCounterVec::new(
+            Opts::new("passthrough_connections_total", "Connections of TLS passthrough listeners, by result"),
+            &["listener", "route", "result"],
+        ));
         let mesh_handshake_failures = must(IntCounterVec::new(
             Opts::new(
                 "mesh_tls_handshake_failures_total",
@@ -253,6 +260,7 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(listener_bind_failures.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(passthrough_connections.clone()),
             Box::new(PoolCollector::new(pools)),
         ] {
             must(registry.register(c));
@@ -270,6 +278,7 @@ impl Metrics {
             leader,
             listener_bind_failures,
             tls_handshake_failures,
+            passthrough_connections,
             mesh_handshake_failures,
             mesh_identity_reloads,
             mesh_inbound_connections,

@@ -140,6 +140,14 @@ impl<'a> Backends<'a> {
         Ok(key)
     }
 
+    /// Makes pool `key` speak HTTP/2 with prior knowledge (h2c) whatever its port's
+    /// `appProtocol`: a GRPCRoute routes to it, and gRPC is HTTP/2 only.
+    pub fn speak_h2c(&mut self, key: &PoolKey) {
+        if let Some(pool) = self.pools.get_mut(key) {
+            pool.protocol = UpstreamProtocol::H2c;
+        }
+    }
+
     fn policy(&self, ns: &str, name: &str, port_name: Option<&str>) -> BackendPolicyModel {
         let Some(list) = self.policies.get(&(ns.to_string(), name.to_string())) else {
             return BackendPolicyModel::default();

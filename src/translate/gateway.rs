@@ -1,5 +1,5 @@
-//! Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway and HTTPRoute → listeners
-//! and routes. Gateway listeners that share a port share one socket.
+//! Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway, HTTPRoute, GRPCRoute and
+//! TLSRoute → listeners and routes. Gateway listeners that share a port share one socket.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +36,8 @@ struct Listener {
     addr: SocketAddr,
     hostname: HostPattern,
     from: RouteNamespaces,
-    allows_http_route: bool,
+    /// The route kinds it takes.
+    kinds: Vec<RouteKind>,
     /// Whether it serves (its references resolve): routes attach to it and are counted either way.
     served: bool,
 }
@@ -81,7 +82,7 @@ fn namespace_selector(
     })
 }
 
-/// Adds Gateway listeners and HTTPRoute routes to `model`.
+/// Adds Gateway listeners and the routes of HTTPRoutes, GRPCRoutes and TLSRoutes to `model`.
 pub fn translate(
     store: &Store,
     opts: &TranslateOptions,
@@ -233,137 +234,210 @@ pub fn translate(
     }
 
     for ((ns, name), stored) in &store.http_routes {
-        let route = &stored.object;
-        let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
-        // each parentRef naming a Gateway of ours: the listeners it attaches to, or why none
-        let mut parents: Vec<(ParentRef, Result<Vec<&Listener>, Problem>)> = vec![];
-        for p in route.spec.parent_refs.iter().flatten() {
-            if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
-                || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
-            {
-                continue; // a Service parent (mesh) or another implementation's kind
-            }
-            let gw_key = (p.namespace.clone().unwrap_or_else(|| ns.clone()), p.name.clone());
-            let ours: Vec<&Listener> = listeners.iter().filter(|l| l.gateway == gw_key).collect();
-            if ours.is_empty() {
-                continue; // not a weir Gateway (or it does not exist): not ours to report
-            }
-            let mut attached = vec![];
-            let mut refusals = vec![];
-            for l in ours {
-                if p.section_name.as_ref().is_some_and(|s| *s != l.name)
-                    || p.port.is_some_and(|port| port != i32::from(l.addr.port()))
-                {
-                    continue;
-                }
-                let allowed = match &l.from {
-                    RouteNamespaces::All => true,
-                    RouteNamespaces::Same => l.gateway.0 == *ns,
-                    RouteNamespaces::Selector(selector) => selector.matches(&store.namespace_labels(ns)),
-                };
-                if !allowed || !l.allows_http_route {
-                    refusals.push(format!(
-                        "listener {}/{} {} does not allow routes from namespace {ns}",
-                        gw_key.0, gw_key.1, l.name
-                    ));
-                    continue;
-                }
-                attached.push(l);
-            }
-            let parent = ParentRef {
-                group: GATEWAY_GROUP.into(),
-                kind: "Gateway".into(),
-                namespace: gw_key.0.clone(),
-                name: gw_key.1.clone(),
-                section_name: p.section_name.clone(),
-                port: p.port,
-            };
-            let result = match (attached.is_empty(), refusals.is_empty()) {
-                (false, _) => Ok(attached),
-                (true, false) => Err(Problem::new(Accepted, Reason::NotAllowedByListeners, refusals.join("; "))),
-                (true, true) => Err(Problem::new(
-                    Accepted,
-                    Reason::NoMatchingParent,
-                    format!("Gateway {}/{} has no listener matching the parentRef", gw_key.0, gw_key.1),
-                )),
-            };
-            parents.push((parent, result));
+        let route = Route { kind: RouteKind::Http, ns, name, origin: &stored.origin, spec: &stored.object };
+        attach(&route, vec![], &listeners, backends, model);
+    }
+    for ((ns, name), stored) in &store.grpc_routes {
+        let (as_http, problems) = super::grpc::as_http_route(&stored.object);
+        let route = Route { kind: RouteKind::Grpc, ns, name, origin: &stored.origin, spec: &as_http };
+        attach(&route, problems, &listeners, backends, model);
+    }
+    for ((ns, name), stored) in &store.tls_routes {
+        let (as_http, problems) = super::passthrough::as_http_route(&stored.object);
+        let route = Route { kind: RouteKind::Tls, ns, name, origin: &stored.origin, spec: &as_http };
+        attach(&route, problems, &listeners, backends, model);
+    }
+}
+
+/// The kind of a route a Gateway serves: an HTTPRoute, or a GRPCRoute or TLSRoute (each read
+/// as the HTTPRoute it means: [`super::grpc::as_http_route`], [`super::passthrough::as_http_route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+    Tls,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 3] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tls];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
         }
-        if parents.is_empty() {
-            continue;
+    }
+
+    /// The kinds listener `l` takes by its protocol: none when weir does not serve it (a TLS
+    /// listener that would terminate).
+    fn of_listener(l: &GatewayListeners) -> &'static [RouteKind] {
+        match l.protocol.as_str() {
+            "HTTP" | "HTTPS" => &[RouteKind::Http, RouteKind::Grpc],
+            "TLS" if is_passthrough(l) => &[RouteKind::Tls],
+            _ => &[],
         }
-        let attached: Vec<&Listener> = parents.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
-        if attached.is_empty() {
-            let refusals: Vec<&str> =
-                parents.iter().filter_map(|(_, r)| r.as_ref().err()).map(|p| p.message.as_str()).collect();
-            model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
-            model.statuses.of("HTTPRoute", ns, name).parents = parent_statuses(&parents, &resolved_refs(&[]), |_| None);
-            continue;
-        }
-        let refused = |reason: Reason, message: String, model: &mut Model| {
-            let problem = Problem::new(Accepted, reason, message.clone());
-            model.statuses.of("HTTPRoute", ns, name).parents =
-                parent_statuses(&parents, &resolved_refs(&[]), |_| Some(problem.clone()));
-            model.rejections.push(r(message));
-        };
-        let (compiled, resolved) = match compile_route(route, ns, name, backends) {
-            Ok((rules, warnings)) => {
-                let resolved = resolved_refs(&warnings);
-                if !warnings.is_empty() {
-                    model.rejections.push(Rejection { served: true, ..r(resolved.message.clone()) });
-                }
-                (rules, resolved)
-            }
-            Err(errors) => {
-                refused(Reason::UnsupportedValue, errors.join("; "), model);
-                continue;
-            }
-        };
-        let route_hosts: Vec<HostPattern> = match route
-            .spec
-            .hostnames
-            .iter()
-            .flatten()
-            .map(|h| HostPattern::parse(h, false))
-            .collect::<Result<Vec<_>, _>>()
+    }
+}
+
+/// A route to attach to the Gateways it names.
+struct Route<'a> {
+    kind: RouteKind,
+    ns: &'a str,
+    name: &'a str,
+    origin: &'a str,
+    spec: &'a HttpRoute,
+}
+
+/// Attaches `route` to the listeners of the Gateways it names and gives it its status there;
+/// `problems` (what its kind's translation found wrong) refuse it.
+fn attach(
+    route: &Route<'_>,
+    problems: Vec<String>,
+    listeners: &[Listener],
+    backends: &mut Backends<'_>,
+    model: &mut Model,
+) {
+    let (kind, ns, name) = (route.kind.name(), route.ns, route.name);
+    let store = backends.store();
+    let r = |reason: String| reject(kind, ns, name, route.origin, reason);
+    // each parentRef naming a Gateway of ours: the listeners it attaches to, or why none
+    let mut parents: Vec<(ParentRef, Result<Vec<&Listener>, Problem>)> = vec![];
+    for p in route.spec.spec.parent_refs.iter().flatten() {
+        if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+            || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
         {
-            Ok(h) if h.is_empty() => vec![HostPattern::Any],
-            Ok(h) => h,
-            Err(e) => {
-                refused(Reason::UnsupportedValue, format!("spec.hostnames: {e}"), model);
+            continue; // a Service parent (mesh) or another implementation's kind
+        }
+        let gw_key = (p.namespace.clone().unwrap_or_else(|| ns.to_string()), p.name.clone());
+        let ours: Vec<&Listener> = listeners.iter().filter(|l| l.gateway == gw_key).collect();
+        if ours.is_empty() {
+            continue; // not a weir Gateway (or it does not exist): not ours to report
+        }
+        let mut attached = vec![];
+        let mut refusals = vec![];
+        for l in ours {
+            if p.section_name.as_ref().is_some_and(|s| *s != l.name)
+                || p.port.is_some_and(|port| port != i32::from(l.addr.port()))
+            {
                 continue;
             }
-        };
-        let hosts_of = |l: &Listener| -> BTreeSet<HostPattern> {
-            route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect()
-        };
-        let mut any_host = false;
-        let mut counted = BTreeSet::new();
-        for l in &attached {
-            let hosts = hosts_of(l);
-            any_host |= !hosts.is_empty();
-            if !hosts.is_empty() && counted.insert((&l.gateway, &l.name)) {
-                let gateway = model.statuses.of("Gateway", &l.gateway.0, &l.gateway.1);
-                *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
+            let allowed = match &l.from {
+                RouteNamespaces::All => true,
+                RouteNamespaces::Same => l.gateway.0 == ns,
+                RouteNamespaces::Selector(selector) => selector.matches(&store.namespace_labels(ns)),
+            };
+            if !allowed {
+                refusals.push(format!(
+                    "listener {}/{} {} does not allow routes from namespace {ns}",
+                    gw_key.0, gw_key.1, l.name
+                ));
+                continue;
             }
-            let Some(lm) = model.listeners.get_mut(&l.addr).filter(|_| l.served) else { continue };
-            for host in hosts.into_iter().filter(|h| !claimed_by_a_narrower_listener(h, l, &listeners)) {
-                for rm in &compiled {
-                    lm.routes.push((host.clone(), rm.clone()));
-                }
+            if !l.kinds.contains(&route.kind) {
+                refusals.push(format!("listener {}/{} {} does not allow {kind}s", gw_key.0, gw_key.1, l.name));
+                continue;
+            }
+            attached.push(l);
+        }
+        let parent = ParentRef {
+            group: GATEWAY_GROUP.into(),
+            kind: "Gateway".into(),
+            namespace: gw_key.0.clone(),
+            name: gw_key.1.clone(),
+            section_name: p.section_name.clone(),
+            port: p.port,
+        };
+        let result = match (attached.is_empty(), refusals.is_empty()) {
+            (false, _) => Ok(attached),
+            (true, false) => Err(Problem::new(Accepted, Reason::NotAllowedByListeners, refusals.join("; "))),
+            (true, true) => Err(Problem::new(
+                Accepted,
+                Reason::NoMatchingParent,
+                format!("Gateway {}/{} has no listener matching the parentRef", gw_key.0, gw_key.1),
+            )),
+        };
+        parents.push((parent, result));
+    }
+    if parents.is_empty() {
+        return;
+    }
+    let attached: Vec<&Listener> = parents.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
+    if attached.is_empty() {
+        let refusals: Vec<&str> =
+            parents.iter().filter_map(|(_, r)| r.as_ref().err()).map(|p| p.message.as_str()).collect();
+        model.rejections.push(r(format!("not attached: {}", refusals.join("; "))));
+        model.statuses.of(kind, ns, name).parents = parent_statuses(&parents, &resolved_refs(&[]), |_| None);
+        return;
+    }
+    let refused = |reason: Reason, message: String, model: &mut Model| {
+        let problem = Problem::new(Accepted, reason, message.clone());
+        model.statuses.of(kind, ns, name).parents =
+            parent_statuses(&parents, &resolved_refs(&[]), |_| Some(problem.clone()));
+        model.rejections.push(r(message));
+    };
+    let compiled = match problems.is_empty() {
+        true => compile_route(route.spec, route.kind, ns, name, backends),
+        false => Err(problems),
+    };
+    let (compiled, resolved) = match compiled {
+        Ok((rules, warnings)) => {
+            let resolved = resolved_refs(&warnings);
+            if !warnings.is_empty() {
+                model.rejections.push(Rejection { served: true, ..r(resolved.message.clone()) });
+            }
+            (rules, resolved)
+        }
+        Err(errors) => {
+            refused(Reason::UnsupportedValue, errors.join("; "), model);
+            return;
+        }
+    };
+    let route_hosts: Vec<HostPattern> = match route
+        .spec
+        .spec
+        .hostnames
+        .iter()
+        .flatten()
+        .map(|h| HostPattern::parse(h, false))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(h) if h.is_empty() => vec![HostPattern::Any],
+        Ok(h) => h,
+        Err(e) => {
+            refused(Reason::UnsupportedValue, format!("spec.hostnames: {e}"), model);
+            return;
+        }
+    };
+    let hosts_of = |l: &Listener| -> BTreeSet<HostPattern> {
+        route_hosts.iter().filter_map(|h| l.hostname.intersect(h)).collect()
+    };
+    let mut any_host = false;
+    let mut counted = BTreeSet::new();
+    for l in &attached {
+        let hosts = hosts_of(l);
+        any_host |= !hosts.is_empty();
+        if !hosts.is_empty() && counted.insert((&l.gateway, &l.name)) {
+            let gateway = model.statuses.of("Gateway", &l.gateway.0, &l.gateway.1);
+            *gateway.attached_routes.entry(l.name.clone()).or_default() += 1;
+        }
+        let Some(lm) = model.listeners.get_mut(&l.addr).filter(|_| l.served) else { continue };
+        for host in hosts.into_iter().filter(|h| !claimed_by_a_narrower_listener(h, l, listeners)) {
+            for rm in &compiled {
+                lm.routes.push((host.clone(), rm.clone()));
             }
         }
-        const NO_HOST: &str = "none of spec.hostnames matches the hostname of a listener it attaches to";
-        let no_host = |listeners: &[&Listener]| {
-            listeners
-                .iter()
-                .all(|l| hosts_of(l).is_empty())
-                .then(|| Problem::new(Accepted, Reason::NoMatchingListenerHostname, NO_HOST))
-        };
-        model.statuses.of("HTTPRoute", ns, name).parents = parent_statuses(&parents, &resolved, no_host);
-        if !any_host {
-            model.rejections.push(r(NO_HOST.into()));
-        }
+    }
+    const NO_HOST: &str = "none of spec.hostnames matches the hostname of a listener it attaches to";
+    let no_host = |listeners: &[&Listener]| {
+        listeners
+            .iter()
+            .all(|l| hosts_of(l).is_empty())
+            .then(|| Problem::new(Accepted, Reason::NoMatchingListenerHostname, NO_HOST))
+    };
+    model.statuses.of(kind, ns, name).parents = parent_statuses(&parents, &resolved, no_host);
+    if !any_host {
+        model.rejections.push(r(NO_HOST.into()));
     }
 }
 
@@ -497,8 +571,14 @@ fn listener(
     let protocol = match l.protocol.as_str() {
         "HTTP" => Protocol::Http,
         "HTTPS" => Protocol::Https,
+        "TLS" if is_passthrough(l) => Protocol::TlsPassthrough,
+        "TLS" => {
+            let message = "a TLS listener with tls.mode Terminate is not supported yet; use Passthrough (the \
+                           connection goes to the TLSRoute's backend as it is), or an HTTPS listener";
+            return Err(unsupported(message.into()));
+        }
         other => {
-            let message = format!("protocol {other} is not supported yet; use HTTP or HTTPS");
+            let message = format!("protocol {other} is not supported yet; use HTTP, HTTPS or TLS (Passthrough)");
             return Err(Problem::new(Accepted, Reason::UnsupportedProtocol, message));
         }
     };
@@ -539,7 +619,8 @@ fn listener(
     if protocol == Protocol::Https {
         let tls = l.tls.as_ref().ok_or_else(|| unsupported("an HTTPS listener needs tls.certificateRefs".into()))?;
         if tls.mode.as_ref().is_some_and(|m| format!("{m:?}") != "Terminate") {
-            return Err(unsupported("tls.mode Passthrough is not supported; use Terminate".into()));
+            let message = "tls.mode Passthrough is for TLS listeners (with TLSRoutes); an HTTPS listener terminates";
+            return Err(unsupported(message.into()));
         }
         let refs = tls.certificate_refs.as_deref().unwrap_or_default();
         if refs.is_empty() {
@@ -562,16 +643,22 @@ fn listener(
             namespace_selector(namespaces.and_then(|n| n.selector.as_ref())).map_err(unsupported)?,
         ),
     };
-    let kinds = allowed.and_then(|a| a.kinds.as_deref());
-    let allows_http_route = !supported_kinds(l).is_empty();
-    if let Some(other) = kinds.into_iter().flatten().find(|k| !is_http_route(k)) {
+    let kinds: Vec<RouteKind> = route_kinds(l);
+    let asked = allowed.and_then(|a| a.kinds.as_deref());
+    let takes = RouteKind::of_listener(l);
+    if let Some(other) = asked.into_iter().flatten().find(|k| route_kind(k).is_none_or(|k| !takes.contains(&k))) {
         let group = other.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let message =
-            format!("allowedRoutes.kinds: {group}/{} is not a kind weir serves; it serves HTTPRoute", other.kind);
+        let served: Vec<&str> = takes.iter().map(|k| k.name()).collect();
+        let message = format!(
+            "allowedRoutes.kinds: {group}/{} is not a kind weir serves on a {} listener; it serves {}",
+            other.kind,
+            l.protocol,
+            served.join(" and ")
+        );
         unresolved.get_or_insert(Problem::new(ResolvedRefs, Reason::InvalidRouteKinds, message));
     }
     // served unless a certificate is missing, or no kind it allows is one weir serves
-    let served = certs_resolve && allows_http_route;
+    let served = certs_resolve && !kinds.is_empty();
     if served {
         let entry = model.listeners.entry(addr).or_insert_with(|| ListenerModel {
             name: format!("gateway:{ns}/{gw_name}"),
@@ -586,31 +673,35 @@ fn listener(
             entry.hosts.push(hostname.clone());
         }
     }
-    let listener = Listener {
-        gateway: (ns.into(), gw_name.into()),
-        name: l.name.clone(),
-        addr,
-        hostname,
-        from,
-        allows_http_route,
-        served,
-    };
+    let listener =
+        Listener { gateway: (ns.into(), gw_name.into()), name: l.name.clone(), addr, hostname, from, kinds, served };
     Ok((listener, unresolved))
 }
 
-/// The route kinds of a listener weir serves: HTTPRoute, unless `allowedRoutes.kinds` leaves
-/// it out (its status's `supportedKinds`).
+/// The route kinds of a listener weir serves: HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute
+/// on TLS, or those of them `allowedRoutes.kinds` lists (its status's `supportedKinds`).
 pub fn supported_kinds(l: &GatewayListeners) -> Vec<(&'static str, &'static str)> {
-    let http = matches!(l.protocol.as_str(), "HTTP" | "HTTPS");
-    let kinds = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_deref());
-    match http && kinds.is_none_or(|kinds| kinds.iter().any(is_http_route)) {
-        true => vec![(GATEWAY_GROUP, "HTTPRoute")],
-        false => vec![],
+    route_kinds(l).into_iter().map(|k| (GATEWAY_GROUP, k.name())).collect()
+}
+
+/// Whether the listener's `tls.mode` is Passthrough (Terminate when unset).
+fn is_passthrough(l: &GatewayListeners) -> bool {
+    l.tls.as_ref().and_then(|t| t.mode.as_ref()).is_some_and(|m| format!("{m:?}") == "Passthrough")
+}
+
+fn route_kinds(l: &GatewayListeners) -> Vec<RouteKind> {
+    let kinds = RouteKind::of_listener(l).iter().copied();
+    match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_deref()) {
+        None => kinds.collect(),
+        Some(asked) => kinds.filter(|k| asked.iter().any(|a| route_kind(a) == Some(*k))).collect(),
     }
 }
 
-fn is_http_route(k: &gateway_api::gateways::GatewayListenersAllowedRoutesKinds) -> bool {
-    k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+fn route_kind(k: &gateway_api::gateways::GatewayListenersAllowedRoutesKinds) -> Option<RouteKind> {
+    if k.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP {
+        return None;
+    }
+    RouteKind::ALL.into_iter().find(|r| r.name() == k.kind)
 }
 
 /// An HTTPS listener's certificates, or the first reference that does not resolve.
@@ -672,6 +763,7 @@ pub fn service_parents(route: &HttpRoute, ns: &str) -> Vec<(String, String, Opti
 /// backendRef, which then answers 500) are reported but the route is served.
 pub(crate) fn compile_route(
     route: &HttpRoute,
+    kind: RouteKind,
     ns: &str,
     name: &str,
     backends: &mut Backends<'_>,
@@ -697,14 +789,15 @@ pub(crate) fn compile_route(
                 Err(e) => errors.push(format!("{at}.matches[{mi}]: {e}")),
             }
         }
-        let action = match rule_action(rule, ns, &at, backends, &matchers, &mut warnings) {
+        let action = match rule_action(rule, kind, ns, &at, backends, &matchers, &mut warnings) {
             Ok(kind) => kind,
             Err(e) => {
                 errors.push(e);
                 continue;
             }
         };
-        let action = Arc::new(ActionModel { name: format!("httproute/{ns}/{name}/rule/{ri}"), retry, ..action });
+        let rule_name = format!("{}/{ns}/{name}/rule/{ri}", kind.name().to_ascii_lowercase());
+        let action = Arc::new(ActionModel { name: rule_name, retry, ..action });
         for (mi, matcher) in matchers.into_iter().enumerate() {
             let order =
                 Order { created: created(&route.metadata), owner: format!("{ns}/{name}"), rule: ri, matched: mi };
@@ -812,6 +905,7 @@ fn path_rewrite(
 
 fn rule_action(
     rule: &HttpRouteRules,
+    kind: RouteKind,
     ns: &str,
     at: &str,
     backends: &mut Backends<'_>,
@@ -922,7 +1016,7 @@ fn rule_action(
                 let b = &m.backend_ref;
                 let to =
                     ServiceRef { group: &b.group, kind: &b.kind, name: &b.name, namespace: &b.namespace, port: b.port };
-                match to.resolve(ns, backends) {
+                match to.resolve(kind, ns, backends) {
                     (name, Ok(pool)) => mirrors.push(MirrorModel { name, pool, fraction }),
                     (_, Err((reason, e))) => {
                         let message = format!("{fat}.requestMirror.backendRef: {e}; requests are not mirrored there");
@@ -957,7 +1051,7 @@ fn rule_action(
     };
     let kind = match redirect {
         Some(r) => ActionKind::Redirect(r),
-        None => ActionKind::Forward(backend_refs(rule, ns, at, backends, warnings)?),
+        None => ActionKind::Forward(backend_refs(rule, kind, ns, at, backends, warnings)?),
     };
     Ok(ActionModel {
         name: String::new(),
@@ -1011,8 +1105,14 @@ struct ServiceRef<'a> {
 }
 
 impl ServiceRef<'_> {
-    /// Its `ns/service:port` name, and its pool or why it has none (an HTTPRoute of `ns`).
-    fn resolve(&self, ns: &str, backends: &mut Backends<'_>) -> (String, Result<super::PoolKey, (Reason, String)>) {
+    /// Its `ns/service:port` name, and its pool or why it has none (a route of `kind` in `ns`).
+    /// A GRPCRoute's backends speak HTTP/2.
+    fn resolve(
+        &self,
+        kind: RouteKind,
+        ns: &str,
+        backends: &mut Backends<'_>,
+    ) -> (String, Result<super::PoolKey, (Reason, String)>) {
         let target_ns = self.namespace.clone().unwrap_or_else(|| ns.to_string());
         let name = format!("{target_ns}/{}:{}", self.name, self.port.map(|p| p.to_string()).unwrap_or_default());
         let pool = if !self.group.as_deref().unwrap_or("").is_empty()
@@ -1020,15 +1120,20 @@ impl ServiceRef<'_> {
         {
             let kind = self.kind.as_deref().unwrap_or("");
             Err((Reason::InvalidKind, format!("only Service backends are supported, not {kind}")))
-        } else if !backends.store().grants("HTTPRoute", ns, "Service", &target_ns, self.name) {
+        } else if !backends.store().grants(kind.name(), ns, "Service", &target_ns, self.name) {
             Err((
                 Reason::RefNotPermitted,
                 format!(
-                    "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing HTTPRoutes of {ns}"
+                    "a Service in another namespace needs a ReferenceGrant in {target_ns} allowing {}s of {ns}",
+                    kind.name()
                 ),
             ))
         } else if let Some(port) = self.port.and_then(|p| u16::try_from(p).ok()) {
-            backends.resolve(&target_ns, self.name, &PortRef::Number(port)).map_err(|e| (Reason::BackendNotFound, e))
+            let pool = backends.resolve(&target_ns, self.name, &PortRef::Number(port));
+            if let (Ok(pool), RouteKind::Grpc) = (&pool, kind) {
+                backends.speak_h2c(pool);
+            }
+            pool.map_err(|e| (Reason::BackendNotFound, e))
         } else {
             Err((Reason::BackendNotFound, "port is required for a Service backend".to_string()))
         };
@@ -1038,6 +1143,7 @@ impl ServiceRef<'_> {
 
 fn backend_refs(
     rule: &HttpRouteRules,
+    kind: RouteKind,
     ns: &str,
     at: &str,
     backends: &mut Backends<'_>,
@@ -1052,7 +1158,7 @@ fn backend_refs(
             return Err(format!("{bat}.weight: {weight} is outside 0..=1000000"));
         }
         let to = ServiceRef { group: &b.group, kind: &b.kind, name: &b.name, namespace: &b.namespace, port: b.port };
-        let (name, pool) = to.resolve(ns, backends);
+        let (name, pool) = to.resolve(kind, ns, backends);
         let pool = match pool {
             Ok(p) => Some(p),
             Err((reason, e)) => {
@@ -1155,6 +1261,84 @@ spec:
     }
 
     #[test]
+    fn a_grpcroute_attaches_where_listeners_take_its_kind_and_reaches_services_its_grants_allow() {
+        let listeners = "{name: any, protocol: HTTP, port: 80}, \
+                         {name: http-only, protocol: HTTP, port: 81, allowedRoutes: {kinds: [{kind: HTTPRoute}]}}";
+        let route = |name: &str, section: &str, backend_ns: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{namespace: shop, name: {name}}}\n\
+                 spec: {{parentRefs: [{{name: gw, sectionName: {section}}}], \
+                 rules: [{{backendRefs: [{{name: svc, namespace: {backend_ns}, port: 9000}}]}}]}}\n---\n"
+            )
+        };
+        let service = |ns: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{namespace: {ns}, name: svc}}\n\
+                 spec: {{ports: [{{port: 9000}}]}}\n---\n"
+            )
+        };
+        let grant = |from_kind: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                 metadata: {{namespace: backends, name: g}}\nspec: {{from: [{{group: gateway.networking.k8s.io, \
+                 kind: {from_kind}, namespace: shop}}], to: [{{group: '', kind: Service}}]}}\n---\n"
+            )
+        };
+        let base = [
+            gateway_with("gw", "2026-01-01T00:00:00Z", listeners, ""),
+            service("shop"),
+            service("backends"),
+            route("served", "any", "shop"),
+            route("refused", "http-only", "shop"),
+            route("across", "any", "backends"),
+        ]
+        .concat();
+        let condition = |m: &Model, name: &str, t: ConditionType| {
+            let status = m.statuses.get("GRPCRoute", "shop", name).unwrap_or_else(|| panic!("no status for {name}"));
+            let c = status.parents[0].conditions.iter().find(|c| c.type_ == t).unwrap();
+            (c.status, c.reason)
+        };
+        // a grant for HTTPRoutes is not one for GRPCRoutes
+        let m = translated(&(base.clone() + &grant("HTTPRoute")));
+        assert_eq!(condition(&m, "served", Accepted), (true, Reason::Accepted));
+        assert_eq!(condition(&m, "refused", Accepted), (false, Reason::NotAllowedByListeners));
+        assert_eq!(condition(&m, "across", ResolvedRefs), (false, Reason::RefNotPermitted));
+        let m = translated(&(base + &grant("GRPCRoute")));
+        assert_eq!(condition(&m, "across", ResolvedRefs), (true, Reason::ResolvedRefs));
+        // its backends speak HTTP/2 though the Service port does not say so
+        let pool = m.pools.iter().find(|(k, _)| k.namespace == "backends").map(|(_, p)| p.protocol);
+        assert_eq!(pool, Some(crate::translate::UpstreamProtocol::H2c));
+        let status = m.statuses.get("Gateway", "shop", "gw").unwrap();
+        assert_eq!(status.attached_routes.get("any"), Some(&2), "served and across");
+        assert_eq!(status.attached_routes.get("http-only"), Some(&0));
+    }
+
+    #[test]
+    fn a_tls_listener_takes_tlsroutes_when_it_passes_through_and_nothing_when_it_would_terminate() {
+        let listeners = "{name: pass, protocol: TLS, port: 443, tls: {mode: Passthrough}, \
+                         allowedRoutes: {kinds: [{kind: TCPRoute}, {kind: TLSRoute}]}}, \
+                         {name: term, protocol: TLS, port: 8443, tls: {mode: Terminate, certificateRefs: [{name: c}]}}";
+        let yaml = gateway_with("gw", "2026-01-01T00:00:00Z", listeners, "");
+        let m = translated(&yaml);
+        let status = m.statuses.get("Gateway", "shop", "gw").unwrap();
+        let condition = |l: &str, t: ConditionType| {
+            let c = status.listeners[l].iter().find(|c| c.type_ == t).unwrap();
+            (c.status, c.reason)
+        };
+        assert_eq!(condition("pass", Accepted), (true, Reason::Accepted));
+        assert_eq!(condition("pass", ResolvedRefs), (false, Reason::InvalidRouteKinds), "TCPRoute is not served");
+        assert_eq!(condition("pass", Programmed), (true, Reason::Programmed));
+        assert_eq!(condition("term", Accepted), (false, Reason::UnsupportedValue));
+        let gateway_listeners = m.listeners.values().filter(|l| l.name.starts_with("gateway:"));
+        let served: Vec<(u16, Protocol)> = gateway_listeners.map(|l| (l.addr.port(), l.protocol)).collect();
+        assert_eq!(served, [(443, Protocol::TlsPassthrough)], "the terminating one is not served");
+
+        let gw: gateway_api::gateways::Gateway = serde_yaml_ng::from_str(yaml.trim_end_matches("---\n")).unwrap();
+        let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
+        assert_eq!(kinds, [vec![(GATEWAY_GROUP, "TLSRoute")], vec![]]);
+    }
+
+    #[test]
     fn a_listener_takes_routes_from_the_namespaces_its_selector_picks_by_their_labels() {
         let listener = "{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: Selector, \
                         selector: {matchLabels: {team: a}, matchExpressions: [{key: env, operator: NotIn, values: [prod]}]}}}}";
@@ -1251,8 +1435,9 @@ spec:
         )
         .unwrap();
         let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
-        let http_route = vec![(GATEWAY_GROUP, "HTTPRoute")];
-        assert_eq!(kinds, [http_route.clone(), vec![], http_route]);
+        let (http_route, grpc_route) = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"));
+        // no allowedRoutes.kinds: both kinds; a list: the kinds of it weir serves
+        assert_eq!(kinds, [vec![http_route, grpc_route], vec![], vec![http_route]]);
     }
 
     #[test]

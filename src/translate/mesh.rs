@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::backend::{Backends, PoolKey, PortRef};
-use super::gateway::{compile_route, service_parents};
+use super::gateway::{compile_route, service_parents, RouteKind};
 use super::last_good::Rejects;
 use super::status::ConditionType::Accepted;
 use super::status::{resolved_refs, Condition, ParentRef, ParentStatus, Reason, Statuses};
@@ -219,12 +219,13 @@ fn mesh_routes(
         }
         let r = |reason: String| reject("HTTPRoute", ns, name, &stored.origin, reason);
         // a mirror would be sent in plain text to the mirror's endpoints, around mutual TLS
-        let compiled = compile_route(&stored.object, ns, name, backends).and_then(|(models, warnings)| {
-            match models.iter().any(|m| !m.action.mirrors.is_empty()) {
-                true => Err(vec!["RequestMirror is not supported on a mesh route (a Service parent) yet".into()]),
-                false => Ok((models, warnings)),
-            }
-        });
+        let compiled =
+            compile_route(&stored.object, RouteKind::Http, ns, name, backends).and_then(|(models, warnings)| {
+                match models.iter().any(|m| !m.action.mirrors.is_empty()) {
+                    true => Err(vec!["RequestMirror is not supported on a mesh route (a Service parent) yet".into()]),
+                    false => Ok((models, warnings)),
+                }
+            });
         let conditions = match &compiled {
             Err(errors) => vec![Condition::fails(Accepted, Reason::UnsupportedValue, errors.join("; "))],
             Ok((_, warnings)) => vec![Condition::holds(Accepted, ""), resolved_refs(warnings)],

@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod grpc;
 pub mod ingress;
 pub mod last_good;
 pub mod mesh;
+pub mod passthrough;
 pub mod status;
 pub mod tls;
 
@@ -83,11 +85,13 @@ impl last_good::Rejects for Model {
     }
 }
 
-/// Plain HTTP or TLS-terminating.
+/// Plain HTTP, TLS-terminating, or TLS passed through by SNI (a TLS listener of mode Passthrough:
+/// each connection goes as it is to the backend of the TLSRoute for its server name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Protocol {
     Http,
     Https,
+    TlsPassthrough,
 }
 
 /// One socket weir listens on.

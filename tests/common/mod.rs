@@ -236,6 +236,17 @@ impl TestWeir {
         request(self.admin).path("/config_dump").send().await.assert_status(200).json()
     }
 
+    /// The status `/config_dump` shows for object `kind` `namespace/name` (its conditions, and a
+    /// route's parents or a Gateway's listeners); panics, with the dump, if it has none.
+    pub async fn status(&self, kind: &str, namespace: &str, name: &str) -> Value {
+        let dump = self.config_dump().await;
+        let statuses = dump["statuses"].as_array().cloned().unwrap_or_default();
+        statuses
+            .into_iter()
+            .find(|s| s["kind"] == kind && s["namespace"] == namespace && s["name"] == name)
+            .unwrap_or_else(|| panic!("no status for {kind} {namespace}/{name}: {dump:#}"))
+    }
+
     /// The `rejections` array of `/config_dump`.
     pub async fn rejections(&self) -> Vec<Value> {
         let dump = self.config_dump().await;
