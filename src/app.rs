@@ -49,6 +49,8 @@ pub struct EdgeOptions {
     /// With `--source kubernetes`: how status is written, by the replica holding the Lease
     /// (`None`: nothing is written).
     pub status: Option<StatusOptions>,
+    /// `--tls-min-version`, `--tls-ciphers`: every TLS listener's and certificate's policy.
+    pub tls: crate::tls::TlsPolicy,
 }
 
 impl EdgeOptions {
@@ -67,6 +69,7 @@ impl EdgeOptions {
             watch_ingress_without_class: false,
             access_log: None,
             status: None,
+            tls: crate::tls::TlsPolicy::default(),
         }
     }
 
@@ -83,6 +86,7 @@ impl EdgeOptions {
             watch_ingress_without_class: a.watch_ingress_without_class,
             access_log: a.access_log,
             status: None,
+            tls: crate::tls::TlsPolicy { min_version: a.tls_min_version, ciphers: a.tls_ciphers.clone() },
         }
     }
 }
@@ -153,6 +157,7 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         ingress_class: opts.ingress_class.clone(),
         controller_name: opts.controller_name.clone(),
         watch_ingress_without_class: opts.watch_ingress_without_class,
+        tls: opts.tls.clone(),
     };
     let pools = Arc::new(PoolRegistry::default());
     let metrics = Metrics::new(pools.clone());
@@ -192,7 +197,9 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
         access_log: opts.access_log.is_some(),
         drain: drain.clone(),
     });
-    let proxy_listeners = Arc::new(Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()));
+    let proxy_listeners = Arc::new(
+        Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()).with_tls(opts.tls.clone()),
+    );
     let http_addr = proxy_listeners.adopt(http)?;
     let https_addr = proxy_listeners.adopt(https)?;
 

@@ -166,6 +166,14 @@ pub struct ListenArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Lowest TLS version the TLS listeners accept (every certificate's too).
+    #[arg(long, value_enum, default_value = "1.2")]
+    pub tls_min_version: crate::tls::TlsVersion,
+    /// TLS 1.2 suites the TLS listeners take, in order of preference (the server's order wins):
+    /// OpenSSL names separated by ':'. The default is Mozilla's "intermediate": ECDHE key
+    /// exchange with AES-GCM or ChaCha20-Poly1305. TLS 1.3 takes all its suites.
+    #[arg(long, default_value = crate::tls::DEFAULT_CIPHERS, value_parser = crate::tls::parse_ciphers)]
+    pub tls_ciphers: String,
 }
 
 /// Where configuration comes from.
@@ -342,6 +350,25 @@ mod tests {
             let err = parse(&["weir", tier, "--drain-timeout", "1.5s"]).unwrap_err().to_string();
             assert!(err.contains("\"1.5s\" is not a Gateway API duration"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_tls_flags_take_a_version_and_suites_boringssl_knows() {
+        let listen = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["weir", "edge"].iter().chain(args).copied()).map_err(|e| e.to_string())?;
+            let Command::Edge(edge) = cli.command else { panic!("not the edge") };
+            Ok::<_, String>(edge.listen)
+        };
+        let defaults = listen(&[]).unwrap();
+        assert_eq!(
+            (defaults.tls_min_version, defaults.tls_ciphers.as_str()),
+            (crate::tls::TlsVersion::Tls12, crate::tls::DEFAULT_CIPHERS)
+        );
+        let chosen = listen(&["--tls-min-version", "1.3", "--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"]).unwrap();
+        assert_eq!(chosen.tls_min_version, crate::tls::TlsVersion::Tls13);
+        let err = listen(&["--tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256:NOT-A-SUITE"]).unwrap_err();
+        assert!(err.contains("is not a list of TLS 1.2 suites BoringSSL knows; give OpenSSL names"), "{err}");
+        assert!(listen(&["--tls-min-version", "1.1"]).unwrap_err().contains("possible values: 1.2, 1.3"));
     }
 
     #[test]

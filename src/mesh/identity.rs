@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use boring::pkey::{PKey, Private};
-use boring::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
+use boring::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
 use boring::x509::store::X509StoreBuilder;
 use boring::x509::{X509Ref, X509StoreContext, X509VerifyError, X509};
 use pingora::utils::tls::CertKey;
@@ -164,8 +164,9 @@ fn trust_store(bundle: &[X509]) -> Result<boring::x509::store::X509Store, boring
     Ok(b.build())
 }
 
-/// The inbound TLS context: our SVID, TLS 1.2 minimum, HTTP/2 by ALPN, and a client certificate
-/// required, chaining to the bundle and carrying a SPIFFE ID of `trust_domain`.
+/// The inbound TLS context: our SVID, weir's TLS policy (TLS 1.2 minimum, forward-secret AEAD
+/// suites in its order), HTTP/2 by ALPN, and a client certificate required, chaining to the
+/// bundle and carrying a SPIFFE ID of `trust_domain`.
 fn acceptor(
     chain: &[X509],
     key: &PKey<Private>,
@@ -174,7 +175,7 @@ fn acceptor(
     on_refusal: OnRefusal,
 ) -> Result<SslAcceptor, boring::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    crate::tls::TlsPolicy::default().apply(&mut b)?;
     b.set_certificate(&chain[0])?;
     for c in &chain[1..] {
         b.add_extra_chain_cert(c.clone())?;

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::buffered::Buffered;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Metrics;
+use crate::tls::TlsPolicy;
 use crate::translate::Protocol;
 
 /// Longest a client may take to finish its TLS handshake.
@@ -84,6 +85,8 @@ pub struct Listeners<A> {
     bound: Mutex<HashMap<SocketAddr, Bound>>,
     /// Addresses that could not be bound, with the reason (shown in `/config_dump`).
     pub bind_errors: Mutex<BTreeMap<SocketAddr, String>>,
+    /// The TLS policy of the listeners that terminate TLS.
+    tls: TlsPolicy,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
@@ -100,7 +103,14 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             shutdown,
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
+            tls: TlsPolicy::default(),
         }
+    }
+
+    /// With TLS `policy` (`--tls-min-version`, `--tls-ciphers`) instead of the default.
+    pub fn with_tls(mut self, policy: TlsPolicy) -> Self {
+        self.tls = policy;
+        self
     }
 
     /// Serves an already bound socket for the lifetime of the process.
@@ -114,7 +124,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
         let snapshot = self.snapshot.clone();
         let certificate = move |sni: Option<&str>| snapshot.load().listeners.get(&key)?.certs.select(sni).cloned();
         let port = key.port();
-        let acceptor = match crate::tls::acceptor(port, certificate) {
+        let acceptor = match crate::tls::acceptor(port, &self.tls, certificate) {
             Ok(a) => Arc::new(a),
             Err(e) => {
                 tracing::error!(port, error = %e, "cannot set up TLS for this listener");

@@ -5,8 +5,66 @@
 use std::sync::Arc;
 
 use boring::ssl::{
-    select_next_proto, AlpnError, NameType, SniError, SslAcceptor, SslAlert, SslContext, SslMethod, SslVersion,
+    select_next_proto, AlpnError, NameType, SniError, SslAcceptor, SslAlert, SslContext, SslContextBuilder, SslMethod,
+    SslOptions, SslVersion,
 };
+
+/// The TLS 1.2 suites weir takes by default: ECDHE key exchange and AEAD ciphers alone, in
+/// Mozilla's "intermediate" order (its DHE suites aside: BoringSSL has none). TLS 1.3 has only
+/// such suites, and BoringSSL enables all of them.
+pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+/// The protocol versions and suites of every server context weir builds (a listener's, each
+/// certificate's, the mesh's): `--tls-min-version` and `--tls-ciphers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub min_version: TlsVersion,
+    /// The TLS 1.2 suites, in weir's order of preference (an OpenSSL cipher string).
+    pub ciphers: String,
+}
+
+/// The lowest TLS version weir accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsVersion {
+    #[value(name = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    Tls13,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        TlsPolicy { min_version: TlsVersion::Tls12, ciphers: DEFAULT_CIPHERS.into() }
+    }
+}
+
+/// `--tls-ciphers`: the suites if BoringSSL knows every one of them, else what to give instead.
+pub fn parse_ciphers(ciphers: &str) -> Result<String, String> {
+    let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| e.to_string())?;
+    match b.set_strict_cipher_list(ciphers) {
+        Ok(()) => Ok(ciphers.to_string()),
+        Err(_) => Err(format!(
+            "{ciphers:?} is not a list of TLS 1.2 suites BoringSSL knows; give OpenSSL names such as \
+             ECDHE-RSA-AES128-GCM-SHA256, separated by ':'"
+        )),
+    }
+}
+
+impl TlsPolicy {
+    /// Sets the policy on a server context: the minimum version, the suites and the server's
+    /// preference among them.
+    pub fn apply(&self, b: &mut SslContextBuilder) -> Result<(), boring::error::ErrorStack> {
+        let min = match self.min_version {
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        };
+        b.set_min_proto_version(Some(min))?;
+        b.set_strict_cipher_list(&self.ciphers)?;
+        b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+        Ok(())
+    }
+}
 
 /// ALPN protocols offered, in preference order (wire format).
 const ALPN_H2_H1: &[u8] = b"\x02h2\x08http/1.1";
@@ -18,13 +76,13 @@ pub fn offer_h2(b: &mut boring::ssl::SslContextBuilder) {
 }
 
 /// Builds the acceptor of the TLS listener on `port`, whose certificate for a server name (or
-/// none) `certificate` gives at each handshake. TLS 1.2 is the minimum.
-pub fn acceptor<F>(port: u16, certificate: F) -> Result<SslAcceptor, boring::error::ErrorStack>
+/// none) `certificate` gives at each handshake (a context built with the same `policy`).
+pub fn acceptor<F>(port: u16, policy: &TlsPolicy, certificate: F) -> Result<SslAcceptor, boring::error::ErrorStack>
 where
     F: Fn(Option<&str>) -> Option<Arc<SslContext>> + Send + Sync + 'static,
 {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    policy.apply(&mut b)?;
     offer_h2(&mut b);
     b.set_servername_callback(move |ssl, alert| {
         let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);

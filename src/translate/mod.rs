@@ -46,6 +46,8 @@ pub struct TranslateOptions {
     pub controller_name: String,
     /// Also serve Ingresses that name no class.
     pub watch_ingress_without_class: bool,
+    /// The TLS policy of each certificate's context (`--tls-min-version`, `--tls-ciphers`).
+    pub tls: crate::tls::TlsPolicy,
 }
 
 impl TranslateOptions {
@@ -61,6 +63,7 @@ impl TranslateOptions {
             ingress_class: ingress_class.to_string(),
             controller_name: gateway::GATEWAY_CONTROLLER.to_string(),
             watch_ingress_without_class: false,
+            tls: crate::tls::TlsPolicy::default(),
         }
     }
 }
@@ -338,7 +341,7 @@ pub fn pools_only<'a>(store: &Store, keys: impl IntoIterator<Item = &'a PoolKey>
 pub fn translate(store: &Store, opts: &TranslateOptions) -> Model {
     let mut model = Model { rejections: store.source_errors.clone(), ..Model::default() };
     let mut backends = backend::Backends::new(store, &mut model.rejections, &mut model.statuses);
-    let mut secrets = tls::Secrets::new(store);
+    let mut secrets = tls::Secrets::new(store, &opts.tls);
     ingress::translate(store, opts, &mut backends, &mut secrets, &mut model);
     gateway::translate(store, opts, &mut backends, &mut secrets, &mut model);
     model.pools = backends.into_pools();

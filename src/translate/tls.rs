@@ -11,6 +11,7 @@ use boring::x509::X509;
 use super::reject;
 use crate::routing::HostPattern;
 use crate::store::{NsName, Rejection, Store};
+use crate::tls::TlsPolicy;
 
 /// A certificate a TLS listener can present.
 #[derive(Clone)]
@@ -40,13 +41,15 @@ pub struct LoadedCert {
 /// Loads Secrets on demand, each once per translation, and reports bad ones once.
 pub struct Secrets<'a> {
     store: &'a Store,
+    /// The TLS policy each certificate's context gets (a handshake runs on the context SNI picks).
+    policy: &'a TlsPolicy,
     cache: HashMap<NsName, Result<LoadedCert, String>>,
     rejections: Vec<Rejection>,
 }
 
 impl<'a> Secrets<'a> {
-    pub fn new(store: &'a Store) -> Self {
-        Secrets { store, cache: HashMap::new(), rejections: vec![] }
+    pub fn new(store: &'a Store, policy: &'a TlsPolicy) -> Self {
+        Secrets { store, policy, cache: HashMap::new(), rejections: vec![] }
     }
 
     pub fn store(&self) -> &'a Store {
@@ -62,7 +65,7 @@ impl<'a> Secrets<'a> {
         let result = match self.store.secrets.get(&key) {
             None => Err(format!("Secret {ns}/{name} does not exist")),
             Some(stored) => {
-                let r = load_secret(&stored.object);
+                let r = load_secret(&stored.object, self.policy);
                 if let Err(reason) = &r {
                     self.rejections.push(reject("Secret", ns, name, &stored.origin, reason.clone()));
                 }
@@ -78,7 +81,7 @@ impl<'a> Secrets<'a> {
     }
 }
 
-fn load_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Result<LoadedCert, String> {
+fn load_secret(secret: &k8s_openapi::api::core::v1::Secret, policy: &TlsPolicy) -> Result<LoadedCert, String> {
     if secret.type_.as_deref() != Some("kubernetes.io/tls") {
         return Err(format!(
             "its type is {:?}; a certificate Secret must be of type kubernetes.io/tls",
@@ -86,7 +89,7 @@ fn load_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Result<LoadedCert
         ));
     }
     let (crt, key) = (secret_field(secret, "tls.crt")?, secret_field(secret, "tls.key")?);
-    build_context(&crt, &key)
+    build_context(&crt, &key, policy)
 }
 
 /// The value of `key` in a Secret's `data` (or `stringData`).
@@ -101,8 +104,8 @@ pub(crate) fn secret_field(secret: &k8s_openapi::api::core::v1::Secret, key: &st
 }
 
 /// Builds a server context from a PEM chain and key, checking that they belong together and
-/// that the leaf is currently valid.
-pub fn build_context(crt_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, String> {
+/// that the leaf is currently valid, with TLS `policy`.
+pub fn build_context(crt_pem: &[u8], key_pem: &[u8], policy: &TlsPolicy) -> Result<LoadedCert, String> {
     let chain = X509::stack_from_pem(crt_pem).map_err(|e| format!("tls.crt is not a PEM certificate: {e}"))?;
     let Some(leaf) = chain.first() else {
         return Err("tls.crt holds no certificate".into());
@@ -116,6 +119,7 @@ pub fn build_context(crt_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, Strin
         return Err(format!("its certificate is not valid before {}", leaf.not_before()));
     }
     let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(|e| e.to_string())?;
+    policy.apply(&mut b).map_err(|e| e.to_string())?;
     b.set_certificate(leaf).map_err(|e| format!("tls.crt: {e}"))?;
     for extra in chain.iter().skip(1) {
         b.add_extra_chain_cert(extra.clone()).map_err(|e| format!("tls.crt chain: {e}"))?;

@@ -43,12 +43,22 @@ impl Ca {
         X509::from_pem(self.issuer.pem().as_bytes()).expect("CA certificate parses")
     }
 
-    /// A leaf with subject CN `cn` and DNS SANs `sans`.
+    /// A leaf with subject CN `cn` and DNS SANs `sans` (an ECDSA P-256 key).
     pub fn leaf(&self, cn: &str, sans: &[&str]) -> Leaf {
+        self.leaf_with(cn, sans, KeyPair::generate().expect("leaf key"))
+    }
+
+    /// [`Ca::leaf`] with an RSA 2048 key, for the TLS 1.2 suites of RSA certificates.
+    pub fn rsa_leaf(&self, cn: &str, sans: &[&str]) -> Leaf {
+        let rsa = boring::pkey::PKey::from_rsa(boring::rsa::Rsa::generate(2048).expect("RSA key")).expect("PKey");
+        let pem = String::from_utf8(rsa.private_key_to_pem_pkcs8().expect("PKCS#8")).unwrap();
+        self.leaf_with(cn, sans, KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("RSA"))
+    }
+
+    fn leaf_with(&self, cn: &str, sans: &[&str], key: KeyPair) -> Leaf {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec(), cn: cn.to_string() }
     }
@@ -91,6 +101,8 @@ pub struct TlsClient {
     /// ALPN protocols offered (empty: no ALPN extension).
     alpn: Vec<&'static str>,
     max_version: Option<SslVersion>,
+    /// The TLS 1.2 suites offered, in the client's order (OpenSSL names); `None`: BoringSSL's.
+    ciphers: Option<String>,
 }
 
 impl TlsClient {
@@ -103,6 +115,7 @@ impl TlsClient {
             verify_hostname: true,
             alpn: vec!["http/1.1"],
             max_version: None,
+            ciphers: None,
         }
     }
 
@@ -119,6 +132,12 @@ impl TlsClient {
 
     pub fn max_version(mut self, v: SslVersion) -> Self {
         self.max_version = Some(v);
+        self
+    }
+
+    /// Offer only these TLS 1.2 suites (an OpenSSL cipher string), in this order.
+    pub fn ciphers(mut self, ciphers: &str) -> Self {
+        self.ciphers = Some(ciphers.to_string());
         self
     }
 
@@ -140,6 +159,9 @@ impl TlsClient {
                 wire.extend_from_slice(p.as_bytes());
             }
             b.set_alpn_protos(&wire)?;
+        }
+        if let Some(ciphers) = &self.ciphers {
+            b.set_strict_cipher_list(ciphers)?;
         }
         if let Some(max) = self.max_version {
             b.set_min_proto_version(Some(SslVersion::TLS1))?;
