@@ -569,3 +569,39 @@ spec:
     wait_listening(gw).await;
     get(gw, "any.example.com", "/").await.assert_served_by("a");
 }
+
+/// A manifest nested 100,000 deep (200 KB of `[[[...]]]`, which YAML's parser takes seconds on,
+/// growing with the square of the depth) is refused at once and read off the request path: a
+/// request loop beside its load sees no request slower than 100 ms, and the routes keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pathologically_nested_manifest_is_refused_without_stalling_a_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (_b, weir) =
+        TestWeir::with_backends(&["app"], &[("ingress.yaml", &ingress("app", "app.example.com", "app"))]).await;
+    let http = weir.http;
+    get(http, "app.example.com", "/").await.assert_served_by("app");
+    let done = Arc::new(AtomicBool::new(false));
+    let requests = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut slowest = Duration::ZERO;
+            while !done.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                get(http, "app.example.com", "/").await.assert_served_by("app");
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        }
+    });
+    let deep = format!("x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    weir.apply("deep.yaml", &deep).await;
+    let rejections = weir.rejections().await;
+    let refused = rejections.iter().find(|r| r["file"].as_str().is_some_and(|f| f.ends_with("deep.yaml")));
+    let reason = refused.unwrap_or_else(|| panic!("deep.yaml is not refused: {rejections:#?}"))["reason"].clone();
+    assert!(reason.as_str().unwrap().contains("nest more than 64 deep"), "{reason}");
+    done.store(true, Ordering::Relaxed);
+    let slowest = requests.await.unwrap();
+    assert!(slowest < Duration::from_millis(100), "a request took {slowest:?} while the file loaded");
+}

@@ -30,10 +30,25 @@ pub struct Loaded {
     pub synced: bool,
 }
 
-/// Reads a directory, remembering each file's last good objects across reloads.
+/// Largest manifest file weir reads: a directory of manifests holds files of kilobytes, and a
+/// file is parsed whole.
+pub const MAX_FILE_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Reads a directory, remembering each file's last good objects across reloads, and each file's
+/// text with what it parsed to, so a reload parses only the files that changed.
 #[derive(Default)]
 pub struct DirLoader {
     last_good: HashMap<PathBuf, Vec<Object>>,
+    parsed: HashMap<PathBuf, Parsed>,
+    /// Files the last load parsed (the others were unchanged).
+    parsed_last: usize,
+}
+
+/// A file's text and what it parsed to.
+struct Parsed {
+    text: String,
+    objects: Vec<Object>,
+    errors: Vec<Rejection>,
 }
 
 fn object_key(o: &Object) -> (String, String, String) {
@@ -93,16 +108,34 @@ impl DirLoader {
     pub fn load(&mut self, dir: &Path) -> std::io::Result<Store> {
         let mut store = Store::default();
         let mut seen = HashMap::new();
+        let mut parsed = HashMap::new();
+        let mut parsed_now = 0;
         for path in manifest_files(dir)? {
             let file = path.display().to_string();
-            let text = match std::fs::read_to_string(&path) {
+            let text = match read_manifest(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    store.source_errors.push(file_error(&file, format!("cannot be read: {e}")));
+                    store.source_errors.push(file_error(&file, e));
+                    // a file weir cannot read keeps its last good objects
+                    let kept = self.last_good.remove(&path).unwrap_or_default();
+                    for o in &kept {
+                        store.apply(o.clone(), &file);
+                    }
+                    seen.insert(path, kept);
                     continue;
                 }
             };
-            let (mut objects, errors) = parse_manifests(&text, &file);
+            // the same text parses to the same objects: only changed files are parsed again
+            let done = match self.parsed.remove(&path) {
+                Some(p) if p.text == text => p,
+                _ => {
+                    let (objects, errors) = parse_manifests(&text, &file);
+                    parsed_now += 1;
+                    Parsed { text, objects, errors }
+                }
+            };
+            let (mut objects, errors) = (done.objects.clone(), done.errors.clone());
+            parsed.insert(path.clone(), done);
             if !errors.is_empty() {
                 // keep the last good version of whatever failed in this file
                 let good: BTreeMap<_, _> = objects.iter().map(|o| (object_key(o), ())).collect();
@@ -123,8 +156,22 @@ impl DirLoader {
             seen.insert(path, objects);
         }
         self.last_good = seen;
+        self.parsed = parsed;
+        self.parsed_last = parsed_now;
         Ok(store)
     }
+}
+
+/// A manifest file's text, or why weir does not read it (too large, not UTF-8, unreadable).
+fn read_manifest(path: &Path) -> Result<String, String> {
+    let size = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?.len();
+    if size > MAX_FILE_SIZE {
+        return Err(format!(
+            "is {size} bytes; weir reads manifest files of at most {} MiB: split it",
+            MAX_FILE_SIZE / (1024 * 1024)
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))
 }
 
 fn file_error(file: &str, reason: String) -> Rejection {
@@ -156,7 +203,19 @@ pub fn watch_dir(dir: PathBuf) -> std::io::Result<watch::Receiver<Loaded>> {
     let mut changes = Changes::watch(&[&dir], may_hold_manifests)?;
     tokio::spawn(async move {
         while let Some(changed_at) = changes.next().await {
-            match loader.load(&dir) {
+            // read and parsed on a blocking thread: no file, however slow to parse, holds up
+            // a runtime worker serving requests
+            let (dir_, mut loader_) = (dir.clone(), std::mem::take(&mut loader));
+            let Ok((loaded, result)) = tokio::task::spawn_blocking(move || {
+                let result = loader_.load(&dir_);
+                (loader_, result)
+            })
+            .await
+            else {
+                return;
+            };
+            loader = loaded;
+            match result {
                 Ok(store) => {
                     if tx.is_closed() {
                         return;
@@ -244,6 +303,40 @@ mod tests {
         assert_eq!(store.source_errors.len(), 1);
         std::fs::remove_file(&file).unwrap();
         assert_eq!(loader.load(dir.path()).unwrap().services.len(), 0, "deleting the file deletes it");
+    }
+
+    #[test]
+    fn a_reload_parses_only_the_files_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(format!("{name}.yaml")), SVC.replace("name: a", &format!("name: {name}")))
+                .unwrap();
+        }
+        let mut loader = DirLoader::default();
+        assert_eq!(loader.load(dir.path()).unwrap().services.len(), 3);
+        assert_eq!(loader.parsed_last, 3);
+        assert_eq!(loader.load(dir.path()).unwrap().services.len(), 3);
+        assert_eq!(loader.parsed_last, 0, "nothing changed");
+        std::fs::write(dir.path().join("b.yaml"), SVC.replace("name: a", "name: b2")).unwrap();
+        let store = loader.load(dir.path()).unwrap();
+        assert_eq!(loader.parsed_last, 1, "b.yaml alone");
+        assert!(store.services.contains_key(&("default".into(), "b2".into())));
+        assert!(!store.services.contains_key(&("default".into(), "b".into())));
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_and_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("svc.yaml");
+        std::fs::write(&file, SVC).unwrap();
+        let mut loader = DirLoader::default();
+        assert_eq!(loader.load(dir.path()).unwrap().services.len(), 1);
+        let padding = "#".repeat(MAX_FILE_SIZE as usize);
+        std::fs::write(&file, format!("{SVC}{padding}\n")).unwrap();
+        let store = loader.load(dir.path()).unwrap();
+        assert_eq!(store.services.len(), 1, "the last good Service stays");
+        let reason = &store.source_errors[0].reason;
+        assert!(reason.contains("bytes; weir reads manifest files of at most 8 MiB: split it"), "{reason}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,31 @@ use serde::Deserialize;
 
 use crate::store::{Object, Rejection};
 
+/// Deepest nesting of flow collections (`[`, `{`) a manifest may have. A Kubernetes object
+/// needs a few levels; the YAML parser (libyaml) takes time growing with the square of the depth
+/// (a 200 KB file of `[[[...]]]` took 17 s), so deeper files are refused before it reads them.
+pub const MAX_NESTING: usize = 64;
+
+/// The deepest `[`/`{` nesting in `text`, counting every bracket (quoted or not: an over-count
+/// only refuses a file of many unbalanced brackets in strings). Linear, and stops at `limit`+1.
+fn flow_depth(text: &str, limit: usize) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+                if max > limit {
+                    return max;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parses every document of one YAML file. Good documents are returned even when others fail.
 pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) {
     let mut objects = vec![];
@@ -18,6 +43,12 @@ pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) 
         reason: format!("document {}: {reason}", index + 1),
         served: false,
     };
+    if flow_depth(text, MAX_NESTING) > MAX_NESTING {
+        let reason = format!(
+            "[ and {{ nest more than {MAX_NESTING} deep; weir does not read a file nested so deep (no manifest is)"
+        );
+        return (objects, vec![Rejection { reason, ..reject(0, "", "", "", String::new()) }]);
+    }
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = match serde_json::Value::deserialize(doc) {
             Ok(serde_json::Value::Null) => continue, // empty document (`---` at the end)
@@ -100,6 +131,25 @@ mod tests {
             errors[1].reason
         );
         assert!(errors.iter().all(|e| e.file == "x.yaml"));
+    }
+
+    #[test]
+    fn a_file_nested_too_deep_is_refused_before_it_is_parsed() {
+        let deep = |n: usize| format!("x: {}{}\n", "[".repeat(n), "]".repeat(n));
+        // 100,000 levels (200 KB): libyaml would take many seconds; the scan takes none
+        let (objects, errors) = parse_manifests(&deep(100_000), "deep.yaml");
+        assert!(objects.is_empty());
+        assert_eq!(errors.len(), 1);
+        let reason = &errors[0].reason;
+        assert!(
+            reason.contains("[ and { nest more than 64 deep; weir does not read a file nested so deep"),
+            "{reason}"
+        );
+        assert_eq!(flow_depth(&deep(64), MAX_NESTING), 64);
+        assert_eq!(flow_depth("a: \"[x]\"\nb: {c: [1, {d: 2}]}\n", MAX_NESTING), 3);
+        // as deep as allowed: parsed (and refused by YAML's own rules, not by the scan)
+        let (_, errors) = parse_manifests(&deep(64), "deep.yaml");
+        assert!(!errors[0].reason.contains("nest more than"), "{}", errors[0].reason);
     }
 
     #[test]
