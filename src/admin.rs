@@ -131,6 +131,12 @@ pub fn config_dump(snap: &Snapshot, bind_errors: &BTreeMap<SocketAddr, String>, 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = &session.req_header().method;
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let mut r = reply(405, "text/plain", b"the admin endpoints are read-only: GET or HEAD\n".to_vec());
+            r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.encode().into_bytes()),

@@ -61,6 +61,21 @@ async fn unknown_admin_path_is_404_and_lists_the_endpoints() {
     }
 }
 
+/// The admin endpoints are read-only: any method but GET and HEAD is 405, saying which are allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_other_methods_than_get_and_head_405() {
+    let weir = TestWeir::start(&[]).await;
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in ["/metrics", "/config_dump", "/ready"] {
+            let resp = request(weir.admin).method(method).path(path).body("x").send().await;
+            assert_eq!(resp.status, 405, "{method} {path}: {resp}");
+            assert_eq!(resp.header("allow"), Some("GET, HEAD"), "{method} {path}: {resp}");
+        }
+    }
+    assert_eq!(request(weir.admin).method("HEAD").path("/live").send().await.status, 200);
+    assert_eq!(request(weir.admin).path("/live").send().await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_does_not_route_proxy_traffic() {
     let (b, weir) = TestWeir::with_backends(&["a"], &[("ingress.yaml", &ingress("web", "a.example.com", "a"))]).await;

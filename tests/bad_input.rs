@@ -605,3 +605,35 @@ async fn a_pathologically_nested_manifest_is_refused_without_stalling_a_request(
     let slowest = requests.await.unwrap();
     assert!(slowest < Duration::from_millis(100), "a request took {slowest:?} while the file loaded");
 }
+
+/// HTTP/1 framing as RFC 9112 states it, on raw sockets: HTTP/1.1 without Host is 400; a
+/// transfer coding other than chunked is 501 (weir would drop it); Content-Length given twice is
+/// one header upstream when the values agree, 400 when they differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_is_held_to_rfc_9112() {
+    let (b, weir) =
+        TestWeir::with_backends(&["app"], &[("ingress.yaml", &ingress("app", "app.example.com", "app"))]).await;
+    let status = |outcome: Outcome| match outcome {
+        Outcome::Status(code, _) => code,
+        other => panic!("no response: {other:?}"),
+    };
+    assert_eq!(status(raw(weir.http, b"GET / HTTP/1.1\r\n\r\n", false).await), 400, "no Host");
+    // HTTP/1.0 needs none (it is routed by no host: 404)
+    assert_eq!(status(raw(weir.http, b"GET / HTTP/1.0\r\n\r\n", false).await), 404);
+    let gzip = b"POST / HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(status(raw(weir.http, gzip, false).await), 501, "gzip, chunked");
+    let differing = b"POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc";
+    assert_refused("differing Content-Lengths", &raw(weir.http, differing, false).await);
+    assert_eq!(b.echo("app").requests(), 0, "none of these reached the upstream");
+
+    // the same length twice: served, and the upstream sees it once
+    let mut stream = TcpStream::connect(weir.http).await.unwrap();
+    let same = b"POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    stream.write_all(same).await.unwrap();
+    let mut got = vec![];
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got)).await.expect("the response in time").unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["headers"]["content-length"], "5", "one Content-Length upstream: {body:#}");
+}

@@ -22,7 +22,7 @@ use super::answer::{counted_status, Failure, FailureKind, Reveal};
 use super::decide::{decide, Arrival, Decision};
 use super::drain::{Drain, InFlight};
 use super::filters::{
-    cors_request, filter_request, filter_response, location, normalize_request_path, respond, target_of,
+    cors_request, filter_request, filter_response, location, normalize_request_path, respond, strict_http1, target_of,
 };
 use super::mirror::{self, MirrorBodies};
 use super::upstream::{hash_key, DEFAULT_UPSTREAM_IO_TIMEOUT};
@@ -139,7 +139,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
-        if !normalize_request_path(session, &mut ctx.answered).await? {
+        if !strict_http1(session, &mut ctx.answered).await?
+            || !normalize_request_path(session, &mut ctx.answered).await?
+        {
             return Ok(true);
         }
         let snap = self.snapshot.load_full();

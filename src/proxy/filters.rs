@@ -189,6 +189,47 @@ fn apply_mods(headers: &mut impl EditHeaders, mods: &HeaderMods) -> Result<()> {
     Ok(())
 }
 
+/// Holds an HTTP/1 request to RFC 9112's framing before anything reads it: HTTP/1.1 without
+/// Host is answered 400; a Content-Length given more than once is one header when every value
+/// is the same (so the upstream sees one), else 400; a transfer coding other than `chunked`
+/// (`gzip, chunked`: weir would drop the gzip) is answered 501. Returns `false` when answered.
+pub async fn strict_http1(session: &mut Session, answered: &mut Option<FailureKind>) -> Result<bool> {
+    if session.as_downstream().is_http2() {
+        return Ok(true);
+    }
+    let req = session.req_header();
+    let refusal =
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            Some((FailureKind::BadRequest, "an HTTP/1.1 request needs a Host header"))
+        } else if req.headers.get_all(http::header::TRANSFER_ENCODING).iter().any(|v| {
+            v.to_str().map_or(true, |v| v.split(',').any(|coding| !coding.trim().eq_ignore_ascii_case("chunked")))
+        }) {
+            Some((FailureKind::Status(501), "weir takes no transfer coding but chunked"))
+        } else {
+            let lengths: Vec<HeaderValue> = req.headers.get_all(http::header::CONTENT_LENGTH).iter().cloned().collect();
+            match lengths.as_slice() {
+                [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|v| v == first) => {
+                    let one = first.clone();
+                    let header = session.req_header_mut();
+                    header.remove_header(&http::header::CONTENT_LENGTH);
+                    header.insert_header(http::header::CONTENT_LENGTH, one)?;
+                    None
+                }
+                [_, _, ..] => {
+                    Some((FailureKind::BadRequest, "Content-Length is given more than once, with different values"))
+                }
+                _ => None,
+            }
+        };
+    match refusal {
+        Some((kind, why)) => {
+            Failure::new(kind, why).send(session, Reveal::Text, answered).await?;
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
 /// Replaces the request's path with its normalized form ([`normalize_path`]) before anything
 /// routes, authorizes or forwards it, so all three see the same path. A path that climbs above
 /// the root is answered 400; then this returns `false` and the request ends.
