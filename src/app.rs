@@ -18,7 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::ListenArgs;
 use crate::pool::PoolRegistry;
 use crate::proxy::drain::Drain;
-use crate::proxy::listeners::{Apps, Listeners};
+use crate::proxy::listeners::{Apps, ClientLimits, Listeners};
 use crate::proxy::EdgeProxy;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::dir::{watch_dir, Loaded};
@@ -51,6 +51,8 @@ pub struct EdgeOptions {
     pub status: Option<StatusOptions>,
     /// `--tls-min-version`, `--tls-ciphers`: every TLS listener's and certificate's policy.
     pub tls: crate::tls::TlsPolicy,
+    /// What each listener holds its clients to (`--max-request-head`, `--max-connections`, ...).
+    pub limits: ClientLimits,
 }
 
 impl EdgeOptions {
@@ -70,6 +72,7 @@ impl EdgeOptions {
             access_log: None,
             status: None,
             tls: crate::tls::TlsPolicy::default(),
+            limits: ClientLimits::default(),
         }
     }
 
@@ -87,6 +90,13 @@ impl EdgeOptions {
             access_log: a.access_log,
             status: None,
             tls: crate::tls::TlsPolicy { min_version: a.tls_min_version, ciphers: a.tls_ciphers.clone() },
+            limits: ClientLimits {
+                max_request_head: a.max_request_head,
+                request_head_timeout: a.request_head_timeout,
+                keepalive_timeout: a.keepalive_timeout,
+                write_timeout: a.write_timeout,
+                max_connections: a.max_connections,
+            },
         }
     }
 }
@@ -192,13 +202,15 @@ pub async fn start_edge(opts: EdgeOptions) -> anyhow::Result<EdgeHandle> {
 
     let conf = Arc::new(ServerConf::default());
     let drain = Drain::default();
-    let apps = Apps::proxies(&conf, || EdgeProxy {
+    let apps = Apps::proxies(&conf, &opts.limits, || EdgeProxy {
         snapshot: snapshot.clone(),
         access_log: opts.access_log.is_some(),
         drain: drain.clone(),
     });
     let proxy_listeners = Arc::new(
-        Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone()).with_tls(opts.tls.clone()),
+        Listeners::new(apps, snapshot.clone(), metrics.clone(), shutdown_rx.clone())
+            .with_tls(opts.tls.clone())
+            .with_max_connections(opts.limits.max_connections),
     );
     let http_addr = proxy_listeners.adopt(http)?;
     let https_addr = proxy_listeners.adopt(https)?;

@@ -166,6 +166,22 @@ pub struct ListenArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The most a request head (request line and headers) may take, HTTP/1 and HTTP/2 alike;
+    /// a larger one is answered 431.
+    #[arg(long, default_value_t = crate::proxy::listeners::DEFAULT_MAX_REQUEST_HEAD)]
+    pub max_request_head: usize,
+    /// How long an HTTP/1 request head may take from its first byte; then the connection closes.
+    #[arg(long, default_value = crate::proxy::listeners::DEFAULT_REQUEST_HEAD_TIMEOUT, value_parser = crate::api::duration::parse)]
+    pub request_head_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive HTTP/1 connection.
+    #[arg(long, default_value = crate::proxy::listeners::DEFAULT_KEEPALIVE_TIMEOUT, value_parser = crate::api::duration::parse)]
+    pub keepalive_timeout: Duration,
+    /// How long one write of a response may wait for a client that does not read.
+    #[arg(long, default_value = crate::proxy::listeners::DEFAULT_WRITE_TIMEOUT, value_parser = crate::api::duration::parse)]
+    pub write_timeout: Duration,
+    /// Open connections per listener; beyond, new ones are closed at once (and counted).
+    #[arg(long, default_value_t = crate::proxy::listeners::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Lowest TLS version the TLS listeners accept (every certificate's too).
     #[arg(long, value_enum, default_value = "1.2")]
     pub tls_min_version: crate::tls::TlsVersion,

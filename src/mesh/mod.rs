@@ -35,7 +35,7 @@ use crate::admin::AdminApp;
 use crate::config::DefaultPolicy;
 use crate::pool::PoolRegistry;
 use crate::proxy::drain::Drain;
-use crate::proxy::listeners::{Apps, Listeners};
+use crate::proxy::listeners::{Apps, ClientLimits, Listeners};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
 use crate::source::kubernetes::{watch_kubernetes, WatchStates};
@@ -363,7 +363,7 @@ async fn start_outbound(
         .await
         .with_context(|| format!("cannot listen on {} (the mesh outbound listener)", o.listen))?;
     let conf = Arc::new(ServerConf::default());
-    let apps = Apps::proxies(&conf, || OutboundProxy {
+    let apps = Apps::proxies(&conf, &ClientLimits::default(), || OutboundProxy {
         settings: o.settings.clone(),
         metrics: metrics.clone(),
         directory: directory.clone(),

@@ -45,9 +45,50 @@ pub struct Apps<A> {
     pub h2c: Arc<A>,
 }
 
+/// What a listener holds its clients to, whatever they send (`weir edge` flags): memory and
+/// time a connection may take are bounded by these.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientLimits {
+    /// The most a request head may take, HTTP/1 and HTTP/2 alike (answered 431 beyond).
+    pub max_request_head: usize,
+    /// How long an HTTP/1 request head may take from its first byte (then the connection closes).
+    pub request_head_timeout: Duration,
+    /// Idle time between requests on a kept-alive HTTP/1 connection.
+    pub keepalive_timeout: Duration,
+    /// How long one write of a response may wait for the client to read.
+    pub write_timeout: Duration,
+    /// Open connections per listener; beyond, new ones are closed at once and counted in
+    /// `weir_listener_connections_refused_total`.
+    pub max_connections: usize,
+}
+
+/// `--max-request-head`'s default: 64 KiB (nginx takes 32 KiB in all, Envoy 60 KiB).
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// `--request-head-timeout`'s default.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: &str = "10s";
+/// `--keepalive-timeout`'s default (Pingora's, and nginx's 75 s is close).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: &str = "60s";
+/// `--write-timeout`'s default (nginx's `send_timeout`).
+pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+/// `--max-connections`'s default, per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        let d = |s| crate::api::duration::parse(s).expect("a default duration");
+        ClientLimits {
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            request_head_timeout: d(DEFAULT_REQUEST_HEAD_TIMEOUT),
+            keepalive_timeout: d(DEFAULT_KEEPALIVE_TIMEOUT),
+            write_timeout: d(DEFAULT_WRITE_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
 impl<P: ProxyHttp + Send + Sync + 'static> Apps<HttpProxy<P>> {
     /// The two Pingora apps of one `ProxyHttp`: `make` builds the proxy for each.
-    pub fn proxies(conf: &Arc<ServerConf>, make: impl Fn() -> P) -> Self
+    pub fn proxies(conf: &Arc<ServerConf>, limits: &ClientLimits, make: impl Fn() -> P) -> Self
     where
         P::CTX: Send + Sync,
     {
@@ -55,6 +96,17 @@ impl<P: ProxyHttp + Send + Sync + 'static> Apps<HttpProxy<P>> {
             let mut proxy = HttpProxy::new(make(), conf.clone());
             let mut server_options = HttpServerOptions::default();
             server_options.h2c = h2c;
+            server_options.h1 = pingora::apps::H1Limits {
+                max_head_size: Some(limits.max_request_head),
+                head_timeout: Some(limits.request_head_timeout),
+                keepalive_secs: Some(limits.keepalive_timeout.as_secs().max(1)),
+                write_timeout: Some(limits.write_timeout),
+                pipelining: true,
+            };
+            // Pingora's bounded defaults (concurrent streams), with the head limit
+            let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+            h2.max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX));
+            proxy.h2_options = Some(h2);
             proxy.server_options = Some(server_options);
             proxy.handle_init_modules();
             Arc::new(proxy)
@@ -87,6 +139,8 @@ pub struct Listeners<A> {
     pub bind_errors: Mutex<BTreeMap<SocketAddr, String>>,
     /// The TLS policy of the listeners that terminate TLS.
     tls: TlsPolicy,
+    /// Open connections per listener (`--max-connections`).
+    max_connections: usize,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
@@ -104,7 +158,14 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
             tls: TlsPolicy::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
+    }
+
+    /// With at most `max` open connections per listener instead of the default.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
     }
 
     /// With TLS `policy` (`--tls-min-version`, `--tls-ciphers`) instead of the default.
@@ -134,6 +195,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
         let task = tokio::spawn(accept_loop(
             L4Listener::from(listener),
             key,
+            Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
             acceptor,
             self.apps.clone(),
             self.snapshot.clone(),
@@ -192,6 +254,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: L4Listener,
     key: SocketAddr,
+    open: Arc<tokio::sync::Semaphore>,
     acceptor: Arc<SslAcceptor>,
     apps: Apps<A>,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -201,13 +264,24 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     loop {
         let port = key.port();
         let mut stream = accept(&listener, port).await;
+        // held by the connection's task: the listener's open connections are bounded
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics.listener_connections_refused.with_label_values(&[&port.to_string()]).inc();
+            drop(stream);
+            continue;
+        };
         let protocol = snapshot.load().listeners.get(&key).map(|l| (l.protocol, l.name.clone()));
         if let Some((Protocol::TlsPassthrough, _)) = protocol {
-            tokio::spawn(super::passthrough::serve(stream, key, snapshot.clone(), metrics.clone()));
+            let serve = super::passthrough::serve(stream, key, snapshot.clone(), metrics.clone());
+            tokio::spawn(async move {
+                serve.await;
+                drop(permit);
+            });
             continue;
         }
         let (apps, acceptor, metrics, shutdown) = (apps.clone(), acceptor.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let mut app = &apps.http1;
             let stream: Stream = match protocol {
                 Some((Protocol::Https, name)) => {

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Listeners that could not be bound, by port.
     pub listener_bind_failures: IntCounterVec,
+    /// Connections closed at accept because their listener had `--max-connections` open, by port.
+    pub listener_connections_refused: IntCounterVec,
     /// Failed downstream TLS handshakes, by listener.
     pub tls_handshake_failures: IntCounterVec,
     /// Connections of TLS passthrough listeners, by listener, route and result (`forwarded`,
@@ -205,6 +207,13 @@ impl Metrics {
             Opts::new("listener_bind_failures_total", "Listeners that could not be bound"),
             &["port"],
         ));
+        let listener_connections_refused = must(IntCounterVec::new(
+            Opts::new(
+                "listener_connections_refused_total",
+                "Connections closed at accept: the listener had --max-connections open",
+            ),
+            &["port"],
+        ));
         let tls_handshake_failures = must(IntCounterVec::new(
             Opts::new("tls_handshake_failures_total", "Failed downstream TLS handshakes"),
             &["listener"],
@@ -259,6 +268,7 @@ impl Metrics {
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
             Box::new(listener_bind_failures.clone()),
+            Box::new(listener_connections_refused.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(passthrough_connections.clone()),
             Box::new(PoolCollector::new(pools)),
@@ -277,6 +287,7 @@ impl Metrics {
             status_writes,
             leader,
             listener_bind_failures,
+            listener_connections_refused,
             tls_handshake_failures,
             passthrough_connections,
             mesh_handshake_failures,

@@ -347,13 +347,19 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // weir patch: a head over the limit is answered with its status (431)
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    HTTPStatus(code) => Some(code),
+                    _ => None,
+                };
+                if let Some(status) = status {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
                     downstream_session
-                        .respond_error(400)
+                        .respond_error(status)
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");

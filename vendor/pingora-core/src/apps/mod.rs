@@ -89,6 +89,39 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// weir patch: HTTP/1 limits and deadlines, set on every session of a connection.
+    pub h1: H1Limits,
+}
+
+/// weir patch: what an HTTP/1 connection is held to.
+#[derive(Debug, Clone, Default)]
+pub struct H1Limits {
+    /// The most a request head may take (answered 431 beyond); `None`: Pingora's 1 MiB.
+    pub max_head_size: Option<usize>,
+    /// How long a request head may take from its first byte.
+    pub head_timeout: Option<Duration>,
+    /// Idle time allowed between requests, in seconds; `None`: Pingora's 60.
+    pub keepalive_secs: Option<u64>,
+    /// How long one write of the response may wait for the client to read.
+    pub write_timeout: Option<Duration>,
+    /// Requests sent before the previous response are answered in order (RFC 9112 9.3.2)
+    /// rather than dropped with the connection.
+    pub pipelining: bool,
+}
+
+impl H1Limits {
+    fn apply(&self, session: &mut ServerSession) {
+        if let Some(s) = session.as_http1_mut() {
+            if let Some(size) = self.max_head_size {
+                s.set_max_head_size(size);
+            }
+            s.set_head_timeout(self.head_timeout);
+            s.set_idle_timeout(self.keepalive_secs);
+            s.set_write_timeout(self.write_timeout);
+            s.set_pipelining_enabled(self.pipelining);
+        }
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -345,12 +378,14 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            let h1 = self.server_options().map(|o| o.h1.clone()).unwrap_or_default();
+            h1.apply(&mut session);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
-                // default 60s
-                session.set_keepalive(Some(60));
+                // default 60s (weir patch: or the one set)
+                session.set_keepalive(Some(h1.keepalive_secs.unwrap_or(60)));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()
@@ -360,6 +395,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                h1.apply(&mut session);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

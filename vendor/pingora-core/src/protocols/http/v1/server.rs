@@ -103,6 +103,12 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    // weir patch: the most a request head may take, answered 431 beyond (default MAX_HEADER_SIZE)
+    max_head_size: usize,
+    // weir patch: how long a request head may take from its first byte to its end
+    head_timeout: Option<Duration>,
+    // weir patch: the idle time between requests once keep-alive is on (was: none, for good)
+    idle_timeout_secs: Option<u64>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +194,9 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            max_head_size: MAX_HEADER_SIZE,
+            head_timeout: None,
+            idle_timeout_secs: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -304,14 +313,17 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // weir patch: the head's deadline starts at its first byte
+        let mut deadline = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > self.max_head_size {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                // weir patch: answered 431 (was InvalidHTTPHeader, answered 400, at 1 MiB)
                 return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    HTTPStatus(431),
+                    format!("Request header larger than {}", self.max_head_size),
                 );
             }
 
@@ -323,8 +335,20 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = match deadline {
+                // weir patch: a head trickled in is cut at its deadline
+                Some(at) => match tokio::time::timeout_at(at, self.read_request_buf(&mut buf, already_read)).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        return Error::e_explain(ReadTimedout, "the request head took longer than its deadline")
+                    }
+                },
+                None => self.read_request_buf(&mut buf, already_read).await?,
+            } {
                 already_read += n;
+                if deadline.is_none() {
+                    deadline = self.head_timeout.map(|t| tokio::time::Instant::now() + t);
+                }
             } else {
                 return Ok(None);
             }
@@ -335,6 +359,13 @@ impl HttpSession {
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    // weir patch: a head read whole in one read is held to the limit too
+                    HeaderParseState::Complete(s) if s > self.max_head_size => {
+                        return Error::e_explain(
+                            HTTPStatus(431),
+                            format!("Request header larger than {}", self.max_head_size),
+                        );
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 
@@ -800,15 +831,19 @@ impl HttpSession {
             if keepalive {
                 let (timeout, _max_use) = self.get_keepalive_values();
                 // TODO: respect max_use
-                match timeout {
-                    Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
+                // weir patch: never longer than the idle timeout set
+                let idle = self.idle_timeout_secs;
+                match (timeout, idle) {
+                    (Some(d), Some(max)) => self.set_keepalive(Some(d.min(max))),
+                    (Some(d), None) => self.set_keepalive(Some(d)),
+                    (None, idle) => self.set_keepalive(Some(idle.unwrap_or(0))), // 0: infinite
                 }
             } else {
                 self.set_keepalive(None);
             }
         } else if self.req_header().version == Version::HTTP_11 {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
+            // on by default for http 1.1 (weir patch: for the idle timeout set; 0: infinite)
+            self.set_keepalive(Some(self.idle_timeout_secs.unwrap_or(0)));
         } else {
             self.set_keepalive(None); // off by default for http 1.0
         }
@@ -1330,6 +1365,22 @@ impl HttpSession {
 
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
+    /// weir patch: the most a request head may take; a larger one is answered 431.
+    pub fn set_max_head_size(&mut self, size: usize) {
+        self.max_head_size = size;
+    }
+
+    /// weir patch: the idle time allowed between requests once keep-alive is on.
+    pub fn set_idle_timeout(&mut self, secs: Option<u64>) {
+        self.idle_timeout_secs = secs;
+    }
+
+    /// weir patch: how long a request head may take from its first byte; a head not complete by
+    /// then closes the connection.
+    pub fn set_head_timeout(&mut self, timeout: Option<Duration>) {
+        self.head_timeout = timeout;
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
