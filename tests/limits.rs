@@ -138,3 +138,17 @@ async fn connections_over_the_listeners_limit_are_closed_and_counted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_head_over_the_limit_is_refused() {
+    let (b, weir) = edge(|_| {}).await;
+    let under = request(weir.http).h2c().host("app.example.com").header("x-pad", &"a".repeat(60 * 1024)).send().await;
+    under.assert_served_by("app");
+    let over =
+        request(weir.http).h2c().host("app.example.com").header("x-pad", &"a".repeat(70 * 1024)).try_send().await;
+    match over {
+        Ok(resp) => assert_eq!(resp.status, 431, "{resp}"),
+        Err(e) => panic!("{e:#}"),
+    }
+    assert_eq!(b.echo("app").requests(), 1);
+}
