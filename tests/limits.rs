@@ -152,3 +152,36 @@ async fn an_http2_request_head_over_the_limit_is_refused() {
     }
     assert_eq!(b.echo("app").requests(), 1);
 }
+
+/// A client that stops reading its response does not hold the connection: a write that waits
+/// longer than the write timeout ends it. (The client's not reading for a while is the scenario
+/// itself, so this test lets time pass.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_response_is_cut_at_the_write_timeout() {
+    let (_b, weir) = edge(|o| o.limits.write_timeout = Duration::from_millis(300)).await;
+    // the echo sends a gRPC-typed body back whole: 16 MiB, far more than the sockets hold
+    const SIZE: usize = 16 * 1024 * 1024;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(weir.http).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Type: application/grpc\r\nContent-Length: {SIZE}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![0u8; SIZE]).await.unwrap();
+    // not reading for 3 s: the response stalls on the full socket and the write timeout ends it
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "weir kept the connection of a client that did not read ({got} bytes read)");
+    assert!(got < SIZE, "the whole response came ({got} bytes): the write did not stall");
+}
