@@ -21,6 +21,7 @@ use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use super::buffered::Buffered;
@@ -192,10 +193,13 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
                 return;
             }
         };
-        let task = tokio::spawn(accept_loop(
-            L4Listener::from(listener),
+        let socket = Socket {
+            listener: L4Listener::from(listener),
             key,
-            Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+            open: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+        };
+        let task = tokio::spawn(accept_loop(
+            socket,
             acceptor,
             self.apps.clone(),
             self.snapshot.clone(),
@@ -251,25 +255,42 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
     }
 }
 
-async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+/// A bound listener socket and its open connections.
+struct Socket {
     listener: L4Listener,
+    /// Its key in the snapshot.
     key: SocketAddr,
+    /// A permit per open connection (`--max-connections`).
     open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Socket {
+    /// The next connection the limit lets in, with its permit (held while it is open). One over
+    /// the limit is closed at once and counted.
+    async fn next(&self, metrics: &Metrics) -> (pingora::protocols::l4::stream::Stream, OwnedSemaphorePermit) {
+        let port = self.key.port();
+        loop {
+            let stream = accept(&self.listener, port).await;
+            match self.open.clone().try_acquire_owned() {
+                Ok(permit) => return (stream, permit),
+                Err(_) => metrics.listener_connections_refused.with_label_values(&[&port.to_string()]).inc(),
+            }
+        }
+    }
+}
+
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    socket: Socket,
     acceptor: Arc<SslAcceptor>,
     apps: Apps<A>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
 ) {
+    let key = socket.key;
     loop {
         let port = key.port();
-        let mut stream = accept(&listener, port).await;
-        // held by the connection's task: the listener's open connections are bounded
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            metrics.listener_connections_refused.with_label_values(&[&port.to_string()]).inc();
-            drop(stream);
-            continue;
-        };
+        let (mut stream, permit) = socket.next(&metrics).await;
         let protocol = snapshot.load().listeners.get(&key).map(|l| (l.protocol, l.name.clone()));
         if let Some((Protocol::TlsPassthrough, _)) = protocol {
             let serve = super::passthrough::serve(stream, key, snapshot.clone(), metrics.clone());

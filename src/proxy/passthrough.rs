@@ -41,7 +41,11 @@ pub async fn read_hello<S: AsyncRead + Unpin>(client: &mut S) -> Result<Hello, S
         bytes.extend_from_slice(&buf[..n]);
         let mut new = &buf[..n];
         while !new.is_empty() {
-            acceptor.read_tls(&mut new).map_err(|e| format!("not a TLS ClientHello: {e}"))?;
+            match acceptor.read_tls(&mut new) {
+                Ok(0) => return Err(format!("no complete ClientHello in {} bytes", bytes.len())),
+                Ok(_) => {}
+                Err(e) => return Err(format!("not a TLS ClientHello: {e}")),
+            }
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
@@ -116,4 +120,38 @@ where
         return;
     }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boring::ssl::{SslConnector, SslMethod};
+
+    #[tokio::test]
+    async fn the_server_name_is_read_from_a_hello_that_comes_in_pieces() {
+        // a 64-byte pipe: the hello arrives in many reads
+        let (client, mut server) = tokio::io::duplex(64);
+        let connector = SslConnector::builder(SslMethod::tls()).unwrap().build();
+        let ssl = connector.configure().unwrap().into_ssl("A.Example.com").unwrap();
+        let handshake = tokio::spawn(async move {
+            let mut tls = pingora::tls::tokio_ssl::SslStream::new(ssl, client).unwrap();
+            let _ = std::pin::Pin::new(&mut tls).connect().await; // no server answers
+        });
+        let hello = read_hello(&mut server).await.unwrap();
+        assert_eq!(hello.server_name.as_deref(), Some("a.example.com"));
+        assert!(hello.bytes.len() > 64 && hello.bytes[0] == 0x16, "the handshake record, whole");
+        handshake.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_speak_tls_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").await.unwrap();
+        let err = read_hello(&mut server).await.err().unwrap();
+        assert!(err.starts_with("not a TLS ClientHello"), "{err}");
+        drop(client);
+        let (client, mut server) = tokio::io::duplex(1024);
+        drop(client);
+        assert_eq!(read_hello(&mut server).await.err().unwrap(), "the client closed before its ClientHello");
+    }
 }
