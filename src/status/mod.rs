@@ -245,16 +245,11 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
     }
     for ((ns, name), stored) in &store.grpc_routes {
         let r = &stored.object;
-        // the same fields as an HTTPRoute's
-        let given: Vec<HttpRouteParentRefs> =
-            serde_json::from_value(json!(r.spec.parent_refs.as_deref().unwrap_or_default())).unwrap_or_default();
-        route("GRPCRoute", &r.metadata, ns, name, to_value(&r.status), &given);
+        route("GRPCRoute", &r.metadata, ns, name, to_value(&r.status), &as_http_parent_refs(&r.spec.parent_refs));
     }
     for ((ns, name), stored) in &store.tls_routes {
         let r = &stored.object;
-        let given: Vec<HttpRouteParentRefs> =
-            serde_json::from_value(json!(r.spec.parent_refs.as_deref().unwrap_or_default())).unwrap_or_default();
-        route("TLSRoute", &r.metadata, ns, name, to_value(&r.status), &given);
+        route("TLSRoute", &r.metadata, ns, name, to_value(&r.status), &as_http_parent_refs(&r.spec.parent_refs));
     }
     // weir's own resources: Accepted, and why not
     let mut own = |kind: &'static str, ns: &str, name: &str, meta: &ObjectMeta, current: &Option<PolicyStatus>| {
@@ -282,6 +277,11 @@ pub fn desired(store: &Store, statuses: &Statuses, ctx: &StatusContext, now: &st
         }
     }
     updates
+}
+
+/// Another route kind's parentRefs as an HTTPRoute's: the same fields.
+fn as_http_parent_refs<T: serde::Serialize>(refs: &Option<Vec<T>>) -> Vec<HttpRouteParentRefs> {
+    serde_json::to_value(refs).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
 }
 
 fn listener_conditions<'a>(status: &'a ObjectStatus, listener: &str) -> &'a [Condition] {
@@ -440,6 +440,55 @@ spec:
         assert!(!gateway_port(&model));
         let kinds: Vec<&str> = desired(&store, &model.statuses, &ctx(), "t").iter().map(|u| u.kind).collect();
         assert_eq!(kinds, ["GatewayClass"], "its own class weir is Accepted, nothing else");
+    }
+
+    #[test]
+    fn grpc_and_tls_routes_get_their_status_under_their_own_kinds() {
+        let yaml = format!(
+            "{OBJECTS}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{namespace: shop, name: tls, generation: 1}}
+spec:
+  gatewayClassName: weir
+  listeners: [{{name: pass, protocol: TLS, port: 9443, tls: {{mode: Passthrough}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{namespace: shop, name: rpc, generation: 4}}
+spec:
+  parentRefs: [{{name: gw, namespace: shop, sectionName: web}}]
+  rules: [{{matches: [{{method: {{service: pkg.Svc}}}}], backendRefs: [{{name: web, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{namespace: shop, name: pass, generation: 5}}
+spec:
+  parentRefs: [{{name: tls}}]
+  hostnames: [pass.example.com]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+"
+        );
+        let store = store(&yaml);
+        let updates = updates(&store, "t");
+        let grpc = find(&updates, "GRPCRoute");
+        let parent = &grpc["parents"][0];
+        // the namespace the route spelled out is echoed, as for an HTTPRoute
+        let expected = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "shop", "name": "gw", "sectionName": "web"});
+        assert_eq!(parent["parentRef"], expected);
+        assert_eq!(
+            (
+                &condition(&parent["conditions"], "Accepted")["status"],
+                &condition(&parent["conditions"], "Accepted")["observedGeneration"]
+            ),
+            (&json!("True"), &json!(4))
+        );
+        let tls = find(&updates, "TLSRoute");
+        assert_eq!(condition(&tls["parents"][0]["conditions"], "Accepted")["status"], "True");
+        let gateway = updates.iter().find(|u| u.kind == "Gateway" && u.name == "tls").unwrap();
+        let listener = &gateway.status["listeners"][0];
+        assert_eq!(listener["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]));
+        assert_eq!(listener["attachedRoutes"], 1);
     }
 
     #[test]
