@@ -89,7 +89,7 @@ impl EdgeOptions {
             watch_ingress_without_class: a.watch_ingress_without_class,
             access_log: a.access_log,
             status: None,
-            tls: crate::tls::TlsPolicy { min_version: a.tls_min_version, ciphers: a.tls_ciphers.clone() },
+            tls: a.tls.policy(),
             limits: ClientLimits {
                 max_request_head: a.max_request_head,
                 request_head_timeout: a.request_head_timeout,

@@ -826,6 +826,7 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
         outbound: None,
         admin: "127.0.0.1:0".parse().unwrap(),
         default_policy: DefaultPolicy::AllowAuthenticated,
+        tls: Default::default(),
     };
     let mesh = start_mesh(opts).await.unwrap();
     let p = Payments { mesh, ca: ca.clone(), app, _dir: dir };

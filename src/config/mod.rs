@@ -75,6 +75,9 @@ pub struct MeshArgs {
     /// the trust domain.
     #[command(flatten)]
     pub source: SourceArgs,
+    /// The inbound listener's TLS policy (mutual TLS between gateways).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
     #[arg(long)]
     pub identity_cert: Option<PathBuf>,
@@ -182,6 +185,13 @@ pub struct ListenArgs {
     /// Open connections per listener; beyond, new ones are closed at once (and counted).
     #[arg(long, default_value_t = crate::proxy::listeners::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The TLS policy flags, the same for the edge and the mesh.
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
     /// Lowest TLS version the TLS listeners accept (every certificate's too).
     #[arg(long, value_enum, default_value = "1.2")]
     pub tls_min_version: crate::tls::TlsVersion,
@@ -190,6 +200,12 @@ pub struct ListenArgs {
     /// exchange with AES-GCM or ChaCha20-Poly1305. TLS 1.3 takes all its suites.
     #[arg(long, default_value = crate::tls::DEFAULT_CIPHERS, value_parser = crate::tls::parse_ciphers)]
     pub tls_ciphers: String,
+}
+
+impl TlsArgs {
+    pub fn policy(&self) -> crate::tls::TlsPolicy {
+        crate::tls::TlsPolicy { min_version: self.tls_min_version, ciphers: self.tls_ciphers.clone() }
+    }
 }
 
 /// Where configuration comes from.
@@ -377,14 +393,20 @@ mod tests {
         };
         let defaults = listen(&[]).unwrap();
         assert_eq!(
-            (defaults.tls_min_version, defaults.tls_ciphers.as_str()),
+            (defaults.tls.tls_min_version, defaults.tls.tls_ciphers.as_str()),
             (crate::tls::TlsVersion::Tls12, crate::tls::DEFAULT_CIPHERS)
         );
         let chosen = listen(&["--tls-min-version", "1.3", "--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"]).unwrap();
-        assert_eq!(chosen.tls_min_version, crate::tls::TlsVersion::Tls13);
+        assert_eq!(chosen.tls.tls_min_version, crate::tls::TlsVersion::Tls13);
         let err = listen(&["--tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256:NOT-A-SUITE"]).unwrap_err();
         assert!(err.contains("is not a list of TLS 1.2 suites BoringSSL knows; give OpenSSL names"), "{err}");
         assert!(listen(&["--tls-min-version", "1.1"]).unwrap_err().contains("possible values: 1.2, 1.3"));
+        // the mesh's inbound takes the same flags
+        let files = ["weir", "mesh", "--identity-cert", "c", "--identity-key", "k", "--trust-bundle", "b"];
+        let cli = Cli::try_parse_from(files.iter().chain(&["--tls-min-version", "1.3"]).copied()).unwrap();
+        let Command::Mesh(mesh) = cli.command else { panic!("not the mesh") };
+        let opts = crate::mesh::MeshOptions::from_args(&mesh).unwrap();
+        assert_eq!(opts.tls.min_version, crate::tls::TlsVersion::Tls13);
     }
 
     #[test]

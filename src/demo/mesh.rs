@@ -121,6 +121,7 @@ pub fn pod_gateway(
         outbound: None,
         admin,
         default_policy: DefaultPolicy::AllowAuthenticated,
+        tls: crate::tls::TlsPolicy::default(),
     }
 }
 

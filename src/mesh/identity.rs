@@ -94,6 +94,7 @@ impl Credentials {
         chain_pem: &[u8],
         key_pem: &[u8],
         bundle_pem: &[u8],
+        tls: &crate::tls::TlsPolicy,
         on_refusal: OnRefusal,
     ) -> Result<Self, String> {
         let chain =
@@ -116,7 +117,7 @@ impl Credentials {
             _ => "identity certificate does not chain to the trust bundle".to_string(),
         })?;
         let not_after = leaf.not_after().to_string();
-        let acceptor = acceptor(&chain, &key, &bundle, id.trust_domain().to_string(), on_refusal)
+        let acceptor = acceptor(&chain, &key, &bundle, id.trust_domain().to_string(), tls, on_refusal)
             .map_err(|e| format!("cannot build the inbound TLS context: {e}"))?;
         Ok(Credentials {
             id,
@@ -172,10 +173,11 @@ fn acceptor(
     key: &PKey<Private>,
     bundle: &[X509],
     trust_domain: String,
+    tls: &crate::tls::TlsPolicy,
     on_refusal: OnRefusal,
 ) -> Result<SslAcceptor, boring::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
-    crate::tls::TlsPolicy::default().apply(&mut b)?;
+    tls.apply(&mut b)?;
     b.set_certificate(&chain[0])?;
     for c in &chain[1..] {
         b.add_extra_chain_cert(c.clone())?;
@@ -211,6 +213,7 @@ mod tests {
 
     use super::*;
     use crate::demo::ca::{Ca, Issued, LeafSpec};
+    use crate::tls::TlsPolicy;
 
     const DAY: Duration = Duration::from_secs(86_400);
     const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
@@ -224,8 +227,30 @@ mod tests {
             issued.chain_pem.as_bytes(),
             issued.key_pem.as_bytes(),
             ca.bundle_pem().as_bytes(),
+            &TlsPolicy::default(),
             ignore(),
         )
+    }
+
+    #[test]
+    fn the_inbound_context_takes_the_tls_policy_given() {
+        let ca = Ca::new("mesh CA").unwrap();
+        let issued = ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap();
+        let bundle = ca.bundle_pem();
+        let min_version = |tls: &TlsPolicy| {
+            let creds = Credentials::from_pem(
+                issued.chain_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                bundle.as_bytes(),
+                tls,
+                ignore(),
+            )
+            .unwrap();
+            boring::ssl::Ssl::new(creds.acceptor.context()).unwrap().min_proto_version()
+        };
+        assert_eq!(min_version(&TlsPolicy::default()), Some(boring::ssl::SslVersion::TLS1_2));
+        let tls13 = TlsPolicy { min_version: crate::tls::TlsVersion::Tls13, ..TlsPolicy::default() };
+        assert_eq!(min_version(&tls13), Some(boring::ssl::SslVersion::TLS1_3));
     }
 
     #[test]
@@ -274,18 +299,31 @@ mod tests {
                     good.chain_pem.as_bytes(),
                     ca.issue(&LeafSpec::svid(PAYMENTS, DAY)).unwrap().key_pem.as_bytes(),
                     ca.bundle_pem().as_bytes(),
+                    &TlsPolicy::default(),
                     ignore(),
                 ),
                 "does not belong",
             ),
             (
                 "empty bundle",
-                Credentials::from_pem(good.chain_pem.as_bytes(), good.key_pem.as_bytes(), b"", ignore()),
+                Credentials::from_pem(
+                    good.chain_pem.as_bytes(),
+                    good.key_pem.as_bytes(),
+                    b"",
+                    &TlsPolicy::default(),
+                    ignore(),
+                ),
                 "trust bundle",
             ),
             (
                 "garbage certificate",
-                Credentials::from_pem(b"hello", good.key_pem.as_bytes(), ca.bundle_pem().as_bytes(), ignore()),
+                Credentials::from_pem(
+                    b"hello",
+                    good.key_pem.as_bytes(),
+                    ca.bundle_pem().as_bytes(),
+                    &TlsPolicy::default(),
+                    ignore(),
+                ),
                 "identity certificate",
             ),
         ];

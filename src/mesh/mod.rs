@@ -74,6 +74,8 @@ pub struct MeshOptions {
     pub admin: SocketAddr,
     /// What a request gets when no MeshAuthorization applies (`--default-policy`).
     pub default_policy: DefaultPolicy,
+    /// The inbound listener's TLS policy (`--tls-min-version`, `--tls-ciphers`).
+    pub tls: crate::tls::TlsPolicy,
 }
 
 impl MeshOptions {
@@ -104,6 +106,7 @@ impl MeshOptions {
             workload: Workload { address: a.workload_address, ports: a.workload_ports.clone() },
             admin: a.admin,
             default_policy: a.default_policy,
+            tls: a.tls.policy(),
             outbound: source.as_ref().map(|_| OutboundOptions {
                 listen: a.outbound,
                 settings: OutboundSettings {
@@ -208,10 +211,10 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         None => None,
     };
     let (credentials, secret) = match &opts.identity {
-        IdentitySource::Files(files) => (watch_identity(files.clone(), on_refusal, on_reload), None),
+        IdentitySource::Files(files) => (watch_identity(files.clone(), opts.tls.clone(), on_refusal, on_reload), None),
         IdentitySource::Secret(ns, name) => {
             let store = store_rx.as_ref().map(|rx| rx.borrow().store.clone()).unwrap_or_default();
-            match SecretIdentity::load(&store, ns, name, on_refusal, on_reload) {
+            match SecretIdentity::load(&store, ns, name, opts.tls.clone(), on_refusal, on_reload) {
                 Ok(s) => (Ok(s.current()), Some(s)),
                 Err(e) => (Err(e), None),
             }

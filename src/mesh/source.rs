@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use super::identity::{Credentials, OnRefusal};
 use crate::source::dir::Changes;
 use crate::store::Store;
+use crate::tls::TlsPolicy;
 use crate::translate::tls::secret_field;
 
 /// The files of one identity.
@@ -27,9 +28,9 @@ pub struct IdentityFiles {
 
 impl IdentityFiles {
     /// Reads and checks the three files.
-    pub fn load(&self, on_refusal: OnRefusal) -> Result<Credentials, String> {
+    pub fn load(&self, tls: &TlsPolicy, on_refusal: OnRefusal) -> Result<Credentials, String> {
         let (cert, key, bundle) = self.read()?;
-        Credentials::from_pem(&cert, &key, &bundle, on_refusal)
+        Credentials::from_pem(&cert, &key, &bundle, tls, on_refusal)
     }
 
     /// The three files' contents.
@@ -75,6 +76,8 @@ type Contents = (Vec<u8>, Vec<u8>, Vec<u8>);
 struct Watched {
     seen: Contents,
     current: Arc<ArcSwap<Credentials>>,
+    /// The inbound listener's TLS policy, for each identity loaded.
+    tls: TlsPolicy,
     on_refusal: OnRefusal,
     on_reload: OnReload,
 }
@@ -83,12 +86,13 @@ impl Watched {
     /// The first identity: it must load.
     fn start(
         contents: Result<Contents, String>,
+        tls: TlsPolicy,
         on_refusal: OnRefusal,
         on_reload: OnReload,
     ) -> Result<Watched, String> {
         let seen = contents?;
-        let first = Credentials::from_pem(&seen.0, &seen.1, &seen.2, on_refusal.clone())?;
-        Ok(Watched { seen, current: Arc::new(ArcSwap::from_pointee(first)), on_refusal, on_reload })
+        let first = Credentials::from_pem(&seen.0, &seen.1, &seen.2, &tls, on_refusal.clone())?;
+        Ok(Watched { seen, current: Arc::new(ArcSwap::from_pointee(first)), tls, on_refusal, on_reload })
     }
 
     /// New contents (or why they could not be read): loaded and served if they differ from the
@@ -97,7 +101,8 @@ impl Watched {
         let loaded = match contents {
             Ok(contents) if contents == self.seen => return (self.on_reload)(Reload::Unchanged),
             Ok(contents) => {
-                let loaded = Credentials::from_pem(&contents.0, &contents.1, &contents.2, self.on_refusal.clone());
+                let loaded =
+                    Credentials::from_pem(&contents.0, &contents.1, &contents.2, &self.tls, self.on_refusal.clone());
                 self.seen = contents;
                 loaded
             }
@@ -118,10 +123,11 @@ impl Watched {
 /// seen (other files there, such as a log, change nothing).
 pub fn watch_identity(
     files: IdentityFiles,
+    tls: TlsPolicy,
     on_refusal: OnRefusal,
     on_reload: OnReload,
 ) -> Result<Arc<ArcSwap<Credentials>>, String> {
-    let mut watched = Watched::start(files.read(), on_refusal, on_reload)?;
+    let mut watched = Watched::start(files.read(), tls, on_refusal, on_reload)?;
     let current = watched.current.clone();
     let dirs = files.dirs();
     // any file there: the identity's files, or the atomic writer's swap of them
@@ -149,10 +155,11 @@ impl SecretIdentity {
         store: &Store,
         namespace: &str,
         name: &str,
+        tls: TlsPolicy,
         on_refusal: OnRefusal,
         on_reload: OnReload,
     ) -> Result<SecretIdentity, String> {
-        let watched = Watched::start(secret_contents(store, namespace, name), on_refusal, on_reload)?;
+        let watched = Watched::start(secret_contents(store, namespace, name), tls, on_refusal, on_reload)?;
         Ok(SecretIdentity { namespace: namespace.into(), name: name.into(), watched })
     }
 
