@@ -152,27 +152,14 @@ impl Failure {
             resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
             resp.insert_header("grpc-status", self.kind.grpc_status().to_string())?;
             resp.insert_header("grpc-message", grpc_message(&self.message))?;
-            return trailers_only(session, resp).await;
+            // trailers-only: one HEADERS frame ending the stream (the vendored Pingora's patch)
+            return session.write_response_header(Box::new(resp), true).await;
         }
         let body = bytes::Bytes::from(format!("{}\n", self.message));
         resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
-    }
-}
-
-/// Writes a gRPC trailers-only answer: on HTTP/2, one HEADERS frame that ends the stream, as
-/// gRPC requires (grpc-go reads headers followed by an empty DATA frame as "server closed the
-/// stream without sending trailers", code Internal). Pingora's `Session::write_response_header`
-/// drops its end-of-stream flag for HTTP/2, so the frame is written on the downstream session
-/// itself, after the downstream modules' filter it would have run.
-async fn trailers_only(session: &mut Session, resp: ResponseHeader) -> Result<()> {
-    let mut resp = Box::new(resp);
-    session.downstream_modules_ctx.response_header_filter(&mut resp, true).await?;
-    match session.as_downstream_mut() {
-        pingora::protocols::http::ServerSession::H2(h2) => h2.write_response_header(resp, true),
-        _ => session.write_response_header(resp, true).await,
     }
 }
 

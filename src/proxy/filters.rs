@@ -206,16 +206,16 @@ pub async fn strict_http1(session: &mut Session, answered: &mut Option<FailureKi
         }) {
             Some((FailureKind::Status(501), "weir takes no transfer coding but chunked"))
         } else {
-            let lengths: Vec<HeaderValue> = req.headers.get_all(http::header::CONTENT_LENGTH).iter().cloned().collect();
-            match lengths.as_slice() {
-                [first, rest @ ..] if !rest.is_empty() && rest.iter().all(|v| v == first) => {
+            let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter().peekable();
+            match (lengths.next(), lengths.peek().is_some()) {
+                (Some(first), true) if lengths.all(|v| v == first) => {
                     let one = first.clone();
                     let header = session.req_header_mut();
                     header.remove_header(&http::header::CONTENT_LENGTH);
                     header.insert_header(http::header::CONTENT_LENGTH, one)?;
                     None
                 }
-                [_, _, ..] => {
+                (Some(_), true) => {
                     Some((FailureKind::BadRequest, "Content-Length is given more than once, with different values"))
                 }
                 _ => None,

@@ -739,6 +739,14 @@ impl Session {
         self.downstream_modules_ctx
             .response_header_filter(&mut resp, end_of_stream)
             .await?;
+        // weir patch: on HTTP/2 the end of the stream goes with the HEADERS frame. Stock dropped
+        // `end_of_stream` there, so an empty DATA frame ended the stream after it, which gRPC
+        // clients read as "closed without trailers" (a trailers-only answer is one frame).
+        if end_of_stream {
+            if let HttpSession::H2(h2) = self.downstream_session.as_mut() {
+                return h2.write_response_header(resp, true);
+            }
+        }
         self.downstream_session.write_response_header(resp).await
     }
 
