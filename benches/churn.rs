@@ -166,7 +166,7 @@ impl Writer {
         match self {
             Writer::Api(client, ns) => {
                 let yaml = slice(ns, name, ips);
-                let obj: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+                let obj: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
                 let api = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), ns);
                 let params = PatchParams::apply(FIELD_MANAGER).force();
                 api.patch(&format!("{name}-1"), &params, &Patch::Apply(&obj)).await.expect("write an EndpointSlice");

@@ -1,4 +1,5 @@
-//! Configuration-change costs: translating a store of 1,000 / 10,000 Kubernetes objects into a
+//! Configuration-change costs: parsing manifests (a directory's 1,000 objects, and files nested
+//! 1,000 / 4,000 levels deep by indentation, which the flow-bracket limit does not catch), translating a store of 1,000 / 10,000 Kubernetes objects into a
 //! model, and compiling and publishing that model as the serving snapshot (pools synced, metric
 //! handles linked, routers built, `ArcSwap` stored, series of removed routes retired). Run: `cargo bench --bench config`.
 //!
@@ -102,13 +103,18 @@ stringData:
     )
 }
 
-/// A store of about `objects` objects (4 per application plus a Secret per 25 applications).
-fn store(objects: usize) -> Store {
+/// The manifests of about `objects` objects (4 per application plus a Secret per 25 applications).
+fn manifests(objects: usize) -> String {
     let apps = objects * 100 / 404;
     let mut text = CLASSES.to_string();
     (0..apps).for_each(|i| text.push_str(&app(i)));
     (0..apps.div_ceil(25)).for_each(|g| text.push_str(&tls_secret(g)));
-    let (parsed, errors) = parse_manifests(&text, "bench.yaml");
+    text
+}
+
+/// A store of about `objects` objects.
+fn store(objects: usize) -> Store {
+    let (parsed, errors) = parse_manifests(&manifests(objects), "bench.yaml");
     assert!(errors.is_empty(), "bench manifests must parse: {errors:?}");
     let mut store = Store::default();
     for o in parsed {
@@ -119,6 +125,24 @@ fn store(objects: usize) -> Store {
 
 fn options() -> TranslateOptions {
     TranslateOptions::defaults("weir")
+}
+
+/// Parse time must grow with the size of a file, not the square of its depth (serde_yaml_ng took
+/// 35 ms for 4,000 levels and four times that for twice the depth).
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    group.sample_size(10);
+    let text = manifests(1_000);
+    group.bench_function("1000-objects", |b| b.iter(|| black_box(parse_manifests(black_box(&text), "bench.yaml"))));
+    for depth in [1_000, 4_000] {
+        let nested: String = (0..depth).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+        let (_, errors) = parse_manifests(&nested, "deep.yaml");
+        assert_eq!(errors.len(), 1, "a file nested {depth} deep is refused");
+        group.bench_function(format!("block-depth-{depth}"), |b| {
+            b.iter(|| black_box(parse_manifests(black_box(&nested), "deep.yaml")))
+        });
+    }
+    group.finish();
 }
 
 fn translate_store(c: &mut Criterion) {
@@ -162,5 +186,5 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, translate_store, publish);
+criterion_group!(benches, parse, translate_store, publish);
 criterion_main!(benches);

@@ -834,7 +834,7 @@ mod tests {
 
     #[test]
     fn minimal_spec_gives_the_default_model() {
-        let spec: BackendPolicySpec = serde_yaml_ng::from_str("targetRefs:\n- name: web\n").unwrap();
+        let spec: BackendPolicySpec = serde_saphyr::from_str("targetRefs:\n- name: web\n").unwrap();
         assert_eq!(spec.target_refs, vec![target("web")]);
         assert_eq!(BackendPolicyModel::try_from(&spec), Ok(BackendPolicyModel::default()));
     }
@@ -847,7 +847,7 @@ loadBalancer: {}
 healthCheck: {}
 outlierDetection: {}
 ";
-        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: BackendPolicySpec = serde_saphyr::from_str(yaml).unwrap();
         let m = BackendPolicyModel::try_from(&spec).unwrap();
         assert_eq!(m.algorithm, AlgorithmModel::RoundRobin);
         let hc = m.health_check.unwrap();
@@ -892,7 +892,7 @@ outlierDetection:
   maxEjectionPercent: 30
 connectTimeout: 750ms
 "#;
-        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: BackendPolicySpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.target_refs.len(), 2);
         assert_eq!(spec.target_refs[0].section_name.as_deref(), Some("http"));
         assert_eq!(spec.target_refs[1].group, "core");
@@ -938,10 +938,10 @@ loadBalancer: {algorithm: LeastLatency}
 healthCheck: {type: TCP, interval: 2s}
 connectTimeout: 1s
 ";
-        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
-        let again: BackendPolicySpec = serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&spec).unwrap()).unwrap();
+        let spec: BackendPolicySpec = serde_saphyr::from_str(yaml).unwrap();
+        let again: BackendPolicySpec = serde_saphyr::from_str(&serde_saphyr::to_string(&spec).unwrap()).unwrap();
         assert_eq!(spec, again);
-        let text = serde_yaml_ng::to_string(&spec).unwrap();
+        let text = serde_saphyr::to_string(&spec).unwrap();
         assert!(text.contains("type: TCP"), "{text}");
         assert!(text.contains("algorithm: LeastLatency"), "{text}");
         assert!(!text.contains("null"), "absent fields are omitted: {text}");
@@ -1072,7 +1072,7 @@ outlierDetection:
   maxEjectionPercent: 150
 connectTimeout: 1.5s
 "#;
-        let spec: BackendPolicySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: BackendPolicySpec = serde_saphyr::from_str(yaml).unwrap();
         let err = BackendPolicyModel::try_from(&spec).unwrap_err();
         let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
@@ -1144,11 +1144,11 @@ connectTimeout: 1.5s
 
     #[test]
     fn unknown_enum_values_are_rejected_by_serde() {
-        assert!(serde_yaml_ng::from_str::<BackendPolicySpec>(
+        assert!(serde_saphyr::from_str::<BackendPolicySpec>(
             "targetRefs: [{name: a}]\nloadBalancer: {algorithm: Random}\n"
         )
         .is_err());
-        assert!(serde_yaml_ng::from_str::<BackendPolicySpec>("targetRefs: [{name: a}]\nhealthCheck: {type: http}\n")
+        assert!(serde_saphyr::from_str::<BackendPolicySpec>("targetRefs: [{name: a}]\nhealthCheck: {type: http}\n")
             .is_err());
     }
 

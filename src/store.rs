@@ -405,7 +405,7 @@ mod tests {
         let yaml = format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: shop, name: {name}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{ip}\"]}}]\n"
         );
-        Object::EndpointSlice(Box::new(serde_yaml_ng::from_str(&yaml).unwrap()))
+        Object::EndpointSlice(Box::new(serde_saphyr::from_str(&yaml).unwrap()))
     }
 
     fn names(store: &Store, service: &str) -> Vec<String> {

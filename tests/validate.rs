@@ -670,7 +670,7 @@ fn crds_prints_the_crds_shipped_in_deploy() {
         .stdout
         .split("---\n")
         .map(|doc| {
-            let crd: serde_json::Value = serde_yaml_ng::from_str(doc).expect("`weir crds` prints valid YAML");
+            let crd: serde_json::Value = serde_saphyr::from_str(doc).expect("`weir crds` prints valid YAML");
             assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
             assert_eq!(crd["spec"]["group"], "weir.dev");
             crd["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string()

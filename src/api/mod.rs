@@ -79,7 +79,7 @@ pub fn crd_yaml(mut crd: CustomResourceDefinition) -> String {
             keep_known_formats(schema);
         }
     }
-    serde_yaml_ng::to_string(&crd).expect("a CRD serializes to YAML")
+    serde_saphyr::to_string(&crd).expect("a CRD serializes to YAML")
 }
 
 /// Removes, here and in every nested schema, a format the apiserver would warn about. A wider

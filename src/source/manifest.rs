@@ -2,14 +2,28 @@
 //! problem reported as a [`Rejection`] naming the file.
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use crate::store::{Object, Rejection};
 
 /// Deepest nesting of flow collections (`[`, `{`) a manifest may have. A Kubernetes object
-/// needs a few levels; the YAML parser (libyaml) takes time growing with the square of the depth
-/// (a 200 KB file of `[[[...]]]` took 17 s), so deeper files are refused before it reads them.
+/// needs a few levels. The parser weir used before (serde_yaml_ng on libyaml) took time growing
+/// with the square of the depth (a 200 KB file of `[[[...]]]` took 17 s); serde-saphyr is linear,
+/// and this limit gives a deeper file one clear rejection before the parser reads it.
 pub const MAX_NESTING: usize = 64;
+
+/// How YAML is read: as `kubectl` reads it (YAML 1.1 scalars: `yes`/`on` are booleans, `017` is
+/// octal), a duplicate key is an error (kubectl refuses it too), and errors fit on one line.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        // dir::MAX_FILE_SIZE bounds the input already
+        budget: serde_saphyr::budget! { max_depth: MAX_NESTING, max_reader_input_bytes: None },
+        // an alias bomb is refused after 100,000 replayed events (~40 ms), not the default million
+        alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: 100_000 },
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        legacy_octal_numbers: true,
+        with_snippet: false,
+    }
+}
 
 /// The deepest `[`/`{` nesting in `text`, counting every bracket (quoted or not: an over-count
 /// only refuses a file of many unbalanced brackets in strings). Linear, and stops at `limit`+1.
@@ -49,14 +63,17 @@ pub fn parse_manifests(text: &str, file: &str) -> (Vec<Object>, Vec<Rejection>) 
         );
         return (objects, vec![Rejection { reason, ..reject(0, "", "", "", String::new()) }]);
     }
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = match serde_json::Value::deserialize(doc) {
-            Ok(serde_json::Value::Null) => continue, // empty document (`---` at the end)
+    // Empty documents are skipped; one that does not parse is reported and the next one read,
+    // unless the stream itself is broken (the iterator then ends).
+    let mut input = text.as_bytes();
+    let documents = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut input, yaml_options());
+    for (index, doc) in documents.enumerate() {
+        let value = match doc {
+            Ok(serde_json::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
                 errors.push(reject(index, "", "", "", format!("YAML does not parse: {e}")));
-                // the YAML stream is broken from here on
-                break;
+                continue;
             }
         };
         let str_at = |ptr: &str| value.pointer(ptr).and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -150,6 +167,56 @@ mod tests {
         // as deep as allowed: parsed (and refused by YAML's own rules, not by the scan)
         let (_, errors) = parse_manifests(&deep(64), "deep.yaml");
         assert!(!errors[0].reason.contains("nest more than"), "{}", errors[0].reason);
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_not_silently_overwritten() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n\
+                    metadata: {name: b}\n";
+        let (objects, errors) = parse_manifests(text, "dup.yaml");
+        assert!(objects.is_empty());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].reason.contains("duplicate mapping key: metadata"), "{}", errors[0].reason);
+        assert!(errors[0].reason.contains("line 5"), "{}", errors[0].reason);
+    }
+
+    #[test]
+    fn a_document_that_does_not_parse_does_not_hide_the_next() {
+        let svc = |name: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n")
+        };
+        let text = format!("{}---\n? [1]\n: 2\n---\n{}", svc("a"), svc("b"));
+        let (objects, errors) = parse_manifests(&text, "x.yaml");
+        assert_eq!(objects.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].reason.starts_with("document 2: YAML does not parse"), "{}", errors[0].reason);
+    }
+
+    #[test]
+    fn scalars_read_as_kubectl_reads_them() {
+        // YAML 1.1, as Kubernetes' own reader: an unquoted `yes` is a boolean (so a string field
+        // refuses it, as the apiserver does) and a leading zero means octal
+        let (_, errors) =
+            parse_manifests("apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: {tier: yes}}\n", "x.yaml");
+        assert!(errors[0].reason.contains("at metadata.labels.tier: invalid type: boolean"), "{}", errors[0].reason);
+        let (objects, errors) = parse_manifests(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 0120}]}\n",
+            "x.yaml",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let Object::Service(svc) = &objects[0] else { panic!("a Service") };
+        assert_eq!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut text = "a: &a [x, x, x, x, x, x, x, x, x]\n".to_string();
+        for (name, prev) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e"), ("g", "f")] {
+            text.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 9].join(", ")));
+        }
+        let (objects, errors) = parse_manifests(&text, "bomb.yaml");
+        assert!(objects.is_empty());
+        assert!(errors[0].reason.contains("alias replay limit exceeded"), "{}", errors[0].reason);
     }
 
     #[test]

@@ -1333,7 +1333,7 @@ spec:
         let served: Vec<(u16, Protocol)> = gateway_listeners.map(|l| (l.addr.port(), l.protocol)).collect();
         assert_eq!(served, [(443, Protocol::TlsPassthrough)], "the terminating one is not served");
 
-        let gw: gateway_api::gateways::Gateway = serde_yaml_ng::from_str(yaml.trim_end_matches("---\n")).unwrap();
+        let gw: gateway_api::gateways::Gateway = serde_saphyr::from_str(yaml.trim_end_matches("---\n")).unwrap();
         let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
         assert_eq!(kinds, [vec![(GATEWAY_GROUP, "TLSRoute")], vec![]]);
     }
@@ -1430,10 +1430,9 @@ spec:
         assert_eq!(served, [80], "beside the Ingress listeners on every address");
         assert_eq!(m.listeners.values().find(|l| l.addr.port() == 80).unwrap().routes.len(), 1);
 
-        let gw: gateway_api::gateways::Gateway = serde_yaml_ng::from_str(
-            gateway_with("gw", "2026-01-01T00:00:00Z", listeners, "").trim_end_matches("---\n"),
-        )
-        .unwrap();
+        let gw: gateway_api::gateways::Gateway =
+            serde_saphyr::from_str(gateway_with("gw", "2026-01-01T00:00:00Z", listeners, "").trim_end_matches("---\n"))
+                .unwrap();
         let kinds: Vec<_> = gw.spec.listeners.iter().map(supported_kinds).collect();
         let (http_route, grpc_route) = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"));
         // no allowedRoutes.kinds: both kinds; a list: the kinds of it weir serves

@@ -96,7 +96,7 @@ mod tests {
     use crate::routing::PathMatch;
 
     fn route(yaml: &str) -> (HttpRoute, Vec<String>) {
-        let route: GrpcRoute = serde_yaml_ng::from_str(&format!(
+        let route: GrpcRoute = serde_saphyr::from_str(&format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: r, namespace: ns}}\n{yaml}"
         ))
         .unwrap();

@@ -386,7 +386,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> MeshAuthorizationSpec {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

@@ -15,7 +15,6 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client, Config};
-use serde::Deserialize as _;
 
 /// Names a cluster to use (and leave running) instead of one per test binary.
 pub const CLUSTER_ENV: &str = "WEIR_TEST_CLUSTER";
@@ -131,12 +130,11 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
 /// apiserver stored, or its first refusal.
 pub async fn apply(client: &Client, namespace: &str, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
     let mut applied = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
-        let value = serde_yaml_ng::Value::deserialize(doc).expect("YAML document");
+    for value in serde_saphyr::from_multiple::<serde_json::Value>(yaml).expect("YAML documents") {
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_yaml_ng::from_value(value).expect("a Kubernetes object");
+        let obj: DynamicObject = serde_json::from_value(value).expect("a Kubernetes object");
         let types = obj.types.clone().expect("apiVersion and kind");
         let gvk = GroupVersionKind::try_from(&types).expect("apiVersion");
         let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await?;

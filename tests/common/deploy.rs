@@ -67,7 +67,7 @@ pub fn service_account_kubeconfig(cluster: &Cluster, home: &str, name: &str) -> 
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, serde_yaml_ng::to_string(&kubeconfig).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig).unwrap()).unwrap();
     (dir, path)
 }
 
