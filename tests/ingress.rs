@@ -383,6 +383,11 @@ async fn dot_segments_and_encodings_cannot_walk_a_request_into_another_routes_ba
     let resp = weir.get("foo.com", "/api/../../etc/passwd").await;
     resp.assert_status(400);
     assert!(resp.text().contains("climbs above the root"), "{resp}");
+    // a `%` without two hex digits is refused too: `/api/%2%65%2%65/admin` would have been routed to
+    // api as `/api/%2e%2e/admin`, which the backend decodes to `/api/../admin`
+    let resp = weir.get("foo.com", "/api/%2%65%2%65/admin").await;
+    resp.assert_status(400);
+    assert!(resp.text().contains("not followed by two hex digits"), "{resp}");
     assert_eq!(b.echo("api").requests() + b.echo("admin").requests(), asked, "no backend was asked");
 }
 
