@@ -90,13 +90,7 @@ impl EdgeOptions {
             access_log: a.access_log,
             status: None,
             tls: a.tls.policy(),
-            limits: ClientLimits {
-                max_request_head: a.max_request_head,
-                request_head_timeout: a.request_head_timeout,
-                keepalive_timeout: a.keepalive_timeout,
-                write_timeout: a.write_timeout,
-                max_connections: a.max_connections,
-            },
+            limits: a.limits.limits(),
         }
     }
 }

@@ -228,6 +228,7 @@ async fn weir_mesh_takes_its_identity_from_a_secret_of_the_cluster_and_follows_i
         admin: "127.0.0.1:0".parse().unwrap(),
         default_policy: DefaultPolicy::AllowAuthenticated,
         tls: Default::default(),
+        limits: Default::default(),
     };
     // an Opaque Secret, not of type kubernetes.io/tls: weir reads it by name
     let mesh = start_mesh(opts).await.expect("weir mesh --source kubernetes --identity-secret");

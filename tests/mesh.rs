@@ -79,6 +79,20 @@ async fn callers_without_a_valid_identity_fail_in_the_handshake_each_counted_by_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_listener_holds_callers_to_the_request_head_limit() {
+    // the edge's limits (--max-request-head and the rest, 64 KiB by default) hold here too; Pingora's
+    // own default took a 1 MiB head
+    let p = payments().await;
+    let checkout = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
+    let port = p.app.addr().port();
+    let under = "a".repeat(60 * 1024);
+    call(&p, Some(&checkout), port, &[("x-pad", &under)]).await.unwrap().assert_status(200);
+    let over = "a".repeat(70 * 1024);
+    call(&p, Some(&checkout), port, &[("x-pad", &over)]).await.unwrap().assert_status(431);
+    assert_eq!(p.app.requests(), 1, "the head over the limit never reached the workload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_workloads_own_ports_are_reachable() {
     let p = payments().await;
     let checkout = p.ca.issue(&LeafSpec::svid(CHECKOUT, DAY)).unwrap();
@@ -827,6 +841,7 @@ async fn an_identity_from_a_secret_serves_and_follows_the_secret() {
         admin: "127.0.0.1:0".parse().unwrap(),
         default_policy: DefaultPolicy::AllowAuthenticated,
         tls: Default::default(),
+        limits: Default::default(),
     };
     let mesh = start_mesh(opts).await.unwrap();
     let p = Payments { mesh, ca: ca.clone(), app, _dir: dir };

@@ -78,6 +78,9 @@ pub struct MeshArgs {
     /// The inbound listener's TLS policy (mutual TLS between gateways).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// What the inbound and outbound listeners hold their clients to.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The workload's X.509-SVID certificate chain (PEM, leaf first), watched and reloaded.
     #[arg(long)]
     pub identity_cert: Option<PathBuf>,
@@ -169,6 +172,16 @@ pub struct ListenArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// What a listener holds its clients to (request head size and time, keep-alive, writes, open
+/// connections), the same flags for the edge and the mesh.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
     /// The most a request head (request line and headers) may take, HTTP/1 and HTTP/2 alike;
     /// a larger one is answered 431.
     #[arg(long, default_value_t = crate::proxy::listeners::DEFAULT_MAX_REQUEST_HEAD)]
@@ -185,8 +198,18 @@ pub struct ListenArgs {
     /// Open connections per listener; beyond, new ones are closed at once (and counted).
     #[arg(long, default_value_t = crate::proxy::listeners::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    #[command(flatten)]
-    pub tls: TlsArgs,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> crate::proxy::listeners::ClientLimits {
+        crate::proxy::listeners::ClientLimits {
+            max_request_head: self.max_request_head,
+            request_head_timeout: self.request_head_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// The TLS policy flags, the same for the edge and the mesh.
@@ -407,6 +430,30 @@ mod tests {
         let Command::Mesh(mesh) = cli.command else { panic!("not the mesh") };
         let opts = crate::mesh::MeshOptions::from_args(&mesh).unwrap();
         assert_eq!(opts.tls.min_version, crate::tls::TlsVersion::Tls13);
+    }
+
+    #[test]
+    fn the_limit_flags_are_the_same_for_the_edge_and_the_mesh() {
+        let limits = ["--max-request-head", "8192", "--request-head-timeout", "2s", "--keepalive-timeout", "5s"];
+        let more = ["--write-timeout", "1m", "--max-connections", "100"];
+        let want = crate::proxy::listeners::ClientLimits {
+            max_request_head: 8192,
+            request_head_timeout: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 100,
+        };
+        let cli = Cli::try_parse_from(["weir", "edge"].iter().chain(&limits).chain(&more).copied()).unwrap();
+        let Command::Edge(edge) = cli.command else { panic!("not the edge") };
+        assert_eq!(edge.listen.limits.limits(), want);
+        let files = ["weir", "mesh", "--identity-cert", "c", "--identity-key", "k", "--trust-bundle", "b"];
+        let cli = Cli::try_parse_from(files.iter().chain(&limits).chain(&more).copied()).unwrap();
+        let Command::Mesh(mesh) = cli.command else { panic!("not the mesh") };
+        assert_eq!(crate::mesh::MeshOptions::from_args(&mesh).unwrap().limits, want);
+        let cli = Cli::try_parse_from(files.iter().copied()).unwrap();
+        let Command::Mesh(mesh) = cli.command else { panic!("not the mesh") };
+        let defaults = crate::mesh::MeshOptions::from_args(&mesh).unwrap().limits;
+        assert_eq!(defaults, crate::proxy::listeners::ClientLimits::default());
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn pod_gateway(
         admin,
         default_policy: DefaultPolicy::AllowAuthenticated,
         tls: crate::tls::TlsPolicy::default(),
+        limits: Default::default(),
     }
 }
 

@@ -19,7 +19,6 @@ use pingora::apps::ServerApp;
 use pingora::http::RequestHeader;
 use pingora::listeners::TlsAccept;
 use pingora::prelude::HttpPeer;
-use pingora::protocols::l4::listener::Listener as L4Listener;
 use pingora::protocols::tls::TlsRef;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::ShutdownWatch;
@@ -33,7 +32,7 @@ use crate::proxy::answer::{counted_status, Failure, FailureKind, Reveal};
 use crate::proxy::buffered::Buffered;
 use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::filters::normalize_request_path;
-use crate::proxy::listeners::{accept, TLS_HANDSHAKE_TIMEOUT};
+use crate::proxy::listeners::{Socket, TLS_HANDSHAKE_TIMEOUT};
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
 
@@ -92,15 +91,14 @@ impl TlsAccept for CallerIdentity<'_> {
 /// Accepts connections on `listener` for as long as the task runs: mutual TLS with the current
 /// credentials, then `app`. Failed handshakes are counted by reason.
 pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
-    listener: L4Listener,
-    port: u16,
+    socket: Socket,
     credentials: Arc<ArcSwap<Credentials>>,
     app: Arc<A>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
 ) {
     loop {
-        let stream = accept(&listener, port).await;
+        let (stream, permit) = socket.next(&metrics).await;
         let creds = credentials.load_full();
         let (app, metrics, shutdown) = (app.clone(), metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -135,6 +133,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             while let Some(reused) = next {
                 next = app.process_new(reused, &shutdown).await;
             }
+            drop(permit);
         });
     }
 }

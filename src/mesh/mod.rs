@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use pingora::protocols::l4::listener::Listener as L4Listener;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -35,7 +34,7 @@ use crate::admin::AdminApp;
 use crate::config::DefaultPolicy;
 use crate::pool::PoolRegistry;
 use crate::proxy::drain::Drain;
-use crate::proxy::listeners::{Apps, ClientLimits, Listeners};
+use crate::proxy::listeners::{Apps, ClientLimits, Listeners, Socket};
 use crate::snapshot::Snapshot;
 use crate::source::dir::{watch_dir, Loaded};
 use crate::source::kubernetes::{watch_kubernetes, WatchStates};
@@ -76,6 +75,8 @@ pub struct MeshOptions {
     pub default_policy: DefaultPolicy,
     /// The inbound listener's TLS policy (`--tls-min-version`, `--tls-ciphers`).
     pub tls: crate::tls::TlsPolicy,
+    /// What the inbound and outbound listeners hold their clients to (`--max-request-head` ...).
+    pub limits: ClientLimits,
 }
 
 impl MeshOptions {
@@ -107,6 +108,7 @@ impl MeshOptions {
             admin: a.admin,
             default_policy: a.default_policy,
             tls: a.tls.policy(),
+            limits: a.limits.limits(),
             outbound: source.as_ref().map(|_| OutboundOptions {
                 listen: a.outbound,
                 settings: OutboundSettings {
@@ -225,6 +227,7 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         .await
         .with_context(|| format!("cannot listen on {} (the mesh inbound listener)", opts.inbound))?;
     let inbound_addr = inbound.local_addr()?;
+    let inbound = Socket::new(inbound, inbound_addr, opts.limits.max_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_rx2 = shutdown_rx.clone();
     let admin = TcpListener::bind(opts.admin)
@@ -246,19 +249,15 @@ pub async fn start_mesh(opts: MeshOptions) -> anyhow::Result<MeshHandle> {
         drain: drain.clone(),
     };
     let mut app = HttpProxy::new(proxy, Arc::new(ServerConf::default()));
+    opts.limits.apply(&mut app, false);
     app.handle_init_modules();
-    let inbound_task = tokio::spawn(inbound::accept_loop(
-        L4Listener::from(inbound),
-        inbound_addr.port(),
-        credentials.clone(),
-        Arc::new(app),
-        metrics.clone(),
-        shutdown_rx,
-    ));
+    let inbound_task =
+        tokio::spawn(inbound::accept_loop(inbound, credentials.clone(), Arc::new(app), metrics.clone(), shutdown_rx));
     let outbound = match &opts.outbound {
         Some(o) => {
             let directory = config.directory.clone();
-            Some(start_outbound(o, directory, credentials.clone(), metrics.clone(), drain.clone(), shutdown_rx2).await?)
+            let (credentials, metrics) = (credentials.clone(), metrics.clone());
+            Some(start_outbound(o, &opts.limits, directory, credentials, metrics, drain.clone(), shutdown_rx2).await?)
         }
         None => None,
     };
@@ -356,6 +355,7 @@ fn watch_config(
 /// Binds the outbound listener, serving the Services of `directory`.
 async fn start_outbound(
     o: &OutboundOptions,
+    limits: &ClientLimits,
     directory: Arc<ArcSwap<Directory>>,
     credentials: Arc<ArcSwap<Credentials>>,
     metrics: Arc<Metrics>,
@@ -366,7 +366,7 @@ async fn start_outbound(
         .await
         .with_context(|| format!("cannot listen on {} (the mesh outbound listener)", o.listen))?;
     let conf = Arc::new(ServerConf::default());
-    let apps = Apps::proxies(&conf, &ClientLimits::default(), || OutboundProxy {
+    let apps = Apps::proxies(&conf, limits, || OutboundProxy {
         settings: o.settings.clone(),
         metrics: metrics.clone(),
         directory: directory.clone(),
@@ -376,7 +376,8 @@ async fn start_outbound(
     });
     // no TLS listener here: an empty snapshot makes the shared listener plain HTTP (and h2c)
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    let listeners = Arc::new(Listeners::new(apps, snapshot, metrics, shutdown));
+    let listeners =
+        Arc::new(Listeners::new(apps, snapshot, metrics, shutdown).with_max_connections(limits.max_connections));
     let addr = listeners.adopt(listener)?;
     Ok((addr, listeners))
 }

@@ -46,7 +46,7 @@ pub struct Apps<A> {
     pub h2c: Arc<A>,
 }
 
-/// What a listener holds its clients to, whatever they send (`weir edge` flags): memory and
+/// What a listener holds its clients to, whatever they send (`weir edge` and `weir mesh` flags): memory and
 /// time a connection may take are bounded by these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientLimits {
@@ -87,6 +87,27 @@ impl Default for ClientLimits {
     }
 }
 
+impl ClientLimits {
+    /// Sets these limits (all but the connection count, which is the listener's) on a Pingora
+    /// app; `h2c`: it takes plaintext HTTP/2.
+    pub fn apply<P: ProxyHttp>(&self, proxy: &mut HttpProxy<P>, h2c: bool) {
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = h2c;
+        server_options.h1 = pingora::apps::H1Limits {
+            max_head_size: Some(self.max_request_head),
+            head_timeout: Some(self.request_head_timeout),
+            keepalive_secs: Some(self.keepalive_timeout.as_secs().max(1)),
+            write_timeout: Some(self.write_timeout),
+            pipelining: true,
+        };
+        // Pingora's bounded defaults (concurrent streams), with the head limit
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_header_list_size(u32::try_from(self.max_request_head).unwrap_or(u32::MAX));
+        proxy.h2_options = Some(h2);
+        proxy.server_options = Some(server_options);
+    }
+}
+
 impl<P: ProxyHttp + Send + Sync + 'static> Apps<HttpProxy<P>> {
     /// The two Pingora apps of one `ProxyHttp`: `make` builds the proxy for each.
     pub fn proxies(conf: &Arc<ServerConf>, limits: &ClientLimits, make: impl Fn() -> P) -> Self
@@ -95,20 +116,7 @@ impl<P: ProxyHttp + Send + Sync + 'static> Apps<HttpProxy<P>> {
     {
         let app = |h2c: bool| {
             let mut proxy = HttpProxy::new(make(), conf.clone());
-            let mut server_options = HttpServerOptions::default();
-            server_options.h2c = h2c;
-            server_options.h1 = pingora::apps::H1Limits {
-                max_head_size: Some(limits.max_request_head),
-                head_timeout: Some(limits.request_head_timeout),
-                keepalive_secs: Some(limits.keepalive_timeout.as_secs().max(1)),
-                write_timeout: Some(limits.write_timeout),
-                pipelining: true,
-            };
-            // Pingora's bounded defaults (concurrent streams), with the head limit
-            let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-            h2.max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX));
-            proxy.h2_options = Some(h2);
-            proxy.server_options = Some(server_options);
+            limits.apply(&mut proxy, h2c);
             proxy.handle_init_modules();
             Arc::new(proxy)
         };
@@ -193,11 +201,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
                 return;
             }
         };
-        let socket = Socket {
-            listener: L4Listener::from(listener),
-            key,
-            open: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
-        };
+        let socket = Socket::new(listener, key, self.max_connections);
         let task = tokio::spawn(accept_loop(
             socket,
             acceptor,
@@ -256,18 +260,27 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
 }
 
 /// A bound listener socket and its open connections.
-struct Socket {
+/// A bound listener and its connection limit.
+pub struct Socket {
     listener: L4Listener,
-    /// Its key in the snapshot.
+    /// Its key in the snapshot (its address).
     key: SocketAddr,
     /// A permit per open connection (`--max-connections`).
     open: Arc<tokio::sync::Semaphore>,
 }
 
 impl Socket {
+    pub fn new(listener: TcpListener, key: SocketAddr, max_connections: usize) -> Self {
+        Socket {
+            listener: L4Listener::from(listener),
+            key,
+            open: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        }
+    }
+
     /// The next connection the limit lets in, with its permit (held while it is open). One over
     /// the limit is closed at once and counted.
-    async fn next(&self, metrics: &Metrics) -> (pingora::protocols::l4::stream::Stream, OwnedSemaphorePermit) {
+    pub async fn next(&self, metrics: &Metrics) -> (pingora::protocols::l4::stream::Stream, OwnedSemaphorePermit) {
         let port = self.key.port();
         loop {
             let stream = accept(&self.listener, port).await;
