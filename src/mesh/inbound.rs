@@ -88,8 +88,8 @@ impl TlsAccept for CallerIdentity<'_> {
     }
 }
 
-/// Accepts connections on `listener` for as long as the task runs: mutual TLS with the current
-/// credentials, then `app`. Failed handshakes are counted by reason.
+/// Accepts connections on `socket` (up to its limit) for as long as the task runs: mutual TLS with
+/// the current credentials, then `app`. Failed handshakes are counted by reason.
 pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     socket: Socket,
     credentials: Arc<ArcSwap<Credentials>>,

@@ -46,8 +46,8 @@ pub struct Apps<A> {
     pub h2c: Arc<A>,
 }
 
-/// What a listener holds its clients to, whatever they send (`weir edge` and `weir mesh` flags): memory and
-/// time a connection may take are bounded by these.
+/// What a listener holds its clients to, whatever they send (`weir edge` and `weir mesh` flags):
+/// memory and time a connection may take are bounded by these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientLimits {
     /// The most a request head may take, HTTP/1 and HTTP/2 alike (answered 431 beyond).
@@ -259,8 +259,7 @@ impl<A: ServerApp + Send + Sync + 'static> Listeners<A> {
     }
 }
 
-/// A bound listener socket and its open connections.
-/// A bound listener and its connection limit.
+/// A bound listener socket and its open connections, at most `--max-connections`.
 pub struct Socket {
     listener: L4Listener,
     /// Its key in the snapshot (its address).
