@@ -93,7 +93,29 @@ pub struct RouteAction {
     pub retry: RouteRetry,
     pub cors: Option<Arc<crate::routing::cors::Cors>>,
     /// RequestMirror backends (those with a pool).
-    pub mirrors: Vec<crate::proxy::mirror::MirrorTarget>,
+    pub mirrors: Vec<MirrorTarget>,
+}
+
+/// One RequestMirror backend of a rule, and the share of requests it gets (`numerator /
+/// denominator`); `proxy::mirror` sends the copies.
+pub struct MirrorTarget {
+    pub name: String,
+    pub pool: Arc<Pool>,
+    pub fraction: (u32, u32),
+    /// Copies in flight to it (bounded by `proxy::mirror`).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MirrorTarget {
+    pub fn new(name: String, pool: Arc<Pool>, fraction: (u32, u32)) -> MirrorTarget {
+        MirrorTarget { name, pool, fraction, in_flight: Arc::default() }
+    }
+
+    /// Whether this request is one of the share it mirrors.
+    pub fn sampled(&self) -> bool {
+        let (n, d) = self.fraction;
+        n >= d || rand::random_range(0..d) < n
+    }
 }
 
 pub enum Action {
@@ -264,7 +286,7 @@ pub(crate) fn compile_action(
             .iter()
             .filter_map(|m| {
                 let pool = pools.get(&m.pool)?.clone();
-                Some(crate::proxy::mirror::MirrorTarget::new(m.name.clone(), pool, m.fraction))
+                Some(MirrorTarget::new(m.name.clone(), pool, m.fraction))
             })
             .collect(),
     }

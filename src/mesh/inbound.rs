@@ -32,9 +32,10 @@ use crate::proxy::answer::{counted_status, Failure, FailureKind, Reveal};
 use crate::proxy::buffered::Buffered;
 use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::filters::normalize_request_path;
-use crate::proxy::listeners::{Socket, TLS_HANDSHAKE_TIMEOUT};
+use crate::proxy::listeners::Socket;
 use crate::telemetry::mesh::{Hop, HopSeries};
 use crate::telemetry::Metrics;
+use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// The header the calling gateway names the workload port in.
 pub const TARGET_PORT: http::HeaderName = http::HeaderName::from_static("weir-target-port");
@@ -108,7 +109,7 @@ pub async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 Buffered::new(stream),
                 &identify,
             );
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     // a refused certificate was counted by the verify callback, with its reason;

@@ -245,7 +245,7 @@ impl ProxyHttp for EdgeProxy {
         upstream.insert_header("x-forwarded-proto", proto)?;
         let Some(action) = &ctx.action else { return Ok(()) };
         filter_request(upstream, action, ctx.target(), ctx.new_path.as_deref())?;
-        mirror::at_try(session, upstream, action, &mut ctx.mirrored, &mut ctx.mirror_bodies);
+        mirror::at_try(session, upstream, &action.mirrors, &mut ctx.mirrored, &mut ctx.mirror_bodies);
         Ok(())
     }
 

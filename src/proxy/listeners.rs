@@ -27,11 +27,9 @@ use tokio::task::JoinHandle;
 use super::buffered::Buffered;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Metrics;
-use crate::tls::TlsPolicy;
+use crate::tls::{TlsPolicy, HANDSHAKE_TIMEOUT};
 use crate::translate::Protocol;
 
-/// Longest a client may take to finish its TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a plaintext client may take to show whether it speaks HTTP/2 (h2c) or HTTP/1.
 pub const PROTOCOL_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -319,7 +317,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             let stream: Stream = match protocol {
                 Some((Protocol::Https, name)) => {
                     let handshake = pingora::protocols::tls::server::handshake(&acceptor, Buffered::new(stream));
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             metrics.tls_handshake_failures.with_label_values(&[&name]).inc();

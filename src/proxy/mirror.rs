@@ -15,7 +15,7 @@ use hyper::body::Frame;
 use pingora::http::RequestHeader;
 use tokio::sync::mpsc;
 
-use crate::pool::Pool;
+use crate::snapshot::MirrorTarget;
 
 /// A mirror's whole exchange, body included, is abandoned after this.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,25 +24,6 @@ const MIRROR_BODY_CHUNKS: usize = 16;
 /// Mirrored requests in flight to one mirror of a rule: a slow mirror under load gets no more
 /// copies past this, rather than tasks piling up in weir.
 const MIRROR_IN_FLIGHT: usize = 1024;
-
-/// One mirror backend of a rule, and the share of requests it gets (`numerator / denominator`).
-pub struct MirrorTarget {
-    pub name: String,
-    pub pool: Arc<Pool>,
-    pub fraction: (u32, u32),
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl MirrorTarget {
-    pub fn new(name: String, pool: Arc<Pool>, fraction: (u32, u32)) -> MirrorTarget {
-        MirrorTarget { name, pool, fraction, in_flight: Arc::default() }
-    }
-
-    fn sampled(&self) -> bool {
-        let (n, d) = self.fraction;
-        n >= d || rand::random_range(0..d) < n
-    }
-}
 
 /// Holds one of a mirror's in-flight places until dropped.
 struct InFlight(Arc<AtomicUsize>);
@@ -91,7 +72,7 @@ impl MirrorBodies {
 pub fn at_try(
     session: &mut pingora::proxy::Session,
     head: &RequestHeader,
-    action: &crate::snapshot::RouteAction,
+    mirrors: &[MirrorTarget],
     mirrored: &mut bool,
     bodies: &mut MirrorBodies,
 ) {
@@ -100,8 +81,8 @@ pub fn at_try(
         return;
     }
     *mirrored = true;
-    if !action.mirrors.is_empty() {
-        *bodies = start(head, &action.mirrors, !session.is_body_empty());
+    if !mirrors.is_empty() {
+        *bodies = start(head, mirrors, !session.is_body_empty());
     }
 }
 

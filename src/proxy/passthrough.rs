@@ -85,7 +85,7 @@ pub async fn serve<S>(mut client: S, key: SocketAddr, snapshot: Arc<ArcSwap<Snap
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = tokio::time::timeout(super::listeners::TLS_HANDSHAKE_TIMEOUT, read_hello(&mut client)).await;
+    let hello = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, read_hello(&mut client)).await;
     // the configuration as it is once the client has said where it goes
     let snap = snapshot.load_full();
     let listener = snap.listeners.get(&key).map(|l| l.name.clone()).unwrap_or_default();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-use super::metrics::{class_index, must, status_class, LATENCY_BUCKETS, STATUS_CLASSES};
+use super::{class_index, must, status_class, LATENCY_BUCKETS, STATUS_CLASSES};
 
 /// Who called whom: the labels every mesh request series has.
 pub struct Hop<'a> {

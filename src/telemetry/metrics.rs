@@ -15,11 +15,8 @@ use prometheus::{
 };
 
 use super::mesh::MeshMetrics;
+use super::{class_index, must, LATENCY_BUCKETS, STATUS_CLASSES};
 use crate::pool::PoolRegistry;
-
-pub(crate) const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Every metric weir exports.
 pub struct Metrics {
@@ -144,24 +141,6 @@ impl TargetMetrics {
             t.connect_errors.get_or_init(|| t.vecs.connect_errors.with_label_values(&[&t.labels.1, &t.labels.2])).inc();
         }
     }
-}
-
-/// Index in [`STATUS_CLASSES`] of a status; 0 (no response) counts as 5xx.
-pub(crate) fn class_index(status: u16) -> usize {
-    match status {
-        100..=599 => (status / 100 - 1) as usize,
-        _ => 4,
-    }
-}
-
-/// `2xx`, `5xx`, ... for a status; 0 (no response) counts as 5xx.
-pub(crate) fn status_class(status: u16) -> &'static str {
-    STATUS_CLASSES[class_index(status)]
-}
-
-pub(crate) fn must<T>(r: prometheus::Result<T>) -> T {
-    // metric names and labels are constants; a failure here is a programming error
-    r.expect("metric definition")
 }
 
 impl Metrics {

@@ -17,6 +17,32 @@ pub enum LogFormat {
 }
 pub use metrics::{Metrics, TargetMetrics};
 
+// What both metric sets, the edge's (`metrics`) and the mesh's (`mesh`), are made with.
+
+/// Request duration buckets, seconds.
+pub(crate) const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index in [`STATUS_CLASSES`] of a status; 0 (no response) counts as 5xx.
+pub(crate) fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 4,
+    }
+}
+
+/// `2xx`, `5xx`, ... for a status; 0 (no response) counts as 5xx.
+pub(crate) fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[class_index(status)]
+}
+
+/// The metric a definition made (names and labels are constants: a failure is a bug).
+pub(crate) fn must<T>(r: prometheus::Result<T>) -> T {
+    // metric names and labels are constants; a failure here is a programming error
+    r.expect("metric definition")
+}
+
 /// Installs the tracing subscriber (`RUST_LOG` filters, default `info`, the Lease crate's
 /// per-retry "held by" lines at `warn`) and bridges Pingora's `log` records into it. Safe to call more than once (later calls do nothing).
 pub fn init_tracing(access_log: Option<AccessLogFormat>, format: LogFormat) {

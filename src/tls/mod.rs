@@ -9,6 +9,10 @@ use boring::ssl::{
     SslOptions, SslVersion,
 };
 
+/// Longest a client may take to finish its TLS handshake (or, on a passthrough listener, to send
+/// its ClientHello).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The TLS 1.2 suites weir takes by default: ECDHE key exchange and AEAD ciphers alone, in
 /// Mozilla's "intermediate" order (its DHE suites aside: BoringSSL has none). TLS 1.3 has only
 /// such suites, and BoringSSL enables all of them.
