@@ -15,6 +15,7 @@ pub const MAX_NESTING: usize = 64;
 /// octal), a duplicate key is an error (kubectl refuses it too), and errors fit on one line.
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
+        // nesting by indentation, which the bracket scan does not see, stops at the same depth;
         // dir::MAX_FILE_SIZE bounds the input already
         budget: serde_saphyr::budget! { max_depth: MAX_NESTING, max_reader_input_bytes: None },
         // an alias bomb is refused after 100,000 replayed events (~40 ms), not the default million
@@ -167,6 +168,10 @@ mod tests {
         // as deep as allowed: parsed (and refused by YAML's own rules, not by the scan)
         let (_, errors) = parse_manifests(&deep(64), "deep.yaml");
         assert!(!errors[0].reason.contains("nest more than"), "{}", errors[0].reason);
+        // nested by indentation: the parser stops at the same depth, where it is (linear time)
+        let block: String = (0..1_000).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+        let (_, errors) = parse_manifests(&block, "deep.yaml");
+        assert!(errors[0].reason.contains("Depth { depth: 65 } at line 65"), "{}", errors[0].reason);
     }
 
     #[test]
